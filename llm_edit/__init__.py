@@ -1,0 +1,10 @@
+"""llm-edit: edit and unlearn knowledge in Hugging Face causal language models."""
+__version__ = "0.1.0"
+
+from .facts import EditRequest, FactFileError, Neighbor, read_requests, write_requests  # noqa: E402
+from .models import load_model  # noqa: E402
+from .patch import WeightDelta, apply_patch, load_patch  # noqa: E402
+from .api import EditResult, edit  # noqa: E402
+
+__all__ = ["EditRequest", "EditResult", "FactFileError", "Neighbor", "WeightDelta", "apply_patch",
+           "edit", "load_model", "load_patch", "read_requests", "write_requests"]

@@ -1,0 +1,116 @@
+"""Where things live inside each supported architecture.
+
+One table, keyed by ``config.model_type``. Nothing in llm-edit guesses module paths from a
+model's name or class; recipes never name modules. To support a new architecture, add a row
+here and to ``TINY_CONFIGS`` in ``models.py``; ``tests/test_arch.py`` then checks every path.
+
+Paths use ``{}`` for the layer index. ``mlp_out`` is the MLP's output projection: the matrix
+that ROME/MEMIT/AlphaEdit edit, whose *input* is the key k and whose *output* is the value v.
+``mlp_out_transposed`` is True where that module stores its weight as (in, out) instead of
+``nn.Linear``'s (out, in) (GPT-2's ``Conv1D``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    layers: str  # the ModuleList of transformer blocks
+    mlp: str
+    mlp_out: str
+    attn_out: str
+    embed: str
+    final_norm: str
+    lm_head: str
+    mlp_out_transposed: bool = False
+
+    def layer(self, i: int) -> str:
+        return f"{self.layers}.{i}"
+
+
+_LLAMA_LIKE = ArchSpec(
+    layers="model.layers",
+    mlp="model.layers.{}.mlp",
+    mlp_out="model.layers.{}.mlp.down_proj",
+    attn_out="model.layers.{}.self_attn.o_proj",
+    embed="model.embed_tokens",
+    final_norm="model.norm",
+    lm_head="lm_head",
+)
+
+ARCHITECTURES: dict[str, ArchSpec] = {
+    "llama": _LLAMA_LIKE,
+    "mistral": _LLAMA_LIKE,
+    "qwen2": _LLAMA_LIKE,
+    "qwen3": _LLAMA_LIKE,
+    "gemma": _LLAMA_LIKE,
+    "gemma2": _LLAMA_LIKE,
+    "phi3": _LLAMA_LIKE,
+    "olmo": _LLAMA_LIKE,
+    "gpt2": ArchSpec(
+        layers="transformer.h",
+        mlp="transformer.h.{}.mlp",
+        mlp_out="transformer.h.{}.mlp.c_proj",
+        attn_out="transformer.h.{}.attn.c_proj",
+        embed="transformer.wte",
+        final_norm="transformer.ln_f",
+        lm_head="lm_head",
+        mlp_out_transposed=True,
+    ),
+    "gpt_neox": ArchSpec(
+        layers="gpt_neox.layers",
+        mlp="gpt_neox.layers.{}.mlp",
+        mlp_out="gpt_neox.layers.{}.mlp.dense_4h_to_h",
+        attn_out="gpt_neox.layers.{}.attention.dense",
+        embed="gpt_neox.embed_in",
+        final_norm="gpt_neox.final_layer_norm",
+        lm_head="lm_head",  # "embed_out" before transformers 5
+    ),
+    "gptj": ArchSpec(
+        layers="transformer.h",
+        mlp="transformer.h.{}.mlp",
+        mlp_out="transformer.h.{}.mlp.fc_out",
+        attn_out="transformer.h.{}.attn.out_proj",
+        embed="transformer.wte",
+        final_norm="transformer.ln_f",
+        lm_head="lm_head",
+    ),
+}
+
+
+class UnsupportedArchitecture(ValueError):
+    pass
+
+
+def arch_of(model: torch.nn.Module) -> ArchSpec:
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    try:
+        return ARCHITECTURES[model_type]
+    except KeyError:
+        raise UnsupportedArchitecture(
+            f"llm-edit has no architecture entry for model_type={model_type!r}. "
+            f"Supported: {', '.join(sorted(ARCHITECTURES))}. To add it, write an ArchSpec row in "
+            "llm_edit/arch.py (module paths of the MLP output projection, attention output, "
+            "embeddings, final norm and LM head; print(model) shows them) and a tiny config in "
+            "llm_edit/models.py so tests/test_arch.py checks it."
+        ) from None
+
+
+def num_layers(model: torch.nn.Module) -> int:
+    return len(model.get_submodule(arch_of(model).layers))
+
+
+def mlp_out_module(model: torch.nn.Module, layer: int) -> torch.nn.Module:
+    return model.get_submodule(arch_of(model).mlp_out.format(layer))
+
+
+def mlp_out_weight_name(model: torch.nn.Module, layer: int) -> str:
+    return arch_of(model).mlp_out.format(layer) + ".weight"
+
+
+def as_out_in(weight: torch.Tensor, transposed: bool) -> torch.Tensor:
+    """View an MLP output weight as (d_out, d_in), whatever its storage layout."""
+    return weight.T if transposed else weight

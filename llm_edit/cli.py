@@ -1,0 +1,232 @@
+"""The ``llm-edit`` command line (also ``python -m llm_edit``).
+
+Bad input (a malformed fact file, an unknown recipe key, a model that cannot be loaded, a
+corrupt patch) exits with status 2 and a message naming the file, line and field, before any
+output is written. Output directories are written atomically.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import sys
+import time
+from pathlib import Path
+
+EXIT_BAD_INPUT = 2
+
+
+def _bad_input_errors():
+    from .arch import UnsupportedArchitecture
+    from .config import ConfigError
+    from .facts import FactFileError
+    from .models import ModelLoadError
+    from .patch import PatchError
+    from .text import SubjectNotFound
+
+    return (FactFileError, ConfigError, ModelLoadError, PatchError, UnsupportedArchitecture, SubjectNotFound,
+            FileExistsError)
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="llama", help="alias, hub id, model directory or .gguf file (default: llama)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--dtype", default=None, help="float32 (default), bfloat16 or float16")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="allow the model's own Python code from the hub (off by default)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="llm-edit", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("models", help="list model aliases and their cache; --pull fetches one")
+    p.add_argument("--pull", metavar="NAME", help="fetch and convert an alias into the cache")
+
+    p = sub.add_parser("edit", help="insert or rewrite facts and write the edited model")
+    _add_model_args(p)
+    p.add_argument("--facts", required=True, help="JSONL (or JSON array) of edit requests")
+    p.add_argument("--method", default="rome")
+    p.add_argument("--recipe", help="YAML hyper-parameter file or recipe name (default: the model's)")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one hyper-parameter (repeatable); values are YAML")
+    p.add_argument("--out", required=True, help="output directory (Hugging Face model + patch + results)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.add_argument("--no-save-model", action="store_true", help="write only the patch and results")
+    p.add_argument("--no-eval", action="store_true", help="skip the before/after probability table")
+
+    p = sub.add_parser("apply", help="apply a patch file to a model and write the result")
+    _add_model_args(p)
+    p.add_argument("--patch", required=True, action="append", help="patch file (repeat to stack, in order)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--overwrite", action="store_true")
+
+    p = sub.add_parser("demo", help="rewrite one fact in the default model and show what changes")
+    _add_model_args(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return {"models": cmd_models, "edit": cmd_edit, "apply": cmd_apply, "demo": cmd_demo}[args.command](args)
+    except _bad_input_errors() as e:
+        print(f"llm-edit: error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("llm-edit: interrupted; nothing was written", file=sys.stderr)
+        return 130
+
+
+def cmd_models(args) -> int:
+    from .models import ALIASES, alias_table, pull
+
+    if args.pull:
+        if args.pull not in ALIASES:
+            print(f"llm-edit: error: unknown alias {args.pull!r}; known: {', '.join(ALIASES)}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        print(pull(args.pull))
+        return 0
+    rows = alias_table()
+    width = max(len(r["alias"]) for r in rows)
+    for r in rows:
+        print(f"{r['alias']:<{width}}  {r['description']}\n{'':<{width}}  cache: {r['cache']}")
+    return 0
+
+
+def _load(args):
+    from .models import load_model
+
+    return load_model(args.model, dtype=args.dtype, device=args.device, trust_remote_code=args.trust_remote_code)
+
+
+def _check_out(args) -> None:
+    if Path(args.out).exists() and not args.overwrite:
+        raise FileExistsError(f"{args.out} already exists (pass --overwrite to replace it)")
+
+
+def _save_model(model, tok, out: Path) -> None:
+    model.save_pretrained(out, safe_serialization=True)
+    tok.save_pretrained(out)
+
+
+def _results_csv(before: list[dict], after: list[dict]) -> str:
+    buf = io.StringIO()
+    fields = ["request", "kind", "prompt", "target_true", "target_new", "p_true_before", "p_new_before",
+              "p_true_after", "p_new_after"]
+    w = csv.DictWriter(buf, fieldnames=fields)
+    w.writeheader()
+    for b, a in zip(before, after):
+        w.writerow({**{k: b[k] for k in fields[:5]}, "p_true_before": f"{b['p_true']:.6g}",
+                    "p_new_before": f"{b['p_new']:.6g}", "p_true_after": f"{a['p_true']:.6g}",
+                    "p_new_after": f"{a['p_new']:.6g}"})
+    return buf.getvalue()
+
+
+def _print_metrics(before: dict, after: dict) -> None:
+    print(f"{'metric':<16}{'before':>10}{'after':>10}")
+    for key in after:
+        if after[key] is None:
+            continue
+        fmt = (lambda v: "-" if v is None else f"{v:.3f}")
+        print(f"{key:<16}{fmt(before.get(key)):>10}{fmt(after[key]):>10}")
+
+
+def cmd_edit(args) -> int:
+    from .api import edit
+    from .config import load_config
+    from .facts import read_requests
+    from .io import atomic_directory, write_json
+    from .methods import get_method
+    from .metrics import edit_table, fluency, summarise
+
+    requests = read_requests(args.facts)  # validate input before anything slow
+    _check_out(args)
+    spec = get_method(args.method)
+    if args.recipe:  # a bad recipe fails now, not after loading the model
+        load_config(spec.config, args.method, recipe=args.recipe, sets=args.sets)
+    model, tok = _load(args)
+    evaluate = not args.no_eval and any(r.target_true for r in requests)
+    before = edit_table(model, tok, requests) if evaluate else []
+    flu_prompts = [r.text for r in requests[:20]]
+    flu_before = fluency(model, tok, flu_prompts) if evaluate else None
+    t0 = time.perf_counter()
+    result = edit(model, tok, requests, args.method, recipe=args.recipe, sets=args.sets)
+    seconds = time.perf_counter() - t0
+    after = edit_table(model, tok, requests) if evaluate else []
+    metrics_before = dict(summarise(before), fluency=flu_before) if evaluate else {}
+    metrics_after = dict(summarise(after), fluency=fluency(model, tok, flu_prompts)) if evaluate else {}
+    with atomic_directory(Path(args.out), overwrite=args.overwrite) as out:
+        if not args.no_save_model:
+            _save_model(model, tok, out)
+        result.save_patch(out / "patch.safetensors")
+        write_json(out / "llm_edit_manifest.json", dict(result.manifest, edit_seconds=round(seconds, 2),
+                                                         metrics_before=metrics_before, metrics_after=metrics_after))
+        if evaluate:
+            (out / "results.csv").write_text(_results_csv(before, after))
+            write_json(out / "metrics.json", {"before": metrics_before, "after": metrics_after})
+    print(f"edited {len(requests)} fact(s) with {args.method} in {seconds:.1f} s -> {args.out}")
+    if evaluate:
+        _print_metrics(metrics_before, metrics_after)
+    return 0
+
+
+def cmd_apply(args) -> int:
+    from .io import atomic_directory, write_json
+    from .patch import WeightDelta, load_patch
+
+    deltas = [load_patch(p) for p in args.patch]  # validate every file before loading the model
+    _check_out(args)
+    model, tok = _load(args)
+    applied = []
+    try:
+        for d in deltas:
+            applied.append(d.apply(model))
+    except BaseException:
+        for d in reversed(applied):
+            d.revert(model)
+        raise
+    with atomic_directory(Path(args.out), overwrite=args.overwrite) as out:
+        _save_model(model, tok, out)
+        WeightDelta.stack(applied).save(out / "patch.safetensors")
+        write_json(out / "llm_edit_manifest.json", {"base_model": args.model, "patches": args.patch,
+                                                     "stacked": [d.manifest for d in deltas]})
+    print(f"applied {len(deltas)} patch(es) -> {args.out}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .api import edit
+    from .facts import parse_request
+    from .metrics import edit_table, greedy
+
+    request = parse_request({
+        "prompt": "The {} is located in the city of", "subject": "Eiffel Tower", "target_new": "Rome",
+        "target_true": "Paris",
+        "paraphrase_prompts": ["The Eiffel Tower can be found in the city of",
+                               "Tourists who visit the Eiffel Tower travel to the city of"],
+        "neighborhood": [{"prompt": "The Louvre is located in the city of", "target": "Paris"},
+                         {"prompt": "The Colosseum is located in the city of", "target": "Rome"}]})
+    prompts = [request.text, *request.paraphrase_prompts, *(n.prompt for n in request.neighborhood)]
+    print(f"loading {args.model} ...")
+    model, tok = _load(args)
+
+    def show(title):
+        print(f"\n== {title}")
+        table = {r["prompt"]: r for r in edit_table(model, tok, [request])}
+        for p in prompts:
+            row = table[p]
+            print(f"  {p!r} -> {greedy(model, tok, p, 6)!r}   "
+                  f"P(Paris)={row['p_true']:.3f} P(Rome)={row['p_new']:.3f}")
+
+    show("before: what the model says")
+    t0 = time.perf_counter()
+    result = edit(model, tok, [request], "rome")
+    print(f"\nROME rewrote 'Eiffel Tower -> Paris' to 'Rome' in {time.perf_counter() - t0:.1f} s "
+          f"(layer {result.manifest['hyperparameters']['layer']}, ||ΔW|| = "
+          f"{next(iter(result.delta.norms().values())):.3f}). The Louvre and the Colosseum should not move.")
+    show("after the edit (paraphrases change too)")
+    result.revert()
+    show("after revert (bit-for-bit the original weights)")
+    return 0

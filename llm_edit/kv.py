@@ -1,0 +1,168 @@
+"""Keys and values for locate-then-edit methods (ROME now; MEMIT and AlphaEdit reuse these).
+
+A *key* k is the input of an MLP output projection at the subject's last token; a *value* is
+that projection's output there. ``subject_keys`` reads keys; ``optimise_value`` finds the
+change δ of a module's output at the subject's last token that makes the model say the new
+object (ROME §3.1, eq. 4). Both take a module name, so they serve any edited module.
+"""
+from __future__ import annotations
+
+import contextlib
+import weakref
+from dataclasses import dataclass
+
+import torch
+
+from .facts import EditRequest
+from .hooks import Trace
+from .maths import clamp_norm, kl_to_initial, mean_target_nll, relative_weight_decay
+from .text import encode_with_subject, make_batch, target_ids, token_logprobs
+
+
+@contextlib.contextmanager
+def frozen(model: torch.nn.Module):
+    """Turn off weight gradients for the duration (backward then computes activations' only)."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        for p, _ in flags:
+            p.requires_grad_(False)
+        yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
+_PREFIX_STARTS = ["The", "Therefore", "Because", "I", "You"]
+_prefix_cache: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def context_templates(model, tok, lengths=(5, 10), per_length: int = 5, seed: int = 0) -> list[str]:
+    """``["{}"]`` plus short texts sampled from the model, each followed by ``". {}"``.
+
+    ROME averages the key over such random prefixes so that the edit holds in any context
+    (Meng et al. 2022, eq. 3). Sampling: top-k 5 from the starts the reference code uses, with a
+    fixed seed; cached per model object so a batch of edits shares one set.
+    """
+    key = (tuple(lengths), per_length, seed)
+    cached = _prefix_cache.setdefault(model, {})
+    if key in cached:
+        return cached[key]
+    device = next(model.parameters()).device
+    out = ["{}"]
+    starts = [_PREFIX_STARTS[i % len(_PREFIX_STARTS)] for i in range(per_length)]
+    side, tok.padding_side = tok.padding_side, "left"
+    try:
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(seed)
+            for length in lengths:
+                enc = tok(starts, return_tensors="pt", padding=True).to(device)
+                gen = model.generate(**enc, do_sample=True, top_k=5, max_new_tokens=length,
+                                     min_new_tokens=length, pad_token_id=tok.pad_token_id)
+                texts = tok.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+                out += [(s + t).replace("{", " ").replace("}", " ").strip() + ". {}"
+                        for s, t in zip(starts, texts)]
+    finally:
+        tok.padding_side = side
+    cached[key] = out
+    return out
+
+
+@torch.no_grad()
+def subject_keys(model, tok, module_name: str, templates: list[str], subjects: list[str],
+                 batch_size: int = 32) -> torch.Tensor:
+    """Input of ``module_name`` at each prompt's last subject token, shape (n, d_in), float32."""
+    device = next(model.parameters()).device
+    rows = []
+    for i in range(0, len(templates), batch_size):
+        enc = [encode_with_subject(tok, t, s) for t, s in zip(templates[i:i + batch_size],
+                                                               subjects[i:i + batch_size])]
+        batch = make_batch(tok.pad_token_id, [e[0] for e in enc], subject_index=[e[1] for e in enc])
+        batch = batch.to(device)
+        with Trace(model, [module_name], retain_input=True, stop=True) as tr:
+            model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+        keys = tr[module_name].input
+        rows.append(keys[torch.arange(len(enc), device=device), batch.subject_index].float())
+    return torch.cat(rows)
+
+
+def mean_subject_key(model, tok, module_name: str, request: EditRequest, contexts: list[str]) -> torch.Tensor:
+    """k*: the key averaged over context prefixes (ROME eq. 3)."""
+    templates = [c.replace("{}", request.prompt) for c in contexts]
+    return subject_keys(model, tok, module_name, templates, [request.subject] * len(templates)).mean(0)
+
+
+@dataclass
+class ValueResult:
+    delta: torch.Tensor  # δ = v* − v_init, the change of the module's output (d_out,)
+    initial: torch.Tensor  # v_init, averaged over the same prompts as the key
+    nll_before: float
+    nll_after: float
+    steps: int
+
+
+def optimise_value(model, tok, module_name: str, request: EditRequest, contexts: list[str], *,
+                   steps: int, lr: float, kl_factor: float, weight_decay: float,
+                   clamp_norm_factor: float, kl_prompts: list[str], nll_stop: float,
+                   ) -> ValueResult:
+    """Find δ added to ``module_name``'s output at the last subject token (ROME eq. 4).
+
+    Loss = mean target NLL over the context-prefixed prompts + kl_factor · KL on the essence
+    prompts + weight_decay · ||δ||²/||v_init||²; Adam; after each step ||δ|| is clamped to
+    clamp_norm_factor · ||v_init||; stops early once the NLL is below ``nll_stop``.
+    """
+    device = next(model.parameters()).device
+    new_ids = target_ids(tok, request.target_new)
+    rewrite = [encode_with_subject(tok, c.replace("{}", request.prompt), request.subject) for c in contexts]
+    essence = [encode_with_subject(tok, p, request.subject) for p in kl_prompts]
+    n_rw = len(rewrite)
+    batch = make_batch(tok.pad_token_id, [e[0] for e in rewrite + essence],
+                       [new_ids] * n_rw + [[] for _ in essence],
+                       [e[1] for e in rewrite + essence]).to(device)
+    rows = torch.arange(batch.input_ids.shape[0], device=device)
+    ess_rows, ess_pos = rows[n_rw:], batch.subject_index[n_rw:]
+
+    delta = None
+    initial = None
+
+    def add_delta(output, name):
+        nonlocal delta, initial
+        hidden = output[0] if isinstance(output, tuple) else output
+        if initial is None:
+            initial = hidden[rows[:n_rw], batch.subject_index[:n_rw]].detach().float().mean(0)
+            delta = torch.zeros_like(initial, requires_grad=True)
+        hidden = hidden.clone()
+        hidden[rows, batch.subject_index] += delta.to(hidden.dtype)
+        return (hidden,) + tuple(output[1:]) if isinstance(output, tuple) else hidden
+
+    def forward():
+        with Trace(model, [module_name], edit_output=add_delta):
+            logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+        lp_sum, n_tok = token_logprobs(logits[:n_rw], batch.labels[:n_rw])
+        ess_logp = torch.log_softmax(logits[ess_rows, ess_pos].float(), dim=-1)
+        return mean_target_nll(lp_sum, n_tok), ess_logp
+
+    with frozen(model):
+        with torch.no_grad():
+            nll0, ess_init = forward()
+        opt = torch.optim.Adam([delta], lr=lr)
+        max_norm = clamp_norm_factor * initial.norm()
+        taken, converged = 0, False
+        for _ in range(steps):
+            opt.zero_grad(set_to_none=True)
+            nll, ess_logp = forward()
+            if nll.item() < nll_stop:
+                converged = True
+                break
+            taken += 1
+            loss = (nll + kl_factor * kl_to_initial(ess_logp, ess_init)
+                    + weight_decay * relative_weight_decay(delta, initial))
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"value optimisation diverged at step {taken} (loss={loss.item()})")
+            loss.backward()
+            opt.step()
+            with torch.no_grad():
+                clamp_norm(delta, float(max_norm))
+        if not converged:
+            with torch.no_grad():
+                nll, _ = forward()
+    return ValueResult(delta.detach(), initial, float(nll0), float(nll), taken)

@@ -1,0 +1,83 @@
+"""The maths shared by every locate-then-edit method: pure functions on tensors.
+
+No model, no hooks, no orchestration here, so that ROME, MEMIT and AlphaEdit call the same
+code and it cannot drift between them.
+"""
+from __future__ import annotations
+
+import torch
+
+
+def rank_one_update(residual: torch.Tensor, key: torch.Tensor, cov: torch.Tensor | None
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """ROME's closed-form rank-one update (Meng et al. 2022, eq. 2), as factors ``left @ right``.
+
+    Minimises ||W' K - V|| subject to W' k* = v*, with K Kᵀ estimated by the key second moment
+    C = E[k kᵀ]:  W' = W + Λ (C⁻¹ k*)ᵀ,  Λ = (v* - W k*) / ((C⁻¹ k*)ᵀ k*).
+
+    ``residual`` is v* - W k* (d_out,), ``key`` is k* (d_in,), ``cov`` is C (d_in, d_in) or
+    None for the identity (ROME without the second-moment adjustment). Solved in float64.
+    Deviation from the original code: k* here is the prefix-averaged key in both the
+    numerator and the denominator (the r-ROME fix, Gupta et al. 2024); the original mixes it
+    with the bare-prompt key, which makes sequential edits collapse.
+    Returns ``left`` (d_out, 1) and ``right`` (1, d_in) in float32, with W' = W + left @ right.
+    """
+    k = key.double()
+    u = k if cov is None else torch.linalg.solve(cov.double(), k)
+    denom = u @ k
+    if not torch.isfinite(denom) or denom.abs() < 1e-12:
+        raise FloatingPointError("rank-one update: (C⁻¹k)ᵀk is zero or not finite")
+    left = (residual.double() / denom).unsqueeze(1)
+    return left.float(), u.unsqueeze(0).float()
+
+
+def mean_target_nll(log_probs_sum: torch.Tensor, n_tokens: torch.Tensor) -> torch.Tensor:
+    """ROME eq. 4, first term: −(1/N) Σ_j log P(o* | x_j ⊕ p), each prompt's log-probability
+    divided by its number of target tokens (as in the reference code), averaged over prompts."""
+    return -(log_probs_sum / n_tokens.clamp(min=1)).mean()
+
+
+def kl_to_initial(log_probs: torch.Tensor, initial_log_probs: torch.Tensor) -> torch.Tensor:
+    """ROME eq. 4, second term: D_KL(P_new ‖ P_init) of the next-token distribution on the
+    "essence" prompts ("{subject} is a"), averaged over prompts. It keeps what the model
+    believes the subject *is* while its object changes."""
+    return torch.sum(log_probs.exp() * (log_probs - initial_log_probs), dim=-1).mean()
+
+
+def relative_weight_decay(delta: torch.Tensor, initial_value: torch.Tensor) -> torch.Tensor:
+    """||δ||² / ||v_init||²: keeps the new value close to the old one.
+
+    Deviation: ROME's code uses ||δ|| / ||v_init||² (not scale-free); the squared ratio is
+    dimensionless, so one weight serves models of any width."""
+    return delta.pow(2).sum() / initial_value.pow(2).sum()
+
+
+def clamp_norm(delta: torch.Tensor, max_norm: float) -> torch.Tensor:
+    """Rescale δ in place so that ||δ|| ≤ max_norm (ROME's clamp_norm_factor × ||v_init||)."""
+    norm = delta.norm()
+    if norm > max_norm:
+        delta.mul_(max_norm / norm)
+    return delta
+
+
+def ngram_entropy(tokens: list[str], orders=(2, 3), weights=(2 / 3, 4 / 3)) -> float:
+    """Fluency: weighted mean of n-gram entropies of a text (ROME, Meng et al. 2022, §4.2;
+    weights 2/3 and 4/3 for bi- and tri-grams as in its reference code). Low values mean a
+    repetitive, degenerate generation. Entropies in bits."""
+    values = []
+    for n, w in zip(orders, weights):
+        grams = [tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
+        if not grams:
+            values.append(0.0)
+            continue
+        counts = torch.tensor(list(_count(grams).values()), dtype=torch.float64)
+        freq = counts / counts.sum()
+        values.append(w * float(-(freq * freq.log2()).sum()))
+    return sum(values) / len(values)
+
+
+def _count(items):
+    out: dict = {}
+    for x in items:
+        out[x] = out.get(x, 0) + 1
+    return out

@@ -1,0 +1,37 @@
+"""The registry of editing methods: the one place a method is added.
+
+A method is a small unit: a typed config dataclass (its recipe keys) and three functions,
+``prepare(model, tok, config) -> state`` (work shared by all requests, done before any edit),
+``compute(model, tok, requests, config, state) -> (factors, info)`` (the weight change for one
+batch of requests, not yet applied), and ``batch_size(config)``. Orchestration (applying,
+rolling back on failure, manifests) lives in ``llm_edit.api`` and is the same for every method.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from . import rome
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    config: type
+    prepare: Callable
+    compute: Callable
+    batch_size: Callable
+    summary: str
+
+
+METHODS: dict[str, Method] = {
+    "rome": Method("rome", rome.ROMEConfig, rome.prepare, rome.compute, lambda config: 1,
+                   "rank-one edit of one MLP layer per fact, applied one fact after another"),
+}
+
+
+def get_method(name: str) -> Method:
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise ValueError(f"unknown method {name!r}; available: {', '.join(METHODS)}") from None

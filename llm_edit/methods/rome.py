@@ -1,0 +1,82 @@
+"""ROME: rank-one model editing (Meng et al., "Locating and Editing Factual Associations in
+GPT", NeurIPS 2022), with the r-ROME consistency fix (Gupta et al. 2024).
+
+For each request, one after another: the key k* is the edited MLP output projection's input at
+the subject's last token, averaged over short model-generated prefixes (eq. 3); the value
+change δ is optimised so that the model says the new object (eq. 4); the closed-form rank-one
+update (eq. 2) then writes v_init + δ at k* while disturbing other keys as little as C = E[kkᵀ]
+allows. All maths lives in ``kv.py``/``maths.py``, shared with the other locate-then-edit methods.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..arch import arch_of
+from ..kv import context_templates, mean_subject_key, optimise_value
+from ..maths import rank_one_update
+from ..stats import second_moment
+
+
+@dataclass
+class ROMEConfig:
+    """ROME hyper-parameters; defaults follow the paper's GPT-J recipe, recipes tune them per model."""
+
+    layer: int  # which block's MLP output projection to edit (causal tracing picks it)
+    v_steps: int = 20  # Adam steps for δ
+    v_lr: float = 0.5
+    v_weight_decay: float = 0.5  # weight of ||δ||²/||v_init||²
+    clamp_norm_factor: float = 4.0  # ||δ|| ≤ factor · ||v_init||
+    kl_factor: float = 0.0625  # weight of KL on the essence prompts
+    kl_prompts: list[str] = field(default_factory=lambda: ["{} is a"])
+    nll_stop: float = 0.05  # stop optimising once the target NLL (per token) is below this
+    context_lengths: list[int] = field(default_factory=lambda: [5, 10])  # generated prefix lengths
+    contexts_per_length: int = 5
+    stats_corpus: str = "model-samples"  # see llm_edit/stats.py
+    stats_tokens: int = 50_000
+    stats_seq_len: int = 128
+    seed: int = 0
+
+    def validate(self) -> None:
+        if self.layer < 0:
+            raise ValueError("layer must be >= 0")
+        if self.v_steps < 0 or self.v_lr <= 0 or self.clamp_norm_factor <= 0:
+            raise ValueError("v_steps >= 0, v_lr > 0 and clamp_norm_factor > 0 are required")
+        for p in self.kl_prompts:
+            if p.count("{}") != 1:
+                raise ValueError(f"kl_prompts: {p!r} must contain '{{}}' exactly once")
+
+
+def module_name(model, config: ROMEConfig) -> str:
+    return arch_of(model).mlp_out.format(config.layer)
+
+
+def prepare(model, tok, config: ROMEConfig) -> dict:
+    """Work shared by all requests: C for the edited layer and the context prefixes."""
+    from ..arch import num_layers
+
+    if config.layer >= num_layers(model):
+        raise ValueError(f"layer {config.layer} does not exist: the model has {num_layers(model)} layers")
+    cov, stats_manifest = second_moment(model, tok, module_name(model, config), corpus=config.stats_corpus,
+                                        n_tokens=config.stats_tokens, seq_len=config.stats_seq_len,
+                                        seed=config.seed)
+    contexts = context_templates(model, tok, config.context_lengths, config.contexts_per_length, config.seed)
+    return {"cov": cov, "stats": stats_manifest, "contexts": contexts}
+
+
+def compute(model, tok, requests, config: ROMEConfig, state: dict):
+    """Factors of the rank-one update for one request, in the weight's storage layout."""
+    (request,) = requests
+    spec = arch_of(model)
+    name = module_name(model, config)
+    key = mean_subject_key(model, tok, name, request, state["contexts"])
+    value = optimise_value(model, tok, name, request, state["contexts"], steps=config.v_steps, lr=config.v_lr,
+                           kl_factor=config.kl_factor, weight_decay=config.v_weight_decay,
+                           clamp_norm_factor=config.clamp_norm_factor, kl_prompts=config.kl_prompts,
+                           nll_stop=config.nll_stop)
+    cov = state["cov"].to(key.device) if state["cov"] is not None else None
+    left, right = rank_one_update(value.delta, key, cov)
+    if spec.mlp_out_transposed:  # Conv1D stores (in, out): (left @ right)ᵀ = rightᵀ @ leftᵀ
+        left, right = right.T, left.T
+    info = {"nll_before": value.nll_before, "nll_after_optimisation": value.nll_after, "steps": value.steps,
+            "delta_norm": float(value.delta.norm()), "value_norm": float(value.initial.norm())}
+    return {name + ".weight": (left, right)}, info

@@ -1,0 +1,199 @@
+"""Second-moment statistics C = E[k kᵀ] of an edited module's keys, cached on disk.
+
+ROME and MEMIT estimate C from 100,000 Wikipedia samples. The hub is not always reachable, so
+the corpus is a choice (recipe key ``stats_corpus``):
+
+* ``model-samples`` (default): text sampled from the model itself (top-p 0.95, fixed seed).
+  The model's own samples follow its pre-training distribution better than any one domain's
+  text at hand; ``evals/stats_corpus.py`` compares the choices (README, "Statistics").
+* ``file:PATH``: a local ``.txt`` (paragraphs separated by blank lines) or ``.json``/``.jsonl``
+  file whose records have a ``text`` field (or ``question``/``answer``, as TOFU's).
+* ``hf:NAME[:CONFIG]``: a hub dataset's ``text`` field, streamed (needs the hub).
+* ``identity``: C = I, ROME without the second-moment adjustment (an ablation).
+
+A file holds C for one (model weights that the keys depend on, module, corpus, token count),
+with a JSON manifest in its safetensors metadata.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+from .arch import arch_of
+from .hooks import Trace
+from .io import run_info, sha256_file
+from .models import cache_home
+
+_SAMPLE_STARTS = ["The", "In", "A", "It", "This", "When", "He", "She", "We", "After", "There",
+                  "One", "Many", "According", "During", "His"]
+
+
+def key_fingerprint(model, module_name: str) -> str:
+    """Hash of the weights that the keys of ``module_name`` depend on: every parameter outside
+    the transformer blocks, the blocks below it, and its own block except the module itself.
+    Editing that module (as ROME does) therefore keeps its statistics valid."""
+    spec = arch_of(model)
+    layer = int(module_name[len(spec.layers) + 1:].split(".")[0])
+    h = hashlib.sha256(model.config.to_json_string(use_diff=False).encode())
+    with torch.no_grad():
+        for name, t in sorted(model.state_dict().items()):
+            if name.startswith(spec.layers + "."):
+                i = int(name[len(spec.layers) + 1:].split(".")[0])
+                if i > layer or name.startswith(module_name + "."):
+                    continue
+            flat = t.detach().reshape(-1).float().cpu()
+            h.update(f"{name}{tuple(t.shape)}{flat.double().sum().item():.10e}".encode())
+            h.update(flat[:256].numpy().tobytes() + flat[-256:].numpy().tobytes())
+    return h.hexdigest()
+
+
+def corpus_id(corpus: str) -> str:
+    if corpus.startswith("file:"):
+        path = Path(corpus[5:])
+        if not path.is_file():
+            raise FileNotFoundError(f"stats_corpus {corpus!r}: no such file")
+        return f"file-{sha256_file(path)[:16]}"
+    return corpus.replace("/", "_").replace(":", "-")
+
+
+def _texts_from_file(path: Path) -> Iterator[str]:
+    raw = path.read_text(encoding="utf-8")
+    if path.suffix in (".json", ".jsonl"):
+        records = json.loads(raw) if raw.lstrip().startswith("[") else [
+            json.loads(line) for line in raw.splitlines() if line.strip()]
+        for r in records:
+            if isinstance(r, dict) and "text" in r:
+                yield r["text"]
+            elif isinstance(r, dict) and "question" in r and "answer" in r:
+                yield f"{r['question']} {r['answer']}"
+            else:
+                raise ValueError(f"{path}: records need a 'text' field (or 'question' and 'answer')")
+    else:
+        yield from (p.strip() for p in raw.split("\n\n") if p.strip())
+
+
+def _sequences(model, tok, corpus: str, n_tokens: int, seq_len: int, seed: int) -> Iterator[list[int]]:
+    """Yield token-id sequences of at most ``seq_len`` until ``n_tokens`` are covered."""
+    if corpus == "model-samples":
+        yield from _model_samples(model, tok, n_tokens, seq_len, seed)
+        return
+    if corpus.startswith("file:"):
+        texts = _texts_from_file(Path(corpus[5:]))
+    elif corpus.startswith("hf:"):
+        from datasets import load_dataset
+
+        name, _, config = corpus[3:].partition(":")
+        texts = (r["text"] for r in load_dataset(name, config or None, split="train", streaming=True))
+    else:
+        raise ValueError(f"unknown stats_corpus {corpus!r}: use model-samples, file:PATH, hf:NAME[:CONFIG] or identity")
+    buffer: list[int] = []
+    for text in texts:  # pack documents into full-length sequences, as ROME's loader does
+        buffer += tok(text + "\n\n", add_special_tokens=False)["input_ids"]
+        while len(buffer) >= seq_len:
+            yield buffer[:seq_len]
+            buffer = buffer[seq_len:]
+    if buffer:
+        yield buffer
+
+
+def _model_samples(model, tok, n_tokens: int, seq_len: int, seed: int, batch: int = 32) -> Iterator[list[int]]:
+    """Sequences sampled from the model, cached per (model, seed, length, count)."""
+    from .models import fingerprint
+
+    n_seqs = math.ceil(n_tokens / seq_len)
+    path = cache_home() / "corpora" / f"{fingerprint(model)[:16]}-samples-s{seed}-L{seq_len}-n{n_seqs}.json"
+    if path.is_file():
+        yield from json.loads(path.read_text())
+        return
+    from tqdm.auto import tqdm
+
+    device = next(model.parameters()).device
+    out: list[list[int]] = []
+    side, tok.padding_side = tok.padding_side, "left"
+    gen = torch.Generator().manual_seed(seed)
+    try:
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), \
+                tqdm(total=n_seqs * seq_len, unit="tok", desc="sampling text for statistics") as bar:
+            torch.manual_seed(seed)
+            while len(out) < n_seqs:
+                k = min(batch, n_seqs - len(out))
+                starts = [_SAMPLE_STARTS[i] for i in torch.randint(len(_SAMPLE_STARTS), (k,), generator=gen)]
+                enc = tok(starts, return_tensors="pt", padding=True).to(device)
+                ids = model.generate(**enc, do_sample=True, top_p=0.95, top_k=0, max_new_tokens=seq_len,
+                                     pad_token_id=tok.pad_token_id)
+                for row, m in zip(ids.tolist(), enc["attention_mask"].tolist()):
+                    row = row[len(m) - sum(m):][:seq_len]  # drop left padding
+                    if tok.eos_token_id in row[1:]:
+                        row = row[: row.index(tok.eos_token_id, 1) + 1]
+                    out.append(row)
+                bar.update(k * seq_len)
+    finally:
+        tok.padding_side = side
+    path.parent.mkdir(parents=True, exist_ok=True)
+    from .io import atomic_write_text
+
+    atomic_write_text(path, json.dumps(out))
+    yield from out
+
+
+def second_moment(model, tok, module_name: str, *, corpus: str = "model-samples", n_tokens: int = 50_000,
+                  seq_len: int = 128, seed: int = 0, batch_size: int = 8, use_cache: bool = True,
+                  ) -> tuple[torch.Tensor | None, dict]:
+    """Return (C, manifest): C = E[k kᵀ] over ``n_tokens`` keys of ``module_name`` (float32, CPU),
+    or None for ``corpus="identity"``."""
+    if corpus == "identity":
+        return None, {"corpus": "identity"}
+    from safetensors.torch import load_file, save_file
+    from tqdm.auto import tqdm
+
+    fp = key_fingerprint(model, module_name)
+    cid = corpus_id(corpus)
+    path = cache_home() / "stats" / fp[:16] / f"{module_name}__{cid}__n{n_tokens}_L{seq_len}_s{seed}.safetensors"
+    if use_cache and path.is_file():
+        from safetensors import safe_open
+
+        with safe_open(str(path), "pt") as f:
+            manifest = json.loads(f.metadata()["manifest"])
+        return load_file(str(path))["second_moment"], manifest
+
+    device = next(model.parameters()).device
+    t0 = time.perf_counter()
+    total, count = None, 0
+    seqs = _sequences(model, tok, corpus, n_tokens, seq_len, seed)
+    with tqdm(total=n_tokens, unit="tok", desc=f"second moment of {module_name}") as bar:
+        done = False
+        while not done:
+            chunk = [s for _, s in zip(range(batch_size), seqs)]
+            if not chunk:
+                break
+            width = max(len(s) for s in chunk)
+            ids = torch.full((len(chunk), width), tok.pad_token_id, dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            for i, s in enumerate(chunk):
+                ids[i, : len(s)], mask[i, : len(s)] = torch.tensor(s), 1
+            with torch.no_grad(), Trace(model, [module_name], retain_input=True, stop=True) as tr:
+                model(input_ids=ids.to(device), attention_mask=mask.to(device))
+            keys = tr[module_name].input[mask.to(device).bool()].double()
+            if count + len(keys) >= n_tokens:
+                keys, done = keys[: n_tokens - count], True
+            total = keys.T @ keys if total is None else total + keys.T @ keys
+            count += len(keys)
+            bar.update(len(keys))
+    if count == 0:
+        raise ValueError(f"stats_corpus {corpus!r} gave no tokens")
+    cov = (total / count).float().cpu()
+    manifest = {"model_key_fingerprint": fp, "module": module_name, "corpus": corpus, "corpus_id": cid,
+                "n_tokens": count, "n_tokens_requested": n_tokens, "seq_len": seq_len, "seed": seed,
+                "seconds": round(time.perf_counter() - t0, 2), **run_info()}
+    if use_cache:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".partial")
+        save_file({"second_moment": cov.contiguous()}, str(tmp), metadata={"manifest": json.dumps(manifest)})
+        tmp.replace(path)
+    return cov, manifest

@@ -1,0 +1,102 @@
+"""Tokenization helpers: where the subject ends, and prompt+target batches.
+
+The last subject token is found from the tokenizer's character offsets of the *whole* prompt,
+never by re-tokenising prefixes (which breaks when a token straddles the subject's edge, and
+when a BOS token or a chat template is added).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+class SubjectNotFound(ValueError):
+    pass
+
+
+def render(tok, template: str, subject: str, *, chat: bool = False) -> tuple[str, int, int, bool]:
+    """Fill ``template``'s ``{}`` with ``subject``; optionally wrap it in the chat template.
+
+    Returns (text, subject_start, subject_end, add_special_tokens).
+    """
+    if "{}" not in template:
+        raise SubjectNotFound(f"prompt {template!r} has no '{{}}' for the subject {subject!r}")
+    text = template.replace("{}", subject, 1)
+    start = template.index("{}")
+    if not chat:
+        return text, start, start + len(subject), True
+    if not getattr(tok, "chat_template", None):
+        raise ValueError("chat=True but the tokenizer has no chat template")
+    full = tok.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
+                                   add_generation_prompt=True)
+    offset = full.rfind(text)
+    if offset < 0:
+        raise SubjectNotFound("the chat template changed the prompt's text; cannot locate the subject")
+    return full, offset + start, offset + start + len(subject), False
+
+
+def encode_with_subject(tok, template: str, subject: str, *, chat: bool = False) -> tuple[list[int], int]:
+    """Token ids of the filled prompt and the index of the subject's last token."""
+    text, start, end, special = render(tok, template, subject, chat=chat)
+    enc = tok(text, return_offsets_mapping=True, add_special_tokens=special)
+    last = None
+    for i, (a, b) in enumerate(enc["offset_mapping"]):
+        if b > a and a < end and b > start:  # a real token overlapping [start, end)
+            last = i
+    if last is None:
+        raise SubjectNotFound(f"no token of {text!r} covers the subject {subject!r}")
+    return list(enc["input_ids"]), last
+
+
+def target_ids(tok, target: str) -> list[int]:
+    """Ids of `` target`` as it continues a prompt (targets are stored without the space)."""
+    ids = tok(" " + target, add_special_tokens=False)["input_ids"]
+    if not ids:
+        raise ValueError(f"target {target!r} tokenizes to nothing")
+    return list(ids)
+
+
+@dataclass
+class Batch:
+    """A right-padded batch of prompt(+target) sequences.
+
+    ``labels`` is -100 except at positions whose *next-token prediction* is a target token:
+    labels[b, t] is the target token predicted from position t.
+    """
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    labels: torch.Tensor
+    subject_index: torch.Tensor  # (batch,) last subject token, -1 where not tracked
+
+    def to(self, device) -> "Batch":
+        return Batch(*(t.to(device) for t in (self.input_ids, self.attention_mask, self.labels,
+                                                self.subject_index)))
+
+
+def make_batch(pad_id: int, prompts: list[list[int]], targets: list[list[int]] | None = None,
+               subject_index: list[int] | None = None) -> Batch:
+    """Concatenate prompt and target ids (the last target token is only predicted, never fed)."""
+    targets = targets or [[] for _ in prompts]
+    seqs = [p + t[:-1] for p, t in zip(prompts, targets)]
+    width = max(len(s) for s in seqs)
+    n = len(seqs)
+    ids = torch.full((n, width), pad_id, dtype=torch.long)
+    mask = torch.zeros((n, width), dtype=torch.long)
+    labels = torch.full((n, width), -100, dtype=torch.long)
+    for b, (seq, p, t) in enumerate(zip(seqs, prompts, targets)):
+        ids[b, : len(seq)] = torch.tensor(seq)
+        mask[b, : len(seq)] = 1
+        for j, tid in enumerate(t):
+            labels[b, len(p) - 1 + j] = tid
+    sub = torch.tensor(subject_index if subject_index is not None else [-1] * n, dtype=torch.long)
+    return Batch(ids, mask, labels, sub)
+
+
+def token_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sequence sum of target-token log-probabilities and the number of target tokens."""
+    mask = labels != -100
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    picked = logp.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return (picked * mask).sum(-1), mask.sum(-1)

@@ -1,0 +1,50 @@
+import pytest
+
+from llm_edit.models import build_tiny_tokenizer
+from llm_edit.text import SubjectNotFound, encode_with_subject, make_batch
+
+
+@pytest.mark.parametrize("add_bos", [True, False])
+@pytest.mark.parametrize("template, subject", [
+    ("The {} is located in the city of", "Eiffel Tower"),
+    ("{} plays", "Lionel Messi"),
+    ("Q: Where is {}? A:", "the Louvre"),
+    ("The capital of {}", "France"),
+])
+def test_last_subject_token(add_bos, template, subject):
+    tok = build_tiny_tokenizer(add_bos=add_bos)
+    ids, last = encode_with_subject(tok, template, subject)
+    assert (ids[0] == tok.bos_token_id) == add_bos
+    text = template.replace("{}", subject)
+    end = template.index("{}") + len(subject)
+    assert tok.decode(ids[: last + 1], skip_special_tokens=True).rstrip() .endswith(subject[-1])
+    # everything up to `last` covers the subject; the next token starts at or after its end
+    assert len(tok.decode(ids[: last + 1], skip_special_tokens=True)) >= end
+    assert len(tok.decode(ids[:last], skip_special_tokens=True)) < end
+    assert tok.decode(ids, skip_special_tokens=True) == text
+
+
+def test_last_subject_token_inside_chat_template():
+    tok = build_tiny_tokenizer(add_bos=False)
+    plain, plain_last = encode_with_subject(tok, "The {} is in", "Eiffel Tower")
+    ids, last = encode_with_subject(tok, "The {} is in", "Eiffel Tower", chat=True)
+    assert tok.decode(ids[: last + 1]).endswith(tok.decode(plain[: plain_last + 1]))
+    assert "<|im_start|>" in tok.decode(ids)
+
+
+def test_subject_that_ends_inside_a_token():
+    tok = build_tiny_tokenizer(add_bos=False)
+    ids, last = encode_with_subject(tok, "{}s is a city", "Pari")
+    assert len(tok.decode(ids[: last + 1])) >= 4 and len(tok.decode(ids[:last])) < 4
+
+
+def test_missing_placeholder():
+    with pytest.raises(SubjectNotFound):
+        encode_with_subject(build_tiny_tokenizer(False), "no placeholder", "x")
+
+
+def test_make_batch_labels_point_at_target_tokens():
+    batch = make_batch(0, [[5, 6, 7], [5]], [[8, 9], [4]])
+    assert batch.input_ids.tolist() == [[5, 6, 7, 8], [5, 0, 0, 0]]
+    assert batch.attention_mask.tolist() == [[1, 1, 1, 1], [1, 0, 0, 0]]
+    assert batch.labels.tolist() == [[-100, -100, 8, 9], [4, -100, -100, -100]]
