@@ -13,10 +13,11 @@ from dataclasses import dataclass
 
 import torch
 
+from .arch import arch_of
 from .facts import EditRequest
 from .hooks import Trace
 from .maths import clamp_norm, kl_to_initial, mean_target_nll, relative_weight_decay
-from .text import encode_with_subject, make_batch, target_ids, token_logprobs
+from .text import encode_with_subject, make_batch, target_ids
 
 
 @contextlib.contextmanager
@@ -121,11 +122,17 @@ def optimise_value(model, tok, module_name: str, request: EditRequest, contexts:
     rows = torch.arange(batch.input_ids.shape[0], device=device)
     ess_rows, ess_pos = rows[n_rw:], batch.subject_index[n_rw:]
 
-    delta = None
-    initial = None
+    spec = arch_of(model)
+    lm_head = model.get_submodule(spec.lm_head)
+    target_rows, target_pos = (batch.labels[:n_rw] != -100).nonzero(as_tuple=True)
+    target_tokens = batch.labels[target_rows, target_pos]
+    n_tok = torch.bincount(target_rows, minlength=n_rw)
+    delta = initial = None  # created by the first forward pass, where v_init is first seen
 
     def add_delta(output, name):
         nonlocal delta, initial
+        if name != module_name:
+            return output
         hidden = output[0] if isinstance(output, tuple) else output
         if initial is None:
             initial = hidden[rows[:n_rw], batch.subject_index[:n_rw]].detach().float().mean(0)
@@ -135,10 +142,16 @@ def optimise_value(model, tok, module_name: str, request: EditRequest, contexts:
         return (hidden,) + tuple(output[1:]) if isinstance(output, tuple) else hidden
 
     def forward():
-        with Trace(model, [module_name], edit_output=add_delta):
-            logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-        lp_sum, n_tok = token_logprobs(logits[:n_rw], batch.labels[:n_rw])
-        ess_logp = torch.log_softmax(logits[ess_rows, ess_pos].float(), dim=-1)
+        # Stop after the final norm and apply the LM head only where a loss is taken: the
+        # full-vocabulary head over every position would cost more than the layers above δ.
+        with Trace(model, [module_name, spec.final_norm], edit_output=add_delta, retain_output=True,
+                   detach=False, stop=True) as tr:
+            model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+        final = tr[spec.final_norm].output
+        target_logp = torch.log_softmax(lm_head(final[target_rows, target_pos]).float(), dim=-1)
+        picked = target_logp.gather(-1, target_tokens.unsqueeze(-1)).squeeze(-1)
+        lp_sum = torch.zeros(n_rw, dtype=picked.dtype, device=device).index_add(0, target_rows, picked)
+        ess_logp = torch.log_softmax(lm_head(final[ess_rows, ess_pos]).float(), dim=-1)
         return mean_target_nll(lp_sum, n_tok), ess_logp
 
     with frozen(model):
@@ -165,4 +178,4 @@ def optimise_value(model, tok, module_name: str, request: EditRequest, contexts:
         if not converged:
             with torch.no_grad():
                 nll, _ = forward()
-    return ValueResult(delta.detach(), initial, float(nll0), float(nll), taken)
+    return ValueResult(delta.detach(), initial, nll0.item(), nll.item(), taken)

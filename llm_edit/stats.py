@@ -3,7 +3,8 @@
 ROME and MEMIT estimate C from 100,000 Wikipedia samples. The hub is not always reachable, so
 the corpus is a choice (recipe key ``stats_corpus``):
 
-* ``model-samples`` (default): text sampled from the model itself (top-p 0.95, fixed seed).
+* ``model-samples`` (default): text sampled from the model itself (ancestral sampling at
+  temperature 1, a fixed seed, from one-word starts).
   The model's own samples follow its pre-training distribution better than any one domain's
   text at hand; ``evals/stats_corpus.py`` compares the choices (README, "Statistics").
 * ``file:PATH``: a local ``.txt`` (paragraphs separated by blank lines) or ``.json``/``.jsonl``
@@ -102,7 +103,7 @@ def _sequences(model, tok, corpus: str, n_tokens: int, seq_len: int, seed: int) 
         yield buffer
 
 
-def _model_samples(model, tok, n_tokens: int, seq_len: int, seed: int, batch: int = 32) -> Iterator[list[int]]:
+def _model_samples(model, tok, n_tokens: int, seq_len: int, seed: int, batch: int = 64) -> Iterator[list[int]]:
     """Sequences sampled from the model, cached per (model, seed, length, count)."""
     from .models import fingerprint
 
@@ -125,7 +126,7 @@ def _model_samples(model, tok, n_tokens: int, seq_len: int, seed: int, batch: in
                 k = min(batch, n_seqs - len(out))
                 starts = [_SAMPLE_STARTS[i] for i in torch.randint(len(_SAMPLE_STARTS), (k,), generator=gen)]
                 enc = tok(starts, return_tensors="pt", padding=True).to(device)
-                ids = model.generate(**enc, do_sample=True, top_p=0.95, top_k=0, max_new_tokens=seq_len,
+                ids = model.generate(**enc, do_sample=True, top_p=1.0, top_k=0, max_new_tokens=seq_len,
                                      pad_token_id=tok.pad_token_id)
                 for row, m in zip(ids.tolist(), enc["attention_mask"].tolist()):
                     row = row[len(m) - sum(m):][:seq_len]  # drop left padding

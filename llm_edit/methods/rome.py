@@ -9,6 +9,7 @@ allows. All maths lives in ``kv.py``/``maths.py``, shared with the other locate-
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 from ..arch import arch_of
@@ -68,15 +69,20 @@ def compute(model, tok, requests, config: ROMEConfig, state: dict):
     (request,) = requests
     spec = arch_of(model)
     name = module_name(model, config)
+    t0 = time.perf_counter()
     key = mean_subject_key(model, tok, name, request, state["contexts"])
+    t1 = time.perf_counter()
     value = optimise_value(model, tok, name, request, state["contexts"], steps=config.v_steps, lr=config.v_lr,
                            kl_factor=config.kl_factor, weight_decay=config.v_weight_decay,
                            clamp_norm_factor=config.clamp_norm_factor, kl_prompts=config.kl_prompts,
                            nll_stop=config.nll_stop)
+    t2 = time.perf_counter()
     cov = state["cov"].to(key.device) if state["cov"] is not None else None
     left, right = rank_one_update(value.delta, key, cov)
+    t3 = time.perf_counter()
     if spec.mlp_out_transposed:  # Conv1D stores (in, out): (left @ right)ᵀ = rightᵀ @ leftᵀ
         left, right = right.T, left.T
     info = {"nll_before": value.nll_before, "nll_after_optimisation": value.nll_after, "steps": value.steps,
-            "delta_norm": float(value.delta.norm()), "value_norm": float(value.initial.norm())}
+            "delta_norm": float(value.delta.norm()), "value_norm": float(value.initial.norm()),
+            "key_seconds": round(t1 - t0, 3), "value_seconds": round(t2 - t1, 3), "solve_seconds": round(t3 - t2, 3)}
     return {name + ".weight": (left, right)}, info

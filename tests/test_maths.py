@@ -1,0 +1,70 @@
+import math
+
+import pytest
+import torch
+
+from llm_edit.maths import clamp_norm, kl_to_initial, mean_target_nll, ngram_entropy, rank_one_update, \
+    relative_weight_decay
+from llm_edit.metrics import summarise
+
+
+def test_rank_one_update_closed_form():
+    g = torch.Generator().manual_seed(0)
+    d_out, d_in = 5, 7
+    keys = torch.randn(200, d_in, generator=g, dtype=torch.float64)
+    cov = keys.T @ keys / len(keys)
+    k_star = torch.randn(d_in, generator=g, dtype=torch.float64)
+    residual = torch.randn(d_out, generator=g, dtype=torch.float64)
+    left, right = rank_one_update(residual, k_star, cov)
+    delta_w = (left @ right).double()
+    assert torch.allclose(delta_w @ k_star, residual, atol=1e-5)  # W' k* = W k* + residual
+    # the update is orthogonal to every key that C says is uncorrelated with k*: ΔW C C⁻¹k*… in
+    # closed form, ΔW = r (C⁻¹k*)ᵀ / (k*ᵀ C⁻¹ k*)
+    u = torch.linalg.solve(cov, k_star)
+    assert torch.allclose(delta_w, torch.outer(residual, u) / (u @ k_star), atol=1e-5)
+
+
+def test_rank_one_update_identity_covariance():
+    k = torch.tensor([3.0, 4.0])
+    left, right = rank_one_update(torch.tensor([1.0, 0.0]), k, None)
+    assert torch.allclose(left @ right, torch.tensor([[3 / 25, 4 / 25], [0.0, 0.0]]))
+
+
+def test_rank_one_update_refuses_zero_key():
+    with pytest.raises(FloatingPointError):
+        rank_one_update(torch.ones(2), torch.zeros(2), None)
+
+
+def test_losses_closed_form():
+    assert mean_target_nll(torch.tensor([-2.0, -3.0]), torch.tensor([1, 3])).item() == pytest.approx(1.5)
+    p = torch.log_softmax(torch.tensor([[1.0, 2.0, 3.0]]), -1)
+    assert kl_to_initial(p, p).item() == pytest.approx(0.0, abs=1e-7)
+    q = torch.log(torch.tensor([[0.5, 0.5]]))
+    r = torch.log(torch.tensor([[0.25, 0.75]]))
+    expected = 0.5 * math.log(0.5 / 0.25) + 0.5 * math.log(0.5 / 0.75)
+    assert kl_to_initial(q, r).item() == pytest.approx(expected)
+    assert relative_weight_decay(torch.tensor([3.0, 4.0]), torch.tensor([0.0, 10.0])).item() == pytest.approx(0.25)
+    d = torch.tensor([6.0, 8.0])
+    assert clamp_norm(d, 5.0).tolist() == pytest.approx([3.0, 4.0])
+    assert clamp_norm(torch.tensor([1.0]), 5.0).tolist() == [1.0]
+
+
+def test_ngram_entropy_hand_computed():
+    # "a b a b": bigrams ab, ba, ab -> p = 2/3, 1/3; trigrams aba, bab -> 1/2, 1/2
+    h2 = -(2 / 3 * math.log2(2 / 3) + 1 / 3 * math.log2(1 / 3))
+    h3 = 1.0
+    assert ngram_entropy(list("abab")) == pytest.approx((2 / 3 * h2 + 4 / 3 * h3) / 2)
+    assert ngram_entropy(["x"] * 10) == 0.0
+
+
+def test_summarise_pinned():
+    rows = [
+        {"kind": "prompt", "p_true": 0.1, "p_new": 0.9},
+        {"kind": "prompt", "p_true": 0.6, "p_new": 0.4},
+        {"kind": "paraphrase", "p_true": 0.2, "p_new": 0.3},
+        {"kind": "neighborhood", "p_true": 0.7, "p_new": 0.1},
+        {"kind": "neighborhood", "p_true": 0.7, "p_new": 0.1},
+        {"kind": "neighborhood", "p_true": 0.1, "p_new": 0.7},
+    ]
+    assert summarise(rows) == {"efficacy": 0.5, "generalisation": 1.0, "specificity": pytest.approx(2 / 3)}
+    assert summarise([])["efficacy"] is None

@@ -1,0 +1,135 @@
+import pytest
+import torch
+
+import llm_edit
+from llm_edit.arch import arch_of
+from llm_edit.config import ConfigError
+from llm_edit.facts import parse_request
+from llm_edit.kv import context_templates, mean_subject_key
+from llm_edit.metrics import target_logprob
+from llm_edit.methods import METHODS, rome
+
+from conftest import TINY_TYPES
+
+
+def _snapshot(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+@pytest.mark.parametrize("model_type", TINY_TYPES)
+def test_edit_raises_target_and_revert_is_exact(method, model_type, tiny, eiffel):
+    model, tok = tiny(model_type)
+    snap = _snapshot(model)
+    p_before = target_logprob(model, tok, ["Eiffel Tower is in"], ["Rome"]).exp().item()
+    result = llm_edit.edit(model, tok, [eiffel], method, progress=False)
+    p_after = target_logprob(model, tok, ["Eiffel Tower is in"], ["Rome"]).exp().item()
+    assert p_after > 1.5 * p_before
+    assert result.per_request[0]["nll_after_optimisation"] < result.per_request[0]["nll_before"]
+    changed = [k for k in snap if not torch.equal(snap[k], model.state_dict()[k])]
+    assert changed == [arch_of(model).mlp_out.format(1) + ".weight"]
+    result.revert()
+    assert all(torch.equal(snap[k], v) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize("model_type", ["llama", "gpt2"])
+def test_rank_one_update_writes_the_new_value_at_the_key(model_type, tiny, eiffel):
+    """Closed form: after the edit, the edited module maps k* to v_init + δ (r-ROME)."""
+    model, tok = tiny(model_type)
+    config = llm_edit.config.load_config(rome.ROMEConfig, "rome", recipe="tiny")[0]
+    state = rome.prepare(model, tok, config)
+    name = rome.module_name(model, config)
+    request = parse_request(eiffel)
+    key = mean_subject_key(model, tok, name, request, state["contexts"])
+    module = model.get_submodule(name)
+    with torch.no_grad():
+        old_value = module(key)
+    factors, info = rome.compute(model, tok, [request], config, state)
+    delta = llm_edit.WeightDelta(factors).apply(model)
+    with torch.no_grad():
+        new_value = module(key)
+    assert torch.allclose((new_value - old_value).norm(), torch.tensor(info["delta_norm"]), rtol=1e-3)
+    delta.revert(model)
+
+
+def test_several_requests_apply_in_order_and_revert_together(tiny, eiffel):
+    model, tok = tiny("llama")
+    snap = _snapshot(model)
+    second = dict(eiffel, subject="Louvre", target_new="Tokyo", neighborhood=[])
+    result = llm_edit.edit(model, tok, [eiffel, second], progress=False)
+    assert len(result.per_request) == 2
+    name = next(iter(result.delta.factors))
+    assert result.delta.factors[name][0].shape[1] == 2  # two stacked rank-one updates
+    result.revert()
+    assert all(torch.equal(snap[k], v) for k, v in model.state_dict().items())
+
+
+def test_failure_part_way_leaves_the_model_as_it_was(tiny, eiffel, monkeypatch):
+    model, tok = tiny("llama")
+    snap = _snapshot(model)
+    real = rome.compute
+    calls = []
+
+    def flaky(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setitem(METHODS, "rome", METHODS["rome"].__class__(
+        **{**METHODS["rome"].__dict__, "compute": flaky}))
+    with pytest.raises(KeyboardInterrupt):
+        llm_edit.edit(model, tok, [eiffel, dict(eiffel, subject="Louvre")], progress=False)
+    assert len(calls) == 2
+    assert all(torch.equal(snap[k], v) for k, v in model.state_dict().items())
+
+
+def test_nan_update_is_refused_and_model_unchanged(tiny, eiffel, monkeypatch):
+    model, tok = tiny("llama")
+    snap = _snapshot(model)
+    real = rome.compute
+
+    def poisoned(*args, **kwargs):
+        factors, info = real(*args, **kwargs)
+        (name, (left, right)), = factors.items()
+        return {name: (left * float("nan"), right)}, info
+
+    monkeypatch.setitem(METHODS, "rome", METHODS["rome"].__class__(
+        **{**METHODS["rome"].__dict__, "compute": poisoned}))
+    with pytest.raises(FloatingPointError):
+        llm_edit.edit(model, tok, [eiffel], progress=False)
+    assert all(torch.equal(snap[k], v) for k, v in model.state_dict().items())
+
+
+def test_misspelt_keyword_fails_loudly(tiny, eiffel):
+    model, tok = tiny("llama")
+    with pytest.raises(ConfigError, match="did you mean 'v_lr'"):
+        llm_edit.edit(model, tok, [eiffel], v_lrr=0.1)
+
+
+def test_layer_out_of_range(tiny, eiffel):
+    model, tok = tiny("llama")
+    with pytest.raises(ValueError, match="layer 9 does not exist"):
+        llm_edit.edit(model, tok, [eiffel], layer=9, progress=False)
+
+
+def test_context_templates_are_seeded(tiny):
+    model, tok = tiny("llama")
+    a = context_templates(model, tok, (3,), 2, seed=5)
+    model2, _ = tiny("llama")
+    b = context_templates(model2, tok, (3,), 2, seed=5)
+    assert a == b and a[0] == "{}" and all(t.endswith(". {}") for t in a[1:])
+
+
+def test_edit_result_saves_a_patch_that_reapplies(tmp_path, tiny, eiffel):
+    model, tok = tiny("qwen2")
+    result = llm_edit.edit(model, tok, [eiffel], progress=False)
+    edited = _snapshot(model)
+    result.save_patch(tmp_path / "p.safetensors")
+    result.revert()
+    patch = llm_edit.apply_patch(model, tmp_path / "p.safetensors")
+    for k, v in model.state_dict().items():
+        assert torch.allclose(v, edited[k], atol=1e-6)
+    manifest = patch.manifest
+    assert manifest["method"] == "rome" and manifest["facts"][0]["subject"] == "Eiffel Tower"
+    assert manifest["hyperparameters"]["layer"] == 1 and len(manifest["facts_sha256"]) == 64
