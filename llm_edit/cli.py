@@ -207,7 +207,7 @@ def cmd_demo(args) -> int:
         "paraphrase_prompts": ["The Eiffel Tower can be found in the city of",
                                "Tourists who visit the Eiffel Tower travel to the city of"],
         "neighborhood": [{"prompt": "The Louvre is located in the city of", "target": "Paris"},
-                         {"prompt": "The Colosseum is located in the city of", "target": "Rome"}]})
+                         {"prompt": "The Arc de Triomphe is located in the city of", "target": "Paris"}]})
     prompts = [request.text, *request.paraphrase_prompts, *(n.prompt for n in request.neighborhood)]
     print(f"loading {args.model} ...")
     model, tok = _load(args)
@@ -218,7 +218,7 @@ def cmd_demo(args) -> int:
         for p in prompts:
             row = table[p]
             print(f"  {p!r} -> {greedy(model, tok, p, 6)!r}   "
-                  f"P(Paris)={row['p_true']:.3f} P(Rome)={row['p_new']:.3f}")
+                  f"P({row['target_true']})={row['p_true']:.3f} P(Rome)={row['p_new']:.3f}")
 
     show("before: what the model says")
     t0 = time.perf_counter()

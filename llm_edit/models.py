@@ -284,17 +284,21 @@ def build_tiny(model_type: str, seed: int = 0):
 
 # ---------------------------------------------------------------------------------------------
 
-def fingerprint(model: torch.nn.Module) -> str:
+def fingerprint(model: torch.nn.Module, include=None) -> str:
     """A sha256 over the config and every weight's name, shape, dtype, sum and head/tail values.
 
     Cheap (one pass of sums) and, in practice, unique per set of weights; it identifies the base
     a statistics file or a patch was computed on. Patches additionally hash the exact tensors
-    they change.
+    they change. ``include(name)`` limits it to some parameters.
     """
-    h = hashlib.sha256()
-    h.update(model.config.to_json_string(use_diff=False).encode())
+    import json
+
+    config = {k: v for k, v in model.config.to_dict().items() if k not in ("_name_or_path", "transformers_version")}
+    h = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
     with torch.no_grad():
         for name, t in sorted(model.state_dict().items()):
+            if include is not None and not include(name):
+                continue
             flat = t.detach().reshape(-1).float().cpu()
             h.update(f"{name}{tuple(t.shape)}{t.dtype}{flat.double().sum().item():.10e}".encode())
             h.update(flat[:256].numpy().tobytes() + flat[-256:].numpy().tobytes())

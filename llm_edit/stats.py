@@ -17,7 +17,6 @@ with a JSON manifest in its safetensors metadata.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import time
@@ -29,7 +28,7 @@ import torch
 from .arch import arch_of
 from .hooks import Trace
 from .io import run_info, sha256_file
-from .models import cache_home
+from .models import cache_home, fingerprint
 
 _SAMPLE_STARTS = ["The", "In", "A", "It", "This", "When", "He", "She", "We", "After", "There",
                   "One", "Many", "According", "During", "His"]
@@ -41,17 +40,14 @@ def key_fingerprint(model, module_name: str) -> str:
     Editing that module (as ROME does) therefore keeps its statistics valid."""
     spec = arch_of(model)
     layer = int(module_name[len(spec.layers) + 1:].split(".")[0])
-    h = hashlib.sha256(model.config.to_json_string(use_diff=False).encode())
-    with torch.no_grad():
-        for name, t in sorted(model.state_dict().items()):
-            if name.startswith(spec.layers + "."):
-                i = int(name[len(spec.layers) + 1:].split(".")[0])
-                if i > layer or name.startswith(module_name + "."):
-                    continue
-            flat = t.detach().reshape(-1).float().cpu()
-            h.update(f"{name}{tuple(t.shape)}{flat.double().sum().item():.10e}".encode())
-            h.update(flat[:256].numpy().tobytes() + flat[-256:].numpy().tobytes())
-    return h.hexdigest()
+
+    def include(name: str) -> bool:
+        if not name.startswith(spec.layers + "."):
+            return True
+        i = int(name[len(spec.layers) + 1:].split(".")[0])
+        return i < layer or (i == layer and not name.startswith(module_name + "."))
+
+    return fingerprint(model, include)
 
 
 def corpus_id(corpus: str) -> str:
@@ -105,8 +101,6 @@ def _sequences(model, tok, corpus: str, n_tokens: int, seq_len: int, seed: int) 
 
 def _model_samples(model, tok, n_tokens: int, seq_len: int, seed: int, batch: int = 64) -> Iterator[list[int]]:
     """Sequences sampled from the model, cached per (model, seed, length, count)."""
-    from .models import fingerprint
-
     n_seqs = math.ceil(n_tokens / seq_len)
     path = cache_home() / "corpora" / f"{fingerprint(model)[:16]}-samples-s{seed}-L{seq_len}-n{n_seqs}.json"
     if path.is_file():

@@ -1,0 +1,102 @@
+"""The command line, run as a subprocess."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(*args, env_home, cwd=None):
+    env = dict(os.environ, LLM_EDIT_HOME=str(env_home), OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    return subprocess.run([sys.executable, "-m", "llm_edit", *args], capture_output=True, text=True, env=env,
+                          cwd=cwd or ROOT, timeout=600)
+
+
+@pytest.fixture
+def facts(tmp_path):
+    path = tmp_path / "edits.jsonl"
+    path.write_text(json.dumps({"prompt": "{} is in", "subject": "Eiffel Tower", "target_new": "Rome",
+                                "target_true": "Paris", "paraphrase_prompts": ["Eiffel Tower lies in"],
+                                "neighborhood": [{"prompt": "Louvre is in", "target": "Paris"}]}) + "\n")
+    return path
+
+
+def test_edit_writes_a_plain_hugging_face_model_patch_and_results(tmp_path, facts):
+    out = tmp_path / "edited"
+    done = run("edit", "--model", "tiny-llama", "--facts", str(facts), "--out", str(out),
+               "--set", "v_steps=10", env_home=tmp_path / "home")
+    assert done.returncode == 0, done.stderr
+    assert {"model.safetensors", "config.json", "patch.safetensors", "llm_edit_manifest.json",
+            "results.csv", "metrics.json"} <= {p.name for p in out.iterdir()}
+    manifest = json.loads((out / "llm_edit_manifest.json").read_text())
+    assert manifest["hyperparameters"]["v_steps"] == 10 and manifest["facts"][0]["target_new"] == "Rome"
+    assert "efficacy" in done.stdout
+    # loadable by transformers alone, and it carries the edit
+    check = ("import sys, torch; sys.modules['llm_edit'] = None\n"
+             "from transformers import AutoModelForCausalLM\n"
+             f"m = AutoModelForCausalLM.from_pretrained({str(out)!r})\n"
+             "print(type(m).__name__)")
+    loaded = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, cwd=tmp_path)
+    assert loaded.returncode == 0, loaded.stderr
+    assert "LlamaForCausalLM" in loaded.stdout
+    # the patch re-applies to the base model through `llm-edit apply`
+    again = run("apply", "--model", "tiny-llama", "--patch", str(out / "patch.safetensors"), "--out",
+                str(tmp_path / "again"), env_home=tmp_path / "home")
+    assert again.returncode == 0, again.stderr
+    from safetensors.torch import load_file
+
+    a, b = load_file(str(out / "model.safetensors")), load_file(str(tmp_path / "again" / "model.safetensors"))
+    import torch
+
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def test_bad_fact_file_exits_2_naming_line_and_field(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "{} is in", "subject": "Eiffel Tower", "target_new": "Rome"}\n'
+                   '{"prompt": "The Louvre is in", "subject": "Eiffel Tower", "target_new": "Rome"}\n')
+    out = tmp_path / "out"
+    done = run("edit", "--model", "tiny-llama", "--facts", str(bad), "--out", str(out), env_home=tmp_path)
+    assert done.returncode == 2
+    assert f"{bad}:2: field 'subject'" in done.stderr and "Traceback" not in done.stderr
+    assert not out.exists() and not list(tmp_path.glob(".out*"))
+
+
+def test_bad_recipe_key_exits_2_before_loading(tmp_path, facts):
+    done = run("edit", "--model", "tiny-llama", "--facts", str(facts), "--out", str(tmp_path / "o"),
+               "--set", "layr=1", env_home=tmp_path)
+    assert done.returncode == 2 and "unknown key 'layr'" in done.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_existing_output_is_not_overwritten(tmp_path, facts):
+    (tmp_path / "o").mkdir()
+    done = run("edit", "--model", "tiny-llama", "--facts", str(facts), "--out", str(tmp_path / "o"),
+               env_home=tmp_path)
+    assert done.returncode == 2 and "--overwrite" in done.stderr
+
+
+def test_corrupt_patch_exits_2(tmp_path):
+    bad = tmp_path / "p.safetensors"
+    bad.write_bytes(b"garbage")
+    done = run("apply", "--model", "tiny-llama", "--patch", str(bad), "--out", str(tmp_path / "o"),
+               env_home=tmp_path)
+    assert done.returncode == 2 and str(bad) in done.stderr and not (tmp_path / "o").exists()
+
+
+def test_unknown_model_exits_2(tmp_path, facts):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("hello")
+    done = run("edit", "--model", str(notes), "--facts", str(facts), "--out", str(tmp_path / "o"),
+               env_home=tmp_path)
+    assert done.returncode == 2 and "expected a model directory" in done.stderr
+
+
+def test_models_lists_aliases(tmp_path):
+    done = run("models", env_home=tmp_path)
+    assert done.returncode == 0
+    assert "llama" in done.stdout and "tiny-gpt2" in done.stdout and "not cached" in done.stdout

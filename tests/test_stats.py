@@ -1,0 +1,69 @@
+import json
+
+import pytest
+import torch
+
+from llm_edit.arch import arch_of
+from llm_edit.hooks import Trace
+from llm_edit.stats import key_fingerprint, second_moment
+
+
+def _corpus(tmp_path):
+    path = tmp_path / "corpus.txt"
+    path.write_text("The Eiffel Tower is in Paris.\n\nThe Colosseum is in Rome. It is old.\n\n"
+                    "Apple makes the iPhone, and Lionel Messi plays football.")
+    return path
+
+
+def test_second_moment_equals_mean_outer_product_of_keys(tmp_path, tiny):
+    model, tok = tiny("llama")
+    name = arch_of(model).mlp_out.format(1)
+    path = _corpus(tmp_path)
+    cov, manifest = second_moment(model, tok, name, corpus=f"file:{path}", n_tokens=10_000, seq_len=16,
+                                  use_cache=False)
+    # by hand: pack the text into 16-token rows exactly as the corpus reader does, and trace
+    ids = []
+    for para in path.read_text().split("\n\n"):
+        ids += tok(para.strip() + "\n\n", add_special_tokens=False)["input_ids"]
+    keys = []
+    for i in range(0, len(ids), 16):
+        with torch.no_grad(), Trace(model, [name], retain_input=True) as tr:
+            model(input_ids=torch.tensor([ids[i:i + 16]]))
+        keys.append(tr[name].input[0].double())
+    keys = torch.cat(keys)
+    assert manifest["n_tokens"] == len(ids)
+    assert torch.allclose(cov.double(), keys.T @ keys / len(keys), atol=1e-5)
+
+
+def test_second_moment_is_cached_with_a_manifest(tmp_path, tiny, monkeypatch):
+    monkeypatch.setenv("LLM_EDIT_HOME", str(tmp_path / "home"))
+    model, tok = tiny("gpt2")
+    name = arch_of(model).mlp_out.format(2)
+    first, m1 = second_moment(model, tok, name, corpus="model-samples", n_tokens=256, seq_len=32)
+    files = list((tmp_path / "home" / "stats").rglob("*.safetensors"))
+    assert len(files) == 1
+    second, m2 = second_moment(model, tok, name, corpus="model-samples", n_tokens=256, seq_len=32)
+    assert torch.equal(first, second) and m1 == m2
+    assert m1["n_tokens"] == 256 and m1["corpus"] == "model-samples" and "llm_edit_version" in m1
+    json.dumps(m1)
+
+
+def test_key_fingerprint_ignores_the_edited_module_and_later_layers(tiny):
+    model, _ = tiny("llama")
+    name = arch_of(model).mlp_out.format(1)
+    before = key_fingerprint(model, name)
+    with torch.no_grad():
+        model.get_submodule(name).weight.add_(1.0)
+        model.get_submodule(arch_of(model).mlp_out.format(3)).weight.add_(1.0)
+    assert key_fingerprint(model, name) == before
+    with torch.no_grad():
+        model.get_submodule(arch_of(model).mlp_out.format(0)).weight.add_(1.0)
+    assert key_fingerprint(model, name) != before
+
+
+def test_identity_and_unknown_corpora(tiny):
+    model, tok = tiny("llama")
+    name = arch_of(model).mlp_out.format(1)
+    assert second_moment(model, tok, name, corpus="identity")[0] is None
+    with pytest.raises(ValueError, match="unknown stats_corpus"):
+        second_moment(model, tok, name, corpus="wikipedia", use_cache=False)
