@@ -1,7 +1,8 @@
 """ROME on the development set: each fact edited alone on the original model, then reverted.
 
-    python evals/rome_dev.py                       # the recipe's values
+    python evals/rome_dev.py                                  # the recipe's values
     python evals/rome_dev.py --set layer=6 --out evals/results/rome_layer6.json
+    python evals/rome_dev.py --grid layer=2,4,6,8             # one run per value, one table
 
 Reports CounterFact's efficacy, generalisation and specificity (llm_edit.metrics), pooled over
 all prompts of each kind, the median edit time, and checks that every revert is bit-exact.
@@ -28,11 +29,44 @@ from llm_edit.models import fingerprint  # noqa: E402
 HERE = Path(__file__).resolve().parent
 
 
+def run_dev(model, tok, requests, sets, fluency_too=False):
+    """Edit each request alone on the original model, score it, revert it."""
+    base = fingerprint(model)
+    # statistics and context prefixes are computed once, outside the timed edits
+    warm = edit(model, tok, requests[:1], sets=sets, progress=False)
+    warm.revert()
+    rows, seconds, per_fact, flu_after = [], [], [], []
+    for i, request in enumerate(requests):
+        t0 = time.perf_counter()
+        result = edit(model, tok, [request], sets=sets, progress=False)
+        seconds.append(time.perf_counter() - t0)
+        table = edit_table(model, tok, [request])
+        for row in table:
+            row["request"] = i
+        rows += table
+        if fluency_too:
+            flu_after.append(fluency(model, tok, [request.text]))
+        result.revert()
+        s = summarise(table)
+        per_fact.append({"subject": request.subject, "target_new": request.target_new, **s,
+                         "seconds": round(seconds[-1], 2), **result.per_request[0]})
+        print(f"[{i + 1:>2}/{len(requests)}] {request.subject:<28} -> {request.target_new:<12} "
+              f"eff={s['efficacy']:.0f} gen={s['generalisation']:.2f} spec={s['specificity']:.2f} "
+              f"{seconds[-1]:.1f}s", flush=True)
+    summary = {"sets": sets, "after": summarise(rows), "median_edit_seconds": round(statistics.median(seconds), 2),
+               "reverts_bit_exact": fingerprint(model) == base,
+               "hyperparameters": warm.manifest["hyperparameters"], "statistics": warm.manifest["statistics"]}
+    if fluency_too:
+        summary["fluency_after_mean"] = sum(flu_after) / len(flu_after)
+    return summary, per_fact, rows
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="llama")
     ap.add_argument("--facts", default=str(HERE / "data" / "dev_rewrites.jsonl"))
     ap.add_argument("--set", dest="sets", action="append", default=[])
+    ap.add_argument("--grid", help="KEY=V1,V2,...: one run per value (on top of --set)")
     ap.add_argument("--limit", type=int)
     ap.add_argument("--fluency", action="store_true", help="also n-gram entropy before/after (slower)")
     ap.add_argument("--threads", type=int, default=None)
@@ -43,44 +77,29 @@ def main(argv=None) -> int:
 
     requests = read_requests(args.facts, limit=args.limit)
     model, tok = load_model(args.model, device="cpu")
-    base = fingerprint(model)
-    before = edit_table(model, tok, requests)
-    flu_before = fluency(model, tok, [r.text for r in requests]) if args.fluency else None
-    # statistics and context prefixes are computed once, outside the timed edits
-    warm = edit(model, tok, requests[:1], sets=args.sets, progress=False)
-    warm.revert()
-
-    rows, seconds, per_fact, flu_after = [], [], [], []
-    for i, request in enumerate(requests):
-        t0 = time.perf_counter()
-        result = edit(model, tok, [request], sets=args.sets, progress=False)
-        seconds.append(time.perf_counter() - t0)
-        table = edit_table(model, tok, [request])
-        for row in table:
-            row["request"] = i
-        rows += table
-        if args.fluency:
-            flu_after.append(fluency(model, tok, [request.text]))
-        result.revert()
-        s = summarise(table)
-        per_fact.append({"subject": request.subject, "target_new": request.target_new, **s,
-                         "seconds": round(seconds[-1], 2), **result.per_request[0]})
-        print(f"[{i + 1:>2}/{len(requests)}] {request.subject:<28} -> {request.target_new:<12} "
-              f"eff={s['efficacy']:.0f} gen={s['generalisation']:.2f} spec={s['specificity']:.2f} "
-              f"{seconds[-1]:.1f}s", flush=True)
-    exact = fingerprint(model) == base
-    summary = {"before": summarise(before), "after": summarise(rows), "n_facts": len(requests),
-               "median_edit_seconds": round(statistics.median(seconds), 2),
-               "reverts_bit_exact": exact, "hyperparameters": warm.manifest["hyperparameters"],
-               "facts_sha256": hashlib.sha256(Path(args.facts).read_bytes()).hexdigest(),
-               "threads": torch.get_num_threads(), **run_info()}
+    before = summarise(edit_table(model, tok, requests))
     if args.fluency:
-        summary["fluency_before"] = flu_before
-        summary["fluency_after_mean"] = sum(flu_after) / len(flu_after)
-    print(json.dumps({k: summary[k] for k in ("before", "after", "median_edit_seconds", "reverts_bit_exact")}))
+        before["fluency"] = fluency(model, tok, [r.text for r in requests])
+    variants = [args.sets]
+    if args.grid:
+        key, _, values = args.grid.partition("=")
+        variants = [args.sets + [f"{key}={v}"] for v in values.split(",")]
+    runs = []
+    for sets in variants:
+        summary, per_fact, rows = run_dev(model, tok, requests, sets, args.fluency)
+        runs.append({"summary": summary, "per_fact": per_fact, "rows": rows})
+    print(f"\nbefore editing: {json.dumps(before)}")
+    print(f"{'overrides':<36}{'efficacy':>9}{'general.':>9}{'specif.':>9}{'median s':>9}{'exact':>7}")
+    for run in runs:
+        s = run["summary"]
+        a = s["after"]
+        print(f"{' '.join(s['sets']) or '(recipe)':<36}{a['efficacy']:>9.3f}{a['generalisation']:>9.3f}"
+              f"{a['specificity']:>9.3f}{s['median_edit_seconds']:>9.2f}{str(s['reverts_bit_exact']):>7}")
     if args.out:
-        write_json(Path(args.out), {"summary": summary, "per_fact": per_fact, "rows": rows})
-    return 0 if exact else 1
+        write_json(Path(args.out), {"before": before, "runs": runs, "n_facts": len(requests),
+                                    "facts_sha256": hashlib.sha256(Path(args.facts).read_bytes()).hexdigest(),
+                                    "threads": torch.get_num_threads(), "command": sys.argv, **run_info()})
+    return 0 if all(r["summary"]["reverts_bit_exact"] for r in runs) else 1
 
 
 if __name__ == "__main__":
