@@ -38,6 +38,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .methods import METHODS
+
     parser = argparse.ArgumentParser(prog="llm-edit", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -47,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("edit", help="insert or rewrite facts and write the edited model")
     _add_model_args(p)
     p.add_argument("--facts", required=True, help="JSONL (or JSON array) of edit requests")
-    p.add_argument("--method", default="rome")
+    p.add_argument("--method", default="rome", choices=sorted(METHODS))
     p.add_argument("--recipe", help="YAML hyper-parameter file or recipe name (default: the model's)")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="override one hyper-parameter (repeatable); values are YAML")
@@ -140,12 +142,15 @@ def cmd_edit(args) -> int:
     from .io import atomic_directory, write_json
     from .methods import get_method
     from .metrics import edit_table, fluency, summarise
+    from .models import ALIASES
 
     requests = read_requests(args.facts)  # validate input before anything slow
     _check_out(args)
     spec = get_method(args.method)
-    if args.recipe:  # a bad recipe fails now, not after loading the model
-        load_config(spec.config, args.method, recipe=args.recipe, sets=args.sets)
+    alias = ALIASES.get(args.model)
+    # a bad recipe or --set fails now, not after loading the model
+    load_config(spec.config, args.method, recipe=args.recipe, model_recipe=alias.recipe if alias else None,
+                sets=args.sets)
     model, tok = _load(args)
     evaluate = not args.no_eval and any(r.target_true for r in requests)
     before = edit_table(model, tok, requests) if evaluate else []

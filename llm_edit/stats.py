@@ -100,12 +100,19 @@ def _sequences(model, tok, corpus: str, n_tokens: int, seq_len: int, seed: int) 
 
 
 def _model_samples(model, tok, n_tokens: int, seq_len: int, seed: int, batch: int = 64) -> Iterator[list[int]]:
-    """Sequences sampled from the model, cached per (model, seed, length, count)."""
+    """Sequences sampled from the model, cached per (model, seed, length).
+
+    Sampling always runs in whole batches from one seeded stream, so a smaller request is a
+    prefix of a larger one and is served from any cached file that holds enough sequences."""
     n_seqs = math.ceil(n_tokens / seq_len)
-    path = cache_home() / "corpora" / f"{fingerprint(model)[:16]}-samples-s{seed}-L{seq_len}-n{n_seqs}.json"
-    if path.is_file():
-        yield from json.loads(path.read_text())
-        return
+    stem = f"{fingerprint(model)[:16]}-samples-s{seed}-L{seq_len}-b{batch}"
+    folder = cache_home() / "corpora"
+    for cached in sorted(folder.glob(stem + "-n*.json")):
+        if int(cached.stem.rsplit("-n", 1)[1]) >= n_seqs:
+            yield from json.loads(cached.read_text())[:n_seqs]
+            return
+    n_batches = math.ceil(n_seqs / batch)
+    path = folder / f"{stem}-n{n_batches * batch}.json"
     from tqdm.auto import tqdm
 
     device = next(model.parameters()).device
@@ -114,10 +121,10 @@ def _model_samples(model, tok, n_tokens: int, seq_len: int, seed: int, batch: in
     gen = torch.Generator().manual_seed(seed)
     try:
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), \
-                tqdm(total=n_seqs * seq_len, unit="tok", desc="sampling text for statistics") as bar:
+                tqdm(total=n_batches * batch * seq_len, unit="tok", desc="sampling text for statistics") as bar:
             torch.manual_seed(seed)
-            while len(out) < n_seqs:
-                k = min(batch, n_seqs - len(out))
+            for _ in range(n_batches):
+                k = batch
                 starts = [_SAMPLE_STARTS[i] for i in torch.randint(len(_SAMPLE_STARTS), (k,), generator=gen)]
                 enc = tok(starts, return_tensors="pt", padding=True).to(device)
                 ids = model.generate(**enc, do_sample=True, top_p=1.0, top_k=0, max_new_tokens=seq_len,
@@ -134,7 +141,7 @@ def _model_samples(model, tok, n_tokens: int, seq_len: int, seed: int, batch: in
     from .io import atomic_write_text
 
     atomic_write_text(path, json.dumps(out))
-    yield from out
+    yield from out[:n_seqs]
 
 
 def second_moment(model, tok, module_name: str, *, corpus: str = "model-samples", n_tokens: int = 50_000,

@@ -93,6 +93,9 @@ def test_unknown_model_exits_2(tmp_path, facts):
     notes.write_text("hello")
     done = run("edit", "--model", str(notes), "--facts", str(facts), "--out", str(tmp_path / "o"),
                env_home=tmp_path)
+    assert done.returncode == 2 and "no recipe for this model: pass --recipe" in done.stderr
+    done = run("edit", "--model", str(notes), "--facts", str(facts), "--out", str(tmp_path / "o"),
+               "--recipe", "tiny", env_home=tmp_path)
     assert done.returncode == 2 and "expected a model directory" in done.stderr
 
 

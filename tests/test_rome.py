@@ -109,7 +109,7 @@ def test_misspelt_keyword_fails_loudly(tiny, eiffel):
 
 def test_layer_out_of_range(tiny, eiffel):
     model, tok = tiny("llama")
-    with pytest.raises(ValueError, match="layer 9 does not exist"):
+    with pytest.raises(ConfigError, match="layer 9 does not exist"):
         llm_edit.edit(model, tok, [eiffel], layer=9, progress=False)
 
 

@@ -12,7 +12,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from ..arch import arch_of
+from ..arch import arch_of, num_layers
+from ..config import ConfigError
 from ..kv import context_templates, mean_subject_key, optimise_value
 from ..maths import rank_one_update
 from ..stats import second_moment
@@ -53,10 +54,9 @@ def module_name(model, config: ROMEConfig) -> str:
 
 def prepare(model, tok, config: ROMEConfig) -> dict:
     """Work shared by all requests: C for the edited layer and the context prefixes."""
-    from ..arch import num_layers
-
     if config.layer >= num_layers(model):
-        raise ValueError(f"layer {config.layer} does not exist: the model has {num_layers(model)} layers")
+        raise ConfigError(f"layer {config.layer} does not exist: the model has {num_layers(model)} layers "
+                          f"(0..{num_layers(model) - 1})")
     cov, stats_manifest = second_moment(model, tok, module_name(model, config), corpus=config.stats_corpus,
                                         n_tokens=config.stats_tokens, seq_len=config.stats_seq_len,
                                         seed=config.seed)
