@@ -86,10 +86,21 @@ def subject_keys(model, tok, module_name: str, templates: list[str], subjects: l
     return torch.cat(rows)
 
 
-def mean_subject_key(model, tok, module_name: str, request: EditRequest, contexts: list[str]) -> torch.Tensor:
-    """k*: the key averaged over context prefixes (ROME eq. 3)."""
+def mean_subject_key(model, tok, module_name: str, request: EditRequest, contexts: list[str],
+                     bare_weight: float | None = None) -> torch.Tensor:
+    """k*: the key averaged over context prefixes (ROME eq. 3).
+
+    ``contexts[0]`` must be the bare ``"{}"``. With ``bare_weight`` None every template counts
+    the same (ROME, r-ROME); otherwise the bare prompt's key gets that weight and the prefixed
+    ones share the rest. Deviation, measured in the README: where the subject opens the prompt
+    its bare key sits at position 0 (an attention sink on models without BOS) and differs from
+    every prefixed key, so an equal average can miss the very prompt being edited.
+    """
     templates = [c.replace("{}", request.prompt) for c in contexts]
-    return subject_keys(model, tok, module_name, templates, [request.subject] * len(templates)).mean(0)
+    keys = subject_keys(model, tok, module_name, templates, [request.subject] * len(templates))
+    if bare_weight is None or len(keys) == 1:
+        return keys.mean(0)
+    return bare_weight * keys[0] + (1 - bare_weight) * keys[1:].mean(0)
 
 
 @dataclass

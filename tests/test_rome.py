@@ -133,3 +133,18 @@ def test_edit_result_saves_a_patch_that_reapplies(tmp_path, tiny, eiffel):
     manifest = patch.manifest
     assert manifest["method"] == "rome" and manifest["facts"][0]["subject"] == "Eiffel Tower"
     assert manifest["hyperparameters"]["layer"] == 1 and len(manifest["facts_sha256"]) == 64
+
+
+def test_bare_key_weight_mixes_the_unprefixed_key(tiny, eiffel):
+    from llm_edit.kv import subject_keys
+
+    model, tok = tiny("llama")
+    name = arch_of(model).mlp_out.format(1)
+    request = parse_request(eiffel)
+    contexts = ["{}", "Hello there. {}", "I think. {}"]
+    keys = subject_keys(model, tok, name, [c.replace("{}", request.prompt) for c in contexts],
+                        [request.subject] * 3)
+    assert torch.allclose(mean_subject_key(model, tok, name, request, contexts), keys.mean(0))
+    assert torch.allclose(mean_subject_key(model, tok, name, request, contexts, 1.0), keys[0])
+    half = mean_subject_key(model, tok, name, request, contexts, 0.5)
+    assert torch.allclose(half, 0.5 * keys[0] + 0.25 * keys[1] + 0.25 * keys[2], atol=1e-6)

@@ -33,6 +33,7 @@ class ROMEConfig:
     nll_stop: float = 0.05  # stop optimising once the target NLL (per token) is below this
     context_lengths: list[int] = field(default_factory=lambda: [5, 10])  # generated prefix lengths
     contexts_per_length: int = 5
+    bare_key_weight: float | None = None  # weight of the unprefixed prompt's key in k*; None: equal
     stats_corpus: str = "model-samples"  # see llm_edit/stats.py
     stats_tokens: int = 50_000
     stats_seq_len: int = 128
@@ -43,6 +44,8 @@ class ROMEConfig:
             raise ValueError("layer must be >= 0")
         if self.v_steps < 0 or self.v_lr <= 0 or self.clamp_norm_factor <= 0:
             raise ValueError("v_steps >= 0, v_lr > 0 and clamp_norm_factor > 0 are required")
+        if self.bare_key_weight is not None and not 0 <= self.bare_key_weight <= 1:
+            raise ValueError("bare_key_weight must be between 0 and 1 (or null)")
         for p in self.kl_prompts:
             if p.count("{}") != 1:
                 raise ValueError(f"kl_prompts: {p!r} must contain '{{}}' exactly once")
@@ -70,7 +73,7 @@ def compute(model, tok, requests, config: ROMEConfig, state: dict):
     spec = arch_of(model)
     name = module_name(model, config)
     t0 = time.perf_counter()
-    key = mean_subject_key(model, tok, name, request, state["contexts"])
+    key = mean_subject_key(model, tok, name, request, state["contexts"], config.bare_key_weight)
     t1 = time.perf_counter()
     value = optimise_value(model, tok, name, request, state["contexts"], steps=config.v_steps, lr=config.v_lr,
                            kl_factor=config.kl_factor, weight_decay=config.v_weight_decay,
