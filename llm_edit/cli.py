@@ -230,7 +230,7 @@ def cmd_demo(args) -> int:
     result = edit(model, tok, [request], "rome")
     print(f"\nROME rewrote 'Eiffel Tower -> Paris' to 'Rome' in {time.perf_counter() - t0:.1f} s "
           f"(layer {result.manifest['hyperparameters']['layer']}, ||ΔW|| = "
-          f"{next(iter(result.delta.norms().values())):.3f}). The Louvre and the Colosseum should not move.")
+          f"{next(iter(result.delta.norms().values())):.3f}). The Louvre and the Arc de Triomphe should not move.")
     show("after the edit (paraphrases change too)")
     result.revert()
     show("after revert (bit-for-bit the original weights)")
