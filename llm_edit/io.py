@@ -72,10 +72,6 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 def run_info() -> dict[str, Any]:
     """What every manifest records about the software that produced it."""
     import torch

@@ -19,7 +19,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -313,7 +312,3 @@ def alias_table() -> list[dict]:
             else "not cached (llm-edit models --pull %s)" % a.name)
         rows.append({"alias": a.name, "description": a.description, "cache": where})
     return rows
-
-
-def remove_cached(alias_name: str) -> None:
-    shutil.rmtree(cached_path(alias_name), ignore_errors=True)
