@@ -115,3 +115,141 @@ def edit(model, tokenizer, requests: Iterable[EditRequest | Mapping[str, Any]], 
         **run_info(),
     }
     return EditResult(model, WeightDelta.stack(applied, manifest), requests, per_request)
+
+
+# -- unlearning -----------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class ForgetResult:
+    """The outcome of ``forget``: the trained model (LoRA adapter attached, not yet merged),
+    the training log and the manifest. ``merge()`` folds the adapter into the weights;
+    ``unload()`` removes it and gives back the original model unchanged; ``save(path)`` writes
+    a Hugging Face model directory with the adapter merged, the adapter in ``adapter/`` and
+    ``llm_edit_manifest.json``."""
+
+    model: torch.nn.Module
+    tokenizer: Any
+    manifest: dict
+    log: list[dict]
+    _trainer: Any = dataclasses.field(repr=False, default=None)
+    merged: bool = False
+
+    @property
+    def adapter(self):
+        """The peft model (None after ``merge``/``unload`` or with full fine-tuning)."""
+        return None if self.merged else self._trainer.peft_model
+
+    def merge(self) -> torch.nn.Module:
+        if not self.merged:
+            if self._trainer.peft_model is not None:
+                self.model = self._trainer.peft_model.merge_and_unload()
+            else:
+                self.model = self._trainer.base_model
+            self.merged = True
+        return self.model
+
+    def unload(self) -> torch.nn.Module:
+        """Remove the adapter without merging: the model exactly as before ``forget``."""
+        if self.merged:
+            raise RuntimeError("the adapter is already merged into the weights")
+        self.model = self._trainer.restore()
+        self.merged = True
+        return self.model
+
+    def save(self, path: str | Path, *, overwrite: bool = False) -> None:
+        from .io import atomic_directory, write_json
+
+        adapter = self.adapter
+        with atomic_directory(Path(path), overwrite=overwrite) as out:
+            if adapter is not None:
+                adapter.save_pretrained(out / "adapter", safe_serialization=True)
+            model = self.merge()
+            model.save_pretrained(out, safe_serialization=True)
+            self.tokenizer.save_pretrained(out)
+            write_json(out / "llm_edit_manifest.json", dict(self.manifest, merged_model_fingerprint=fingerprint(model)))
+
+
+def _parse_items(items, name: str):
+    from .forget_data import parse_item, read_items
+
+    if isinstance(items, (str, Path)):
+        return read_items(items)
+    parsed = [parse_item(x, f"<{name}[{i}]>") for i, x in enumerate(items)]
+    if not parsed:
+        raise ValueError(f"no {name} items")
+    return parsed
+
+
+def default_retain(model, tok, config) -> tuple[list, str]:
+    """Without a retain set: generic text sampled from the original model (cached, seeded), so
+    the retain term keeps the model's general behaviour rather than any one domain."""
+    from .forget_data import ForgetItem
+    from .stats import model_samples
+
+    seq_len = 128  # the statistics cache's sample length, so cached samples are reused
+    rows = list(model_samples(model, tok, config.retain_samples * seq_len, seq_len, config.seed,
+                              desc="sampling retain text from the model"))
+    texts = [tok.decode(r[: config.retain_sample_tokens], skip_special_tokens=True) for r in rows]
+    items = [ForgetItem("text", "", t) for t in texts[: config.retain_samples] if t.strip()]
+    return items, (f"model-samples: {len(items)} texts of {config.retain_sample_tokens} tokens sampled "
+                   f"from the original model (seed {config.seed})")
+
+
+def forget(model, tokenizer, forget: Iterable | str | Path, retain: Iterable | str | Path | None = None,
+           method: str = "npo", *, recipe: str | Path | None = None, sets: list[str] = (), progress: bool = True,
+           callback=None, checkpoint_dir: str | Path | None = None, accelerator=None, **hparams) -> ForgetResult:
+    """Unlearn ``forget`` (items, dicts or a file path) with ``method``; hyper-parameters come
+    from the model's recipe (or ``recipe``), then ``sets``, then ``hparams``, all validated
+    against the method's config. The model is trained in place through a LoRA adapter; if
+    training fails the adapter is removed and the model is exactly as before.
+
+    ``callback(step, record, model)`` runs after every optimizer step; returning True stops."""
+    from .forget_data import Formatting, items_sha256
+    from .train import Trainer
+    from .unlearners import get_unlearner
+
+    spec = get_unlearner(method)
+    forget_items = _parse_items(forget, "forget")
+    config, recipe_path = load_config(spec.config, method, recipe=recipe, model_recipe=model_recipe_name(model),
+                                      sets=list(sets), overrides=hparams)
+    base_fingerprint = fingerprint(model)
+    retain_source = "none (the method has no retain term)"
+    retain_items = None
+    if spec.needs_retain:
+        if retain is None:
+            retain_items, retain_source = default_retain(model, tokenizer, config)
+        else:
+            retain_items = _parse_items(retain, "retain")
+            retain_source = str(retain) if isinstance(retain, (str, Path)) else "given"
+    t0 = time.perf_counter()
+    trainer = Trainer(model, tokenizer, forget_items, retain_items, spec, config, accelerator=accelerator,
+                      progress=progress, callback=callback, checkpoint_dir=checkpoint_dir)
+    try:
+        log = trainer.train()
+    except BaseException:
+        trainer.restore()
+        raise
+    seconds = time.perf_counter() - t0
+    acc = trainer.accelerator
+    manifest = {
+        "method": method,
+        "hyperparameters": dataclasses.asdict(config),
+        "recipe": str(recipe_path),
+        "base_model": getattr(model, "name_or_path", None),
+        "base_model_fingerprint": base_fingerprint,
+        "forget_sha256": items_sha256(forget_items),
+        "forget_items": len(forget_items),
+        "retain_sha256": items_sha256(retain_items) if retain_items else None,
+        "retain_items": len(retain_items) if retain_items else 0,
+        "retain_source": retain_source,
+        "formatting": Formatting(config.use_chat_template, config.system_prompt).describe(tokenizer),
+        "training": {"adapter": None if config.full_finetune else "lora (all linear layers)",
+                     "processes": acc.num_processes, "distributed_type": str(acc.distributed_type),
+                     "effective_batch_size": trainer.effective_batch_size(),
+                     "steps": len(log), "stopped_early": trainer.stopped_early, "seconds": round(seconds, 2),
+                     "final": log[-1] if log else None},
+        "log": log,
+        **run_info(),
+    }
+    return ForgetResult(acc.unwrap_model(trainer.model) if config.full_finetune else trainer.peft_model, tokenizer, manifest, log,
+                        trainer)

@@ -38,6 +38,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from .methods import METHODS
+    from .unlearners import UNLEARNERS
 
     parser = argparse.ArgumentParser(prog="llm-edit", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -63,6 +64,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--overwrite", action="store_true")
 
+    p = sub.add_parser("forget", help="unlearn facts, questions or text (LoRA, through accelerate)")
+    _add_model_args(p)
+    p.add_argument("--facts", required=True, help="JSONL/JSON of items to forget: facts, question/answer pairs or text")
+    p.add_argument("--retain", help="items to keep (default: text sampled from the model itself)")
+    p.add_argument("--method", default="npo", choices=sorted(UNLEARNERS))
+    p.add_argument("--recipe", help="YAML hyper-parameter file or recipe name (default: the model's)")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one hyper-parameter (repeatable); values are YAML")
+    p.add_argument("--out", required=True, help="output directory (merged model, adapter/, manifest, results)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.add_argument("--checkpoint-dir", help="save resumable checkpoints here (and resume from the newest)")
+    p.add_argument("--no-eval", action="store_true", help="skip the before/after table")
+    p.add_argument("--show", type=int, default=10, help="rows of each table to print (all go to results.csv)")
+
     p = sub.add_parser("demo", help="rewrite one fact in the default model and show what changes")
     _add_model_args(p)
     return parser
@@ -71,7 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return {"models": cmd_models, "edit": cmd_edit, "apply": cmd_apply, "demo": cmd_demo}[args.command](args)
+        return {"models": cmd_models, "edit": cmd_edit, "apply": cmd_apply, "forget": cmd_forget,
+                "demo": cmd_demo}[args.command](args)
     except _bad_input_errors() as e:
         print(f"llm-edit: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -197,6 +213,91 @@ def cmd_apply(args) -> int:
         write_json(out / "llm_edit_manifest.json", {"base_model": args.model, "patches": args.patch,
                                                      "stacked": [d.manifest for d in deltas]})
     print(f"applied {len(deltas)} patch(es) -> {args.out}")
+    return 0
+
+
+def _answer_rows(model, tok, items, fmt, role: str) -> list[dict]:
+    from .metrics import answer_probability, greedy_answers
+
+    probs = answer_probability(model, tok, items, fmt)
+    answers = greedy_answers(model, tok, items, fmt)
+    return [{"role": role, "kind": x.kind, "prompt": x.prompt or x.answer[:40], "answer": x.answer,
+             "p_answer": p, "greedy": g} for x, p, g in zip(items, probs, answers)]
+
+
+def _print_answer_table(before: list[dict], after: list[dict], show: int) -> None:
+    def clip(text, n):
+        text = " ".join(text.split())
+        return text if len(text) <= n else text[: n - 1] + "…"
+
+    for role in ("forget", "retain"):
+        rows = [(b, a) for b, a in zip(before, after) if b["role"] == role]
+        if not rows:
+            continue
+        print(f"\n{role} items ({len(rows)}; showing {min(show, len(rows))}): P(answer) and greedy answer")
+        print(f"  {'prompt':<38} {'answer':<16} {'P before':>9} {'P after':>9}  greedy before -> after")
+        for b, a in rows[:show]:
+            print(f"  {clip(b['prompt'], 38):<38} {clip(b['answer'], 16):<16} {b['p_answer']:>9.4f} "
+                  f"{a['p_answer']:>9.4f}  {clip(b['greedy'], 24)!r} -> {clip(a['greedy'], 24)!r}")
+
+
+def cmd_forget(args) -> int:
+    import torch
+    from accelerate import Accelerator
+
+    from .api import forget
+    from .config import load_config
+    from .forget_data import Formatting, read_items
+    from .io import write_json
+    from .models import ALIASES, load_model
+    from .unlearners import get_unlearner
+
+    forget_items = read_items(args.facts)  # validate input before anything slow
+    retain_items = read_items(args.retain) if args.retain else None
+    _check_out(args)
+    spec = get_unlearner(args.method)
+    alias = ALIASES.get(args.model)
+    config, _ = load_config(spec.config, args.method, recipe=args.recipe,
+                            model_recipe=alias.recipe if alias else None, sets=args.sets)
+    use_cpu = args.device == "cpu" or (args.device is None and not torch.cuda.is_available())
+    acc = Accelerator(cpu=use_cpu)
+    model, tok = load_model(args.model, dtype=args.dtype, device=args.device or acc.device,
+                            trust_remote_code=args.trust_remote_code)
+    main_process = acc.is_main_process
+    fmt = Formatting(config.use_chat_template, config.system_prompt)
+    evaluate = not args.no_eval and main_process
+    shown_retain = (retain_items or [])[:20]
+    before = []
+    if evaluate:
+        before = _answer_rows(model, tok, forget_items, fmt, "forget") + _answer_rows(model, tok, shown_retain, fmt,
+                                                                                          "retain")
+    result = forget(model, tok, forget_items, retain_items, args.method, recipe=args.recipe, sets=args.sets,
+                    checkpoint_dir=args.checkpoint_dir, accelerator=acc, progress=main_process)
+    if not main_process:
+        return 0
+    after = []
+    if evaluate:
+        after = _answer_rows(result.model, tok, forget_items, fmt, "forget") + _answer_rows(
+            result.model, tok, shown_retain, fmt, "retain")
+    summary = {}
+    if evaluate:
+        for role in ("forget", "retain"):
+            pairs = [(b, a) for b, a in zip(before, after) if b["role"] == role]
+            if pairs:
+                summary[role] = {"mean_p_before": sum(b["p_answer"] for b, _ in pairs) / len(pairs),
+                                 "mean_p_after": sum(a["p_answer"] for _, a in pairs) / len(pairs)}
+    result.manifest["eval"] = summary
+    result.save(Path(args.out), overwrite=args.overwrite)
+    if evaluate:
+        write_json(Path(args.out) / "results.json", [{**{k: b[k] for k in ("role", "kind", "prompt", "answer")},
+                                                      "p_before": b["p_answer"], "p_after": a["p_answer"],
+                                                      "greedy_before": b["greedy"], "greedy_after": a["greedy"]}
+                                                     for b, a in zip(before, after)])
+        _print_answer_table(before, after, args.show)
+    t = result.manifest["training"]
+    print(f"\n{args.method}: {t['steps']} steps in {t['seconds']:.1f} s (effective batch {t['effective_batch_size']}, "
+          f"{t['processes']} process(es)); retain: {result.manifest['retain_source']}"
+          + (f"; stopped early: {t['stopped_early']}" if t["stopped_early"] else "") + f" -> {args.out}")
     return 0
 
 

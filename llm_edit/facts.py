@@ -169,20 +169,32 @@ def parse_request(obj: Any, source: str = "<request>", line: int | None = None) 
                        paraphrases, neighborhood)
 
 
-def _records(path: Path) -> Iterator[tuple[int, Any]]:
+def records(path: Path) -> Iterator[tuple[int, Any]]:
+    """(line, object) for each record of a JSON Lines file, a JSON array, or one JSON array per
+    line (TOFU's files). For arrays the "line" is the item's 1-based position in the file."""
     source = str(path)
     try:
-        raw = path.read_text(encoding="utf-8")
+        raw = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
         raise FactFileError(source, None, None, "no such file") from None
     except UnicodeDecodeError as e:
         raise FactFileError(source, None, None, f"is not UTF-8 text ({e.reason})") from None
-    if raw.lstrip().startswith("["):  # a single JSON array (CounterFact and TOFU ship these)
+    if raw.lstrip().startswith("["):  # JSON arrays (CounterFact and TOFU ship these)
         try:
-            data = json.loads(raw)
-        except json.JSONDecodeError as e:
-            raise FactFileError(source, e.lineno, None, f"malformed JSON: {e.msg}") from None
-        yield from ((i + 1, obj) for i, obj in enumerate(data))
+            arrays = [json.loads(raw)]
+        except json.JSONDecodeError:
+            arrays = []
+            for lineno, line in enumerate(raw.splitlines(), start=1):
+                if not line.strip():
+                    continue
+                try:
+                    arrays.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise FactFileError(source, lineno, None, f"malformed JSON: {e.msg}") from None
+                if not isinstance(arrays[-1], list):
+                    raise FactFileError(source, lineno, None, "expected a JSON array on every line")
+        items = [obj for array in arrays for obj in array]
+        yield from ((i + 1, obj) for i, obj in enumerate(items))
         return
     for lineno, line in enumerate(raw.splitlines(), start=1):
         if not line.strip():
@@ -197,7 +209,7 @@ def read_requests(path: str | Path, limit: int | None = None) -> list[EditReques
     """Read and validate every request in ``path``; the first problem raises ``FactFileError``."""
     path = Path(path)
     requests = []
-    for lineno, obj in _records(path):
+    for lineno, obj in records(path):
         if limit is not None and len(requests) >= limit:
             break
         requests.append(parse_request(obj, str(path), lineno))

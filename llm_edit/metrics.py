@@ -98,3 +98,59 @@ def greedy(model, tok, prompt: str, max_new_tokens: int = 8) -> str:
     enc = tok(prompt, return_tensors="pt").to(next(model.parameters()).device)
     out = model.generate(**enc, do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id)
     return tok.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+
+
+# -- forget/retain items (question/answer, fact, text) ------------------------------------------
+
+@torch.no_grad()
+def answer_probability(model, tok, items, fmt, *, max_length: int = 256, batch_size: int = 16) -> list[float]:
+    """Per item: exp(mean log-probability of the answer tokens) given the prompt, the same
+    conventions as training (``forget_data``: facts without EOS, answers + EOS, text from its
+    second token)."""
+    from .forget_data import collate, encode
+
+    device = next(model.parameters()).device
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    out = []
+    for i in range(0, len(items), batch_size):
+        batch = collate([encode(tok, x, fmt, max_length) for x in items[i:i + batch_size]], pad).to(device)
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
+        total, count = token_logprobs(logits, batch.labels)
+        out += (total / count.clamp(min=1)).exp().tolist()
+    return out
+
+
+@torch.no_grad()
+def greedy_answers(model, tok, items, fmt, *, prompts: list[str] | None = None, max_new_tokens: int = 16,
+                   batch_size: int = 16) -> list[str]:
+    """Greedy continuation of each item's prompt (or of ``prompts[i]`` in the item's format: a
+    paraphrase), batched with left padding. Text items continue their first 8 tokens."""
+    from .forget_data import prompt_ids
+
+    device = next(model.parameters()).device
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    ids = []
+    for j, item in enumerate(items):
+        if item.kind == "text":
+            ids.append(list(tok(item.answer)["input_ids"])[:8])
+        else:
+            ids.append(prompt_ids(tok, item, fmt, prompts[j] if prompts else None))
+    stops = {t for t in (tok.eos_token_id, pad) if t is not None}
+    out = []
+    for i in range(0, len(ids), batch_size):
+        chunk = ids[i:i + batch_size]
+        width = max(len(x) for x in chunk)
+        input_ids = torch.tensor([[pad] * (width - len(x)) + x for x in chunk], device=device)
+        mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in chunk], device=device)
+        gen = model.generate(input_ids=input_ids, attention_mask=mask, do_sample=False,
+                             max_new_tokens=max_new_tokens, pad_token_id=pad)
+        for row in gen[:, width:].tolist():
+            cut = next((k for k, t in enumerate(row) if t in stops), len(row))
+            out.append(tok.decode(row[:cut], skip_special_tokens=True))
+    return out
+
+
+def says(answer: str, target: str) -> bool:
+    """Whether a greedy answer gives ``target``: it starts with it (after whitespace and case),
+    the criterion for facts ("the true object is the greedy answer")."""
+    return answer.strip().lower().startswith(target.strip().lower())

@@ -78,7 +78,7 @@ def _texts_from_file(path: Path) -> Iterator[str]:
 def _sequences(model, tok, corpus: str, n_tokens: int, seq_len: int, seed: int) -> Iterator[list[int]]:
     """Yield token-id sequences of at most ``seq_len`` until ``n_tokens`` are covered."""
     if corpus == "model-samples":
-        yield from _model_samples(model, tok, n_tokens, seq_len, seed)
+        yield from model_samples(model, tok, n_tokens, seq_len, seed)
         return
     if corpus.startswith("file:"):
         texts = _texts_from_file(Path(corpus[5:]))
@@ -99,7 +99,8 @@ def _sequences(model, tok, corpus: str, n_tokens: int, seq_len: int, seed: int) 
         yield buffer
 
 
-def _model_samples(model, tok, n_tokens: int, seq_len: int, seed: int, batch: int = 64) -> Iterator[list[int]]:
+def model_samples(model, tok, n_tokens: int, seq_len: int, seed: int, batch: int = 64,
+                  desc: str = "sampling text for statistics") -> Iterator[list[int]]:
     """Sequences sampled from the model, cached per (model, seed, length).
 
     Sampling always runs in whole batches from one seeded stream, so a smaller request is a
@@ -121,7 +122,7 @@ def _model_samples(model, tok, n_tokens: int, seq_len: int, seed: int, batch: in
     gen = torch.Generator().manual_seed(seed)
     try:
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), \
-                tqdm(total=n_batches * batch * seq_len, unit="tok", desc="sampling text for statistics") as bar:
+                tqdm(total=n_batches * batch * seq_len, unit="tok", desc=desc) as bar:
             torch.manual_seed(seed)
             for _ in range(n_batches):
                 k = batch

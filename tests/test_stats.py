@@ -69,15 +69,15 @@ def test_identity_and_unknown_corpora(tiny):
         second_moment(model, tok, name, corpus="wikipedia", use_cache=False)
 
 
-def test_model_samples_are_one_stream_served_by_prefix(tmp_path, tiny, monkeypatch):
-    from llm_edit.stats import _model_samples
+def testmodel_samples_are_one_stream_served_by_prefix(tmp_path, tiny, monkeypatch):
+    from llm_edit.stats import model_samples
 
     model, tok = tiny("llama")
     monkeypatch.setenv("LLM_EDIT_HOME", str(tmp_path / "a"))
-    small = list(_model_samples(model, tok, n_tokens=3 * 16, seq_len=16, seed=1, batch=2))
+    small = list(model_samples(model, tok, n_tokens=3 * 16, seq_len=16, seed=1, batch=2))
     monkeypatch.setenv("LLM_EDIT_HOME", str(tmp_path / "b"))
-    large = list(_model_samples(model, tok, n_tokens=7 * 16, seq_len=16, seed=1, batch=2))
-    again = list(_model_samples(model, tok, n_tokens=3 * 16, seq_len=16, seed=1, batch=2))
+    large = list(model_samples(model, tok, n_tokens=7 * 16, seq_len=16, seed=1, batch=2))
+    again = list(model_samples(model, tok, n_tokens=3 * 16, seq_len=16, seed=1, batch=2))
     assert len(small) == 3 and len(large) == 7
     assert small == large[:3] == again
     assert len(list((tmp_path / "b" / "corpora").iterdir())) == 1  # served from the larger file
