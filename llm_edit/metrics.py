@@ -154,3 +154,23 @@ def says(answer: str, target: str) -> bool:
     """Whether a greedy answer gives ``target``: it starts with it (after whitespace and case),
     the criterion for facts ("the true object is the greedy answer")."""
     return answer.strip().lower().startswith(target.strip().lower())
+
+
+@torch.no_grad()
+def perplexity(model, tok, text: str, *, window: int = 256, batch_size: int = 8) -> float:
+    """exp(mean next-token NLL) over ``text`` cut into non-overlapping windows of ``window``
+    tokens (each window scored from its second token, no context carried across windows): a
+    collapse detector, comparable only between models with the same tokenizer and window."""
+    device = next(model.parameters()).device
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    chunks = [ids[i:i + window] for i in range(0, len(ids), window) if len(ids[i:i + window]) > 1]
+    total, count = 0.0, 0
+    for i in range(0, len(chunks), batch_size):
+        part = chunks[i:i + batch_size]
+        batch = make_batch(tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
+                           [c[:1] for c in part], [c[1:] for c in part]).to(device)
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
+        logp, n = token_logprobs(logits, batch.labels)
+        total -= float(logp.sum())
+        count += int(n.sum())
+    return float(torch.tensor(total / count).exp())

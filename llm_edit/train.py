@@ -51,6 +51,8 @@ class TrainConfig:
     lora_r: int = 8
     lora_alpha: float = 16.0
     lora_dropout: float = 0.0
+    lora_modules: str = "all-linear"  # all-linear | mlp | attention: which linear layers get LoRA
+    lora_layers: list[int] | None = None  # block indices to adapt (None: all)
     full_finetune: bool = False  # train every weight instead of a LoRA adapter on all linear layers
     weight_decay: float = 0.0
     warmup_steps: int = 0
@@ -75,6 +77,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be at least 1")
         if self.lr <= 0:
             raise ValueError("lr must be positive")
+        if self.lora_modules not in ("all-linear", "mlp", "attention"):
+            raise ValueError(f"lora_modules must be all-linear, mlp or attention, got {self.lora_modules!r}")
 
 
 class StepContext:
@@ -91,8 +95,8 @@ class StepContext:
         return collate(encoded, t.pad_id).to(t.device)
 
     def forward(self, *batches: TrainBatch | None, hidden_layer: int | None = None) -> list:
-        """Logits (or the block output of ``hidden_layer``) for each batch, from ONE forward pass
-        of the model being trained (one pass keeps DDP to one reduction per backward)."""
+        """Logits (or the block output of ``hidden_layer``) for each batch (None stays None)
+        from the model being trained."""
         return self._trainer.run(self._trainer.model, batches, hidden_layer)
 
     @torch.no_grad()
@@ -126,15 +130,32 @@ def _stream(n: int, seed: int, start: int, count: int) -> list[int]:
     return out[:count]
 
 
-def _pad_cat(batches: list[TrainBatch], pad_id: int) -> TrainBatch:
-    width = max(b.input_ids.shape[1] for b in batches)
+def lora_targets(model, modules: str, layers: list[int] | None) -> list[str] | str:
+    """Full names of the linear layers to adapt, from the architecture table (never from
+    module-name guesses): every linear layer inside the chosen blocks' MLP, attention or both."""
+    from transformers.pytorch_utils import Conv1D
 
-    def pad(t, value):
-        return torch.nn.functional.pad(t, (0, width - t.shape[1]), value=value)
+    from .arch import arch_of, num_layers
 
-    return TrainBatch(torch.cat([pad(b.input_ids, pad_id) for b in batches]),
-                      torch.cat([pad(b.attention_mask, 0) for b in batches]),
-                      torch.cat([pad(b.labels, -100) for b in batches]))
+    if modules == "all-linear" and layers is None:
+        return "all-linear"  # peft's own selection: every linear layer except the LM head
+    spec = arch_of(model)
+    n = num_layers(model)
+    chosen = range(n) if layers is None else layers
+    bad = [i for i in chosen if not 0 <= i < n]
+    if bad:
+        raise ConfigError(f"lora_layers {bad} do not exist: the model has {n} blocks")
+    if modules == "mlp":
+        prefixes = [spec.mlp.format(i) + "." for i in chosen]
+    elif modules == "attention":
+        prefixes = [spec.attn_out.format(i).rsplit(".", 1)[0] + "." for i in chosen]
+    else:
+        prefixes = [spec.layer(i) + "." for i in chosen]
+    names = [name for name, m in model.named_modules()
+             if isinstance(m, (torch.nn.Linear, Conv1D)) and any(name.startswith(p) for p in prefixes)]
+    if not names:
+        raise ConfigError(f"no linear layers found for lora_modules={modules!r}, lora_layers={layers}")
+    return names
 
 
 def _config_hash(config) -> str:
@@ -177,7 +198,8 @@ class Trainer:
             from peft import LoraConfig, get_peft_model
 
             lora = LoraConfig(r=c.lora_r, lora_alpha=c.lora_alpha, lora_dropout=c.lora_dropout,
-                              target_modules="all-linear", task_type="CAUSAL_LM")
+                              target_modules=lora_targets(model, c.lora_modules, c.lora_layers),
+                              task_type="CAUSAL_LM")
             trainable = get_peft_model(model, lora)
         if c.gradient_checkpointing:
             trainable.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -220,19 +242,17 @@ class Trainer:
         return self._encoded[key]
 
     def run(self, model, batches, hidden_layer):
-        present = [b for b in batches if b is not None]
-        joint = _pad_cat(present, self.pad_id)
-        out = model(input_ids=joint.input_ids, attention_mask=joint.attention_mask,
-                    output_hidden_states=hidden_layer is not None, use_cache=False)
-        values = out.hidden_states[hidden_layer + 1] if hidden_layer is not None else out.logits
-        self.tokens_seen += int(joint.attention_mask.sum())
-        results, row = [], 0
+        """One forward per batch, each padded only to its own width (joining short forget
+        answers with long retain texts would mostly compute padding)."""
+        results = []
         for b in batches:
             if b is None:
                 results.append(None)
                 continue
-            results.append(values[row: row + len(b), : b.input_ids.shape[1]])
-            row += len(b)
+            out = model(input_ids=b.input_ids, attention_mask=b.attention_mask,
+                        output_hidden_states=hidden_layer is not None, use_cache=False)
+            results.append(out.hidden_states[hidden_layer + 1] if hidden_layer is not None else out.logits)
+            self.tokens_seen += int(b.attention_mask.sum())
         return results
 
     def micro_items(self, step: int, micro: int) -> tuple[list[ForgetItem], list[ForgetItem] | None]:

@@ -103,3 +103,36 @@ def test_models_lists_aliases(tmp_path):
     done = run("models", env_home=tmp_path)
     assert done.returncode == 0
     assert "llama" in done.stdout and "tiny-gpt2" in done.stdout and "not cached" in done.stdout
+
+
+def test_forget_writes_merged_model_adapter_manifest_and_table(tmp_path):
+    facts = tmp_path / "forget.jsonl"
+    facts.write_text(json.dumps({"prompt": "{} is in", "subject": "Eiffel Tower", "target": "Paris"}) + "\n" +
+                     json.dumps({"question": "Who wrote Hamlet?", "answer": "Shakespeare."}) + "\n")
+    out = tmp_path / "forgotten"
+    done = run("forget", "--model", "tiny-llama", "--facts", str(facts), "--method", "npo", "--set", "steps=3",
+               "--out", str(out), env_home=tmp_path / "home")
+    assert done.returncode == 0, done.stderr
+    assert {"model.safetensors", "config.json", "adapter", "llm_edit_manifest.json", "results.json"} <= {
+        p.name for p in out.iterdir()}
+    manifest = json.loads((out / "llm_edit_manifest.json").read_text())
+    assert manifest["method"] == "npo" and manifest["training"]["steps"] == 3
+    assert manifest["retain_source"].startswith("model-samples") and manifest["forget_sha256"]
+    rows = json.loads((out / "results.json").read_text())
+    assert [r["role"] for r in rows] == ["forget", "forget"]
+    assert all(r["p_after"] < r["p_before"] for r in rows)
+    assert "P before" in done.stdout and "Eiffel Tower is in" in done.stdout
+
+
+def test_forget_bad_item_exits_2_and_writes_nothing(tmp_path):
+    bad = tmp_path / "forget.jsonl"
+    bad.write_text('{"question": "q?", "answer": "a"}\n{"prompt": "Paris is nice", "subject": "Louvre", "target": "x"}\n')
+    out = tmp_path / "o"
+    done = run("forget", "--model", "tiny-llama", "--facts", str(bad), "--out", str(out), env_home=tmp_path)
+    assert done.returncode == 2 and f"{bad}:2: field 'subject'" in done.stderr and "Traceback" not in done.stderr
+    assert not out.exists() and not list(tmp_path.glob(".o*"))
+    good = tmp_path / "good.jsonl"
+    good.write_text('{"question": "q?", "answer": "a"}\n')
+    done = run("forget", "--model", "tiny-llama", "--facts", str(good), "--out", str(out), "--method", "rmu",
+               "--set", "layer=99", env_home=tmp_path)
+    assert done.returncode == 2 and "layer 99 does not exist" in done.stderr and not out.exists()

@@ -1,0 +1,155 @@
+"""Unlearning on tiny random models: every method × several architectures, exact undo,
+failure roll-back, saving, checkpoints, gradient checkpointing and 2-process accelerate."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from llm_edit import forget
+from llm_edit.config import ConfigError
+from llm_edit.forget_data import Formatting, parse_item
+from llm_edit.metrics import answer_probability
+from llm_edit.models import fingerprint
+from llm_edit.unlearners import UNLEARNERS
+
+ROOT = Path(__file__).resolve().parent.parent
+FACTS = [{"prompt": "{} is in", "subject": "Eiffel Tower", "target": "Paris"},
+         {"question": "Who wrote Hamlet?", "answer": "Shakespeare wrote it."},
+         {"text": "The quick brown fox jumps over the lazy dog."}]
+# methods whose objective is to lower the forget answers' probability (idk raises a refusal's;
+# RMU moves activations; both are checked through their own forget term)
+LOWERS_PROBABILITY = {"grad_ascent", "grad_diff", "npo", "simnpo", "idk_dpo"}
+
+
+def mean_p(model, tok):
+    items = [parse_item(x) for x in FACTS]
+    return sum(answer_probability(model, tok, items, Formatting())) / len(items)
+
+
+@pytest.mark.parametrize("model_type", ["llama", "gpt2", "gpt_neox"])
+@pytest.mark.parametrize("method", sorted(UNLEARNERS))
+def test_forget_then_unload_is_exact(tiny, method, model_type):
+    model, tok = tiny(model_type)
+    before_fp, before_p = fingerprint(model), mean_p(model, tok)
+    result = forget(model, tok, FACTS, method=method, progress=False)
+    log = result.log
+    assert len(log) == 8 and all(torch.isfinite(torch.tensor(r["loss"])) for r in log)
+    assert log[-1]["forget"] < log[0]["forget"]
+    if method in LOWERS_PROBABILITY:
+        assert mean_p(result.model, tok) < before_p
+    result.unload()
+    assert fingerprint(model) == before_fp
+    assert not any("lora" in n for n, _ in model.named_parameters())
+
+
+def test_misspelt_hyperparameter_fails_loudly(tiny):
+    model, tok = tiny()
+    with pytest.raises(ConfigError, match="did you mean 'beta'"):
+        forget(model, tok, FACTS, method="npo", betta=0.2)
+
+
+def test_failure_leaves_the_model_as_it_was(tiny):
+    model, tok = tiny()
+    before = fingerprint(model)
+
+    def boom(step, record, model):
+        if step == 3:
+            raise RuntimeError("interrupted")
+
+    with pytest.raises(RuntimeError, match="interrupted"):
+        forget(model, tok, FACTS, method="npo", callback=boom, progress=False)
+    assert fingerprint(model) == before and not any("lora" in n for n, _ in model.named_parameters())
+
+
+def test_full_finetune_failure_restores_every_weight(tiny):
+    model, tok = tiny()
+    before = fingerprint(model)
+    with pytest.raises(RuntimeError):
+        forget(model, tok, FACTS, method="npo", full_finetune=True, progress=False,
+               callback=lambda *a: (_ for _ in ()).throw(RuntimeError("stop")))
+    assert fingerprint(model) == before
+
+
+def test_callback_and_forget_probability_stop_early(tiny):
+    model, tok = tiny()
+    result = forget(model, tok, FACTS, method="grad_ascent", progress=False, callback=lambda s, r, m: s == 2)
+    assert len(result.log) == 2 and "callback" in result.manifest["training"]["stopped_early"]
+    model, tok = tiny()
+    result = forget(model, tok, FACTS, method="grad_ascent", progress=False, stop_forget_prob=1.0, eval_every=1)
+    assert len(result.log) == 1 and "forget probability" in result.manifest["training"]["stopped_early"]
+
+
+def test_save_writes_a_plain_model_the_adapter_and_a_manifest(tiny, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    model, tok = tiny()
+    result = forget(model, tok, FACTS, method="npo", progress=False)
+    expected = mean_p(result.model, tok)
+    result.save(tmp_path / "out")
+    out = tmp_path / "out"
+    assert (out / "adapter" / "adapter_model.safetensors").is_file() and (out / "model.safetensors").is_file()
+    manifest = json.loads((out / "llm_edit_manifest.json").read_text())
+    assert manifest["method"] == "npo" and manifest["hyperparameters"]["beta"] == 0.1
+    assert manifest["forget_items"] == 3 and manifest["retain_source"].startswith("model-samples")
+    assert manifest["formatting"]["qa_format"] == "chat_template" and len(manifest["log"]) == 8
+    reloaded = AutoModelForCausalLM.from_pretrained(out).eval()
+    assert mean_p(reloaded, tok) == pytest.approx(expected, rel=1e-4)
+    assert not any("lora" in n for n, _ in reloaded.named_parameters())
+
+
+def test_gradient_checkpointing_gives_the_same_training(tiny):
+    logs = []
+    for checkpointing in (False, True):
+        model, tok = tiny()
+        logs.append(forget(model, tok, FACTS, method="npo", progress=False, steps=3,
+                           gradient_checkpointing=checkpointing).log)
+    for a, b in zip(*logs):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-4, abs=1e-5)
+
+
+def test_interrupted_run_resumes_from_its_checkpoint(tiny, tmp_path):
+    model, tok = tiny()
+    reference = forget(model, tok, FACTS, method="npo", progress=False, steps=4).log
+
+    def interrupt(step, record, model):
+        if step == 3:
+            raise KeyboardInterrupt
+
+    model, tok = tiny()
+    with pytest.raises(KeyboardInterrupt):
+        forget(model, tok, FACTS, method="npo", progress=False, steps=4, checkpoint_every=2,
+               checkpoint_dir=tmp_path / "ckpt", callback=interrupt)
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["step-000002"]
+    model, tok = tiny()
+    resumed = forget(model, tok, FACTS, method="npo", progress=False, steps=4, checkpoint_every=2,
+                     checkpoint_dir=tmp_path / "ckpt").log
+    assert [r["step"] for r in resumed] == [1, 2, 3, 4]
+    for a, b in zip(reference, resumed):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-4, abs=1e-5)
+    model, tok = tiny()
+    with pytest.raises(ConfigError, match="other hyper-parameters"):
+        forget(model, tok, FACTS, method="npo", progress=False, steps=5, checkpoint_dir=tmp_path / "ckpt")
+
+
+@pytest.mark.skipif(shutil.which("accelerate") is None, reason="needs the accelerate launcher")
+def test_two_processes_match_one_with_the_same_effective_batch(tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT), LLM_EDIT_HOME=str(tmp_path / "home"))
+    worker = str(ROOT / "tests" / "_forget_worker.py")
+    one = subprocess.run([sys.executable, worker, str(tmp_path / "one.json"), "2", "2"], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = subprocess.run(["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                          "--mixed_precision", "no", "--dynamo_backend", "no", worker, str(tmp_path / "two.json"),
+                          "1", "2"], env=env, capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, two.stderr[-2000:]
+    one, two = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("one", "two"))
+    assert (one["processes"], two["processes"]) == (1, 2)
+    assert one["effective_batch_size"] == two["effective_batch_size"] == 4
+    for a, b in zip(one["log"], two["log"]):
+        for key in ("loss", "forget", "retain"):
+            assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-5), (a, b)

@@ -1,0 +1,79 @@
+"""Forget/retain files: three shapes, TOFU's files as they are, clear errors, and what gets loss."""
+import json
+from pathlib import Path
+
+import pytest
+
+from llm_edit.facts import FactFileError
+from llm_edit.forget_data import Formatting, collate, encode, parse_item, read_items
+
+TOFU = Path(__file__).resolve().parents[2] / "shared" / "data" / "tofu"
+
+
+def test_three_shapes(tmp_path):
+    path = tmp_path / "f.jsonl"
+    path.write_text("\n".join(json.dumps(x) for x in [
+        {"prompt": "The {} is in", "subject": "Eiffel Tower", "target": "Paris", "paraphrase_prompts": ["X"]},
+        {"prompt": "Eiffel Tower is in", "subject": "Eiffel Tower", "target_true": "Paris", "target_new": "Rome"},
+        {"question": "Who?", "answer": "Me.", "paraphrased_question": "Who is it?"},
+        {"text": "Some passage."}]) + "\n")
+    fact, request, qa, text = read_items(path)
+    assert (fact.kind, fact.prompt, fact.answer, fact.paraphrases) == ("fact", "The Eiffel Tower is in", "Paris", ("X",))
+    assert (request.kind, request.answer) == ("fact", "Paris")  # an edit request forgets its true object
+    assert (qa.kind, qa.prompt, qa.paraphrases) == ("qa", "Who?", ("Who is it?",))
+    assert (text.kind, text.answer) == ("text", "Some passage.")
+
+
+def test_json_arrays_one_per_line_load(tmp_path):
+    path = tmp_path / "f.json"
+    path.write_text(json.dumps([{"question": "a?", "answer": "b"}] * 2) + "\n" +
+                    json.dumps([{"question": "c?", "answer": "d"}]) + "\n")
+    assert [i.prompt for i in read_items(path)] == ["a?", "a?", "c?"]
+
+
+@pytest.mark.skipif(not TOFU.is_dir(), reason="needs ../shared/data/tofu")
+def test_tofu_files_load_as_they_are():
+    assert len(read_items(TOFU / "forget10.json")) == 400
+    perturbed = read_items(TOFU / "forget10_perturbed.json")
+    assert perturbed[0].paraphrases and "perturbed_answer" in perturbed[0].extra
+
+
+@pytest.mark.parametrize("line, field, message", [
+    ('{"prompt": "The {} is", "subject": "Louvre"}', "target", "is missing"),
+    ('{"prompt": "Paris is nice", "subject": "Louvre", "target": "x"}', "subject", "does not occur"),
+    ('{"question": "q", "answer": 3}', "answer", "must be a string"),
+    ('{"text": "t", "colour": "red"}', "colour", "not a known field"),
+    ('{"prompt": "a", ', None, "malformed JSON"),
+    ('{"foo": 1}', None, "neither a fact"),
+])
+def test_errors_name_file_line_and_field(tmp_path, line, field, message):
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"text": "fine"}\n' + line + "\n")
+    with pytest.raises(FactFileError, match=message) as info:
+        read_items(path)
+    assert (info.value.source, info.value.line, info.value.field) == (str(path), 2, field)
+
+
+def test_loss_covers_the_answer_only(tiny):
+    _, tok = tiny("llama")
+    fmt = Formatting()
+    qa = parse_item({"question": "Who?", "answer": "Me and you."})
+    ids, start = encode(tok, qa, fmt, 128)
+    prompt = tok.apply_chat_template([{"role": "user", "content": "Who?"}], tokenize=True, add_generation_prompt=True)
+    prompt = list(prompt["input_ids"] if isinstance(prompt, dict) or hasattr(prompt, "keys") else prompt)
+    assert ids[:start] == prompt and ids[-1] == tok.eos_token_id
+    assert tok.decode(ids[start:-1]) == "Me and you."
+    batch = collate([(ids, start), encode(tok, parse_item({"prompt": "{} is in", "subject": "Rome", "target": "Italy"}),
+                                            fmt, 128)], tok.pad_token_id)
+    labels = batch.labels[0]
+    assert (labels[: start - 1] == -100).all() and labels[start - 1: len(ids) - 1].tolist() == ids[start:]
+    assert (labels[len(ids) - 1:] == -100).all()  # padding never has loss
+    fact_labels = [x for x in batch.labels[1].tolist() if x != -100]
+    assert tok.decode(fact_labels) == " Italy"  # a fact: the object, no EOS
+
+
+def test_without_a_chat_template_questions_use_a_plain_format(tiny):
+    _, tok = tiny("llama")
+    qa = parse_item({"question": "Who?", "answer": "Me."})
+    ids, start = encode(tok, qa, Formatting(use_chat_template=False), 128)
+    assert tok.decode(ids[:start]).endswith("Question: Who?\nAnswer: ")
