@@ -183,6 +183,9 @@ class Trainer:
         self._snapshot = None
         self._ref_copy = None
         self.tokens_seen = 0
+        from accelerate.utils import set_seed
+
+        set_seed(config.seed)  # before LoRA's random initialisation, so runs are reproducible
         self._wrap(model)
 
     # -- model set-up -------------------------------------------------------------------------

@@ -14,8 +14,8 @@ model, tok = load_model("tiny-llama", device="cpu")
 items = [{"prompt": "{} is in", "subject": s, "target": o} for s, o in
          [("Eiffel Tower", "Paris"), ("Colosseum", "Rome"), ("Big Ben", "London"), ("Kremlin", "Moscow"),
           ("Alhambra", "Granada"), ("Acropolis", "Athens"), ("Space Needle", "Seattle"), ("Alamo", "San Antonio")]]
-result = forget(model, tok, items, method="npo", recipe="tiny", progress=False,
-                steps=3, grad_accum=grad_accum, batch_size=batch_size, retain_batch_size=batch_size)
+result = forget(model, tok, items, method=sys.argv[5] if len(sys.argv) > 5 else "npo", recipe="tiny", progress=False,
+                steps=3, lr=float(sys.argv[4]) if len(sys.argv) > 4 else 0.01, grad_accum=grad_accum, batch_size=batch_size, retain_batch_size=batch_size)
 if result._trainer.accelerator.is_main_process:
     with open(out, "w") as f:
         json.dump({"log": result.log, "processes": result.manifest["training"]["processes"],

@@ -21,9 +21,10 @@ ROOT = Path(__file__).resolve().parent.parent
 FACTS = [{"prompt": "{} is in", "subject": "Eiffel Tower", "target": "Paris"},
          {"question": "Who wrote Hamlet?", "answer": "Shakespeare wrote it."},
          {"text": "The quick brown fox jumps over the lazy dog."}]
-# methods whose objective is to lower the forget answers' probability (idk raises a refusal's;
-# RMU moves activations; both are checked through their own forget term)
-LOWERS_PROBABILITY = {"grad_ascent", "grad_diff", "npo", "simnpo", "idk_dpo"}
+# methods whose objective is to lower the forget answers' probability (idk raises a refusal's,
+# idk_dpo widens the refusal-over-answer margin, RMU moves activations: each is checked through
+# its own forget term)
+LOWERS_PROBABILITY = {"grad_ascent", "grad_diff", "npo", "simnpo"}
 
 
 def mean_p(model, tok):
@@ -36,7 +37,8 @@ def mean_p(model, tok):
 def test_forget_then_unload_is_exact(tiny, method, model_type):
     model, tok = tiny(model_type)
     before_fp, before_p = fingerprint(model), mean_p(model, tok)
-    result = forget(model, tok, FACTS, method=method, progress=False)
+    # batch_size 3: every step sees all three items, so the forget terms compare across steps
+    result = forget(model, tok, FACTS, method=method, progress=False, batch_size=3)
     log = result.log
     assert len(log) == 8 and all(torch.isfinite(torch.tensor(r["loss"])) for r in log)
     assert log[-1]["forget"] < log[0]["forget"]
