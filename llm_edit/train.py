@@ -118,6 +118,12 @@ class StepContext:
         (ref_logits,) = self.reference(batch)
         return losses.kl_to_reference(logits, ref_logits, batch.labels)
 
+    def with_retain(self, forget_loss: torch.Tensor, retain_logits, retain_batch, config: TrainConfig):
+        """``forget + α·retain`` and the parts to log: how every method with a retain term ends."""
+        retain_loss = self.retain_term(retain_logits, retain_batch, config)
+        total = forget_loss + config.retain_weight * retain_loss
+        return total, {"forget": forget_loss.detach(), "retain": retain_loss.detach()}
+
 
 def _stream(n: int, seed: int, start: int, count: int) -> list[int]:
     """Items start .. start+count of the concatenation of seeded per-epoch permutations of range(n)."""

@@ -18,6 +18,4 @@ def loss(ctx, forget, retain, config, state):
     retain_batch = ctx.batch(retain) if retain else None
     forget_logits, retain_logits = ctx.forward(forget_batch, retain_batch)
     forget_loss = losses.grad_ascent(*ctx.logp(forget_logits, forget_batch))
-    retain_loss = ctx.retain_term(retain_logits, retain_batch, config)
-    total = forget_loss + config.retain_weight * retain_loss
-    return total, {"forget": forget_loss.detach(), "retain": retain_loss.detach()}
+    return ctx.with_retain(forget_loss, retain_logits, retain_batch, config)

@@ -57,9 +57,7 @@ def loss(ctx, forget, retain, config, state):
     retain_batch = ctx.batch(retain) if retain else None
     idk_logits, retain_logits = ctx.forward(idk_batch, retain_batch)
     forget_loss = losses.nll(*ctx.logp(idk_logits, idk_batch))
-    retain_loss = ctx.retain_term(retain_logits, retain_batch, config)
-    total = forget_loss + config.retain_weight * retain_loss
-    return total, {"forget": forget_loss.detach(), "retain": retain_loss.detach()}
+    return ctx.with_retain(forget_loss, retain_logits, retain_batch, config)
 
 
 def dpo_loss(ctx, forget, retain, config, state):
@@ -70,6 +68,4 @@ def dpo_loss(ctx, forget, retain, config, state):
     ref_win, ref_lose = ctx.reference(win, lose)
     forget_loss = losses.dpo(ctx.logp(win_logits, win)[0], ctx.logp(lose_logits, lose)[0],
                              ctx.logp(ref_win, win)[0], ctx.logp(ref_lose, lose)[0], config.beta)
-    retain_loss = ctx.retain_term(retain_logits, retain_batch, config)
-    total = forget_loss + config.retain_weight * retain_loss
-    return total, {"forget": forget_loss.detach(), "retain": retain_loss.detach()}
+    return ctx.with_retain(forget_loss, retain_logits, retain_batch, config)

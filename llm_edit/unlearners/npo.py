@@ -26,6 +26,4 @@ def loss(ctx, forget, retain, config, state):
     (ref_logits,) = ctx.reference(forget_batch)
     ref_logp, _ = ctx.logp(ref_logits, forget_batch)
     forget_loss = losses.npo(logp, ref_logp, config.beta)
-    retain_loss = ctx.retain_term(retain_logits, retain_batch, config)
-    total = forget_loss + config.retain_weight * retain_loss
-    return total, {"forget": forget_loss.detach(), "retain": retain_loss.detach()}
+    return ctx.with_retain(forget_loss, retain_logits, retain_batch, config)
