@@ -44,12 +44,13 @@ def main(argv=None) -> int:
     if args.stats_fresh:
         from llm_edit.api import model_recipe_name
         from llm_edit.config import load_config
+        from llm_edit.arch import arch_of
         from llm_edit.methods import rome
         from llm_edit.stats import second_moment
 
         config, _ = load_config(rome.ROMEConfig, "rome", model_recipe=model_recipe_name(model), sets=args.sets)
         t0 = time.perf_counter()
-        _, stats_info = second_moment(model, tok, rome.module_name(model, config), corpus=config.stats_corpus,
+        _, stats_info = second_moment(model, tok, arch_of(model).mlp_out.format(config.layer), corpus=config.stats_corpus,
                                       n_tokens=config.stats_tokens, seq_len=config.stats_seq_len,
                                       seed=config.seed, use_cache=False)
         stats_info["measured_seconds"] = round(time.perf_counter() - t0, 1)

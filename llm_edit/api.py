@@ -69,6 +69,11 @@ def edit(model, tokenizer, requests: Iterable[EditRequest | Mapping[str, Any]], 
     requests = [parse_request(r, f"<requests[{i}]>") for i, r in enumerate(requests)]
     if not requests:
         raise ValueError("no requests to edit")
+    if spec.erases:
+        missing = [i for i, r in enumerate(requests) if not r.target_true]
+        if missing:
+            raise ValueError(f"{method} erases each request's target_true (the object to forget); request "
+                             f"{missing[0]} has none")
     config, recipe_path = load_config(spec.config, method, recipe=recipe, model_recipe=model_recipe_name(model),
                                       sets=list(sets), overrides=hparams)
     torch.manual_seed(getattr(config, "seed", 0))
@@ -108,6 +113,8 @@ def edit(model, tokenizer, requests: Iterable[EditRequest | Mapping[str, Any]], 
         "base_model_fingerprint": base_fingerprint,
         "facts_sha256": facts_sha256(requests),
         "facts": [r.to_dict() for r in requests],
+        "layer": state.get("layer"),
+        "located": state.get("located"),
         "statistics": state.get("stats"),
         "context_templates": state.get("contexts"),
         "prepare_seconds": round(prepare_seconds, 2),
@@ -125,7 +132,11 @@ class ForgetResult:
     the training log and the manifest. ``merge()`` folds the adapter into the weights;
     ``unload()`` removes it and gives back the original model unchanged; ``save(path)`` writes
     a Hugging Face model directory with the adapter merged, the adapter in ``adapter/`` and
-    ``llm_edit_manifest.json``."""
+    ``llm_edit_manifest.json``.
+
+    Erasure by edits (``rome-erase``) has no adapter: the weights are edited in place,
+    ``delta`` is the patch (``unload()`` reverts it bit for bit) and ``save`` also writes
+    ``patch.safetensors``."""
 
     model: torch.nn.Module
     tokenizer: Any
@@ -133,13 +144,16 @@ class ForgetResult:
     log: list[dict]
     _trainer: Any = dataclasses.field(repr=False, default=None)
     merged: bool = False
+    delta: WeightDelta | None = None
 
     @property
     def adapter(self):
-        """The peft model (None after ``merge``/``unload`` or with full fine-tuning)."""
-        return None if self.merged else self._trainer.peft_model
+        """The peft model (None after ``merge``/``unload``, with full fine-tuning or erasure)."""
+        return None if self.merged or self._trainer is None else self._trainer.peft_model
 
     def merge(self) -> torch.nn.Module:
+        if self.delta is not None:  # edits are already in the weights
+            return self.model
         if not self.merged:
             if self._trainer.peft_model is not None:
                 self.model = self._trainer.peft_model.merge_and_unload()
@@ -152,6 +166,10 @@ class ForgetResult:
         """Remove the adapter without merging: the model exactly as before ``forget``."""
         if self.merged:
             raise RuntimeError("the adapter is already merged into the weights")
+        if self.delta is not None:
+            self.delta.revert(self.model)
+            self.merged = True
+            return self.model
         self.model = self._trainer.restore()
         self.merged = True
         return self.model
@@ -164,6 +182,8 @@ class ForgetResult:
             if adapter is not None:
                 adapter.save_pretrained(out / "adapter", safe_serialization=True)
             model = self.merge()
+            if self.delta is not None:
+                self.delta.save(out / "patch.safetensors")
             model.save_pretrained(out, safe_serialization=True)
             self.tokenizer.save_pretrained(out)
             write_json(out / "llm_edit_manifest.json", dict(self.manifest, merged_model_fingerprint=fingerprint(model)))
@@ -203,16 +223,30 @@ def forget(model, tokenizer, forget: Iterable | str | Path, retain: Iterable | s
     against the method's config. The model is trained in place through a LoRA adapter; if
     training fails the adapter is removed and the model is exactly as before.
 
-    ``callback(step, record, model)`` runs after every optimizer step; returning True stops."""
+    ``callback(step, record, model)`` runs after every optimizer step; returning True stops.
+
+    An erasure method (``rome-erase``) edits the weights instead of training: facts only,
+    ``retain`` unused, the result holds the patch (``ForgetResult.delta``)."""
     from .forget_data import Formatting, items_sha256
+    from .methods import ERASERS
     from .train import Trainer
     from .unlearners import get_unlearner
 
-    spec = get_unlearner(method)
     forget_items = _parse_items(forget, "forget")
+    if method in ERASERS:
+        return _erase(model, tokenizer, forget_items, method, recipe=recipe, sets=sets, progress=progress,
+                      **hparams)
+    spec = get_unlearner(method)
     config, recipe_path = load_config(spec.config, method, recipe=recipe, model_recipe=model_recipe_name(model),
                                       sets=list(sets), overrides=hparams)
     base_fingerprint = fingerprint(model)
+    located = None
+    if getattr(config, "layer", None) == "auto":  # before any adapter: tracing reads the original model
+        from .locate import auto_layers
+
+        (layer,), located = auto_layers(model, tokenizer, 1, progress=progress)
+        config = dataclasses.replace(config, layer=layer)
+        located = dict(located, requested="auto")
     retain_source = "none (the method has no retain term)"
     retain_items = None
     if spec.needs_retain:
@@ -235,6 +269,7 @@ def forget(model, tokenizer, forget: Iterable | str | Path, retain: Iterable | s
         "method": method,
         "hyperparameters": dataclasses.asdict(config),
         "recipe": str(recipe_path),
+        "located": located,
         "base_model": getattr(model, "name_or_path", None),
         "base_model_fingerprint": base_fingerprint,
         "forget_sha256": items_sha256(forget_items),
@@ -253,3 +288,28 @@ def forget(model, tokenizer, forget: Iterable | str | Path, retain: Iterable | s
     }
     return ForgetResult(acc.unwrap_model(trainer.model) if config.full_finetune else trainer.peft_model, tokenizer, manifest, log,
                         trainer)
+
+
+def erase_requests(items) -> list[EditRequest]:
+    """Forget items (facts) as edit requests whose ``target_true`` is the object to erase."""
+    requests = []
+    for i, item in enumerate(items):
+        subject = item.extra.get("subject") if item.kind == "fact" else None
+        if subject is None:
+            raise ValueError(f"forget item {i} is a {item.kind!r} item: erasure by edits needs facts "
+                             "(prompt, subject, target); use a training-based unlearner for questions or text")
+        requests.append(EditRequest(item.prompt.replace(subject, "{}", 1), subject, "", item.answer,
+                                    tuple(item.paraphrases)))
+    return requests
+
+
+def _erase(model, tokenizer, items, method: str, **kwargs) -> ForgetResult:
+    from .forget_data import items_sha256
+
+    t0 = time.perf_counter()
+    result = edit(model, tokenizer, erase_requests(items), method, **kwargs)
+    manifest = dict(result.manifest, forget_sha256=items_sha256(items), forget_items=len(items),
+                    retain_source="none (erasure by edits has no retain term)",
+                    training={"adapter": None, "steps": len(items), "stopped_early": False, "processes": 1,
+                              "effective_batch_size": 1, "seconds": round(time.perf_counter() - t0, 2)})
+    return ForgetResult(model, tokenizer, manifest, result.per_request, delta=result.delta)

@@ -37,7 +37,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .methods import METHODS
+    from .methods import ERASERS, METHODS
     from .unlearners import UNLEARNERS
 
     parser = argparse.ArgumentParser(prog="llm-edit", description=__doc__.splitlines()[0])
@@ -50,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p)
     p.add_argument("--facts", required=True, help="JSONL (or JSON array) of edit requests")
     p.add_argument("--method", default="rome", choices=sorted(METHODS))
+    p.add_argument("--layers", help="'auto': take the edited layer from causal tracing (llm-edit locate)")
     p.add_argument("--recipe", help="YAML hyper-parameter file or recipe name (default: the model's)")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="override one hyper-parameter (repeatable); values are YAML")
@@ -68,7 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p)
     p.add_argument("--facts", required=True, help="JSONL/JSON of items to forget: facts, question/answer pairs or text")
     p.add_argument("--retain", help="items to keep (default: text sampled from the model itself)")
-    p.add_argument("--method", default="npo", choices=sorted(UNLEARNERS))
+    p.add_argument("--method", default="npo", choices=sorted(UNLEARNERS) + sorted(ERASERS),
+                   help="a training-based unlearner, or an erasure by rank-one edits (" + ", ".join(ERASERS) + ")")
+    p.add_argument("--layers", help="'auto': take the edited/steered layer from causal tracing (rome-erase, rmu)")
     p.add_argument("--recipe", help="YAML hyper-parameter file or recipe name (default: the model's)")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="override one hyper-parameter (repeatable); values are YAML")
@@ -77,6 +80,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-dir", help="save resumable checkpoints here (and resume from the newest)")
     p.add_argument("--no-eval", action="store_true", help="skip the before/after table")
     p.add_argument("--show", type=int, default=10, help="rows of each table to print (all go to results.csv)")
+
+    p = sub.add_parser("locate", help="causal tracing: which layers and tokens carry a fact")
+    _add_model_args(p)
+    p.add_argument("--prompt", help="the factual prompt, with {} for the subject or the subject verbatim")
+    p.add_argument("--subject", help="the subject whose tokens are corrupted")
+    p.add_argument("--target", help="the object (default: the model's own top next token)")
+    p.add_argument("--facts", help="average tracing over a file of facts ('knowns': ROME's 1,209 known facts)")
+    p.add_argument("--limit", type=int, default=50, help="average over the first N facts the model answers correctly")
+    p.add_argument("--kinds", default="hidden,mlp,attn", help="states to restore: hidden, mlp, attn (comma-separated)")
+    p.add_argument("--samples", type=int, default=10, help="noise draws per run (ROME: 10)")
+    p.add_argument("--window", type=int, default=10, help="layers restored together for mlp/attn (ROME: 10)")
+    p.add_argument("--noise", type=float, help="noise scale (default: 3 x std of subject embeddings over the known facts)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=256, help="sequences per forward pass")
+    p.add_argument("--out", required=True, help="output directory (trace.json + heat maps, or average.json + plot)")
+    p.add_argument("--overwrite", action="store_true")
 
     p = sub.add_parser("demo", help="rewrite one fact in the default model and show what changes")
     _add_model_args(p)
@@ -87,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return {"models": cmd_models, "edit": cmd_edit, "apply": cmd_apply, "forget": cmd_forget,
-                "demo": cmd_demo}[args.command](args)
+                "locate": cmd_locate, "demo": cmd_demo}[args.command](args)
     except _bad_input_errors() as e:
         print(f"llm-edit: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -150,6 +169,12 @@ def _print_metrics(before: dict, after: dict) -> None:
         print(f"{key:<16}{fmt(before.get(key)):>10}{fmt(after[key]):>10}")
 
 
+def _layers_to_sets(args) -> None:
+    """``--layers auto`` (or a number) is the recipe key ``layer`` of the methods that have one."""
+    if args.layers is not None:
+        args.sets = list(args.sets) + [f"layer={args.layers}"]
+
+
 def cmd_edit(args) -> int:
     from .api import edit
     from .config import load_config
@@ -160,6 +185,7 @@ def cmd_edit(args) -> int:
     from .models import ALIASES
 
     requests = read_requests(args.facts)  # validate input before anything slow
+    _layers_to_sets(args)
     _check_out(args)
     spec = get_method(args.method)
     alias = ALIASES.get(args.model)
@@ -245,17 +271,28 @@ def cmd_forget(args) -> int:
     import torch
     from accelerate import Accelerator
 
-    from .api import forget
+    from .api import erase_requests, forget
     from .config import load_config
+    from .facts import FactFileError
     from .forget_data import Formatting, read_items
+    from .methods import ERASERS
     from .io import write_json
     from .models import ALIASES, load_model
     from .unlearners import get_unlearner
 
     forget_items = read_items(args.facts)  # validate input before anything slow
     retain_items = read_items(args.retain) if args.retain else None
+    _layers_to_sets(args)
     _check_out(args)
-    spec = get_unlearner(args.method)
+    erasing = args.method in ERASERS
+    if erasing:
+        try:
+            erase_requests(forget_items)  # facts only: fail now, not after loading the model
+        except ValueError as e:
+            raise FactFileError(args.facts, None, None, str(e)) from None
+        if retain_items:
+            print(f"llm-edit: note: {args.method} has no retain term; --retain is only evaluated", file=sys.stderr)
+    spec = ERASERS[args.method] if erasing else get_unlearner(args.method)
     alias = ALIASES.get(args.model)
     config, _ = load_config(spec.config, args.method, recipe=args.recipe,
                             model_recipe=alias.recipe if alias else None, sets=args.sets)
@@ -264,15 +301,16 @@ def cmd_forget(args) -> int:
     model, tok = load_model(args.model, dtype=args.dtype, device=args.device or acc.device,
                             trust_remote_code=args.trust_remote_code)
     main_process = acc.is_main_process
-    fmt = Formatting(config.use_chat_template, config.system_prompt)
+    fmt = Formatting() if erasing else Formatting(config.use_chat_template, config.system_prompt)
     evaluate = not args.no_eval and main_process
     shown_retain = (retain_items or [])[:20]
     before = []
     if evaluate:
         before = _answer_rows(model, tok, forget_items, fmt, "forget") + _answer_rows(model, tok, shown_retain, fmt,
                                                                                           "retain")
+    extra = {} if erasing else {"checkpoint_dir": args.checkpoint_dir, "accelerator": acc}
     result = forget(model, tok, forget_items, retain_items, args.method, recipe=args.recipe, sets=args.sets,
-                    checkpoint_dir=args.checkpoint_dir, accelerator=acc, progress=main_process)
+                    progress=main_process, **extra)
     if not main_process:
         return 0
     after = []
@@ -295,9 +333,75 @@ def cmd_forget(args) -> int:
                                                      for b, a in zip(before, after)])
         _print_answer_table(before, after, args.show)
     t = result.manifest["training"]
+    if erasing:
+        print(f"\n{args.method}: {len(forget_items)} fact(s) erased by rank-one edits of layer "
+              f"{result.manifest['layer']} in {t['seconds']:.1f} s; patch: {Path(args.out) / 'patch.safetensors'}")
+        return 0
     print(f"\n{args.method}: {t['steps']} steps in {t['seconds']:.1f} s (effective batch {t['effective_batch_size']}, "
           f"{t['processes']} process(es)); retain: {result.manifest['retain_source']}"
           + (f"; stopped early: {t['stopped_early']}" if t["stopped_early"] else "") + f" -> {args.out}")
+    return 0
+
+
+def cmd_locate(args) -> int:
+    from . import locate
+    from .io import atomic_directory, run_info, write_json
+    from .models import fingerprint
+
+    kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
+    unknown = [k for k in kinds if k not in locate.KINDS]
+    if unknown or not kinds:
+        print(f"llm-edit: error: --kinds: unknown kind(s) {unknown}; choose from {', '.join(locate.KINDS)}",
+              file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if bool(args.facts) == bool(args.prompt or args.subject):
+        print("llm-edit: error: give either --prompt and --subject (one fact) or --facts FILE (average tracing)",
+              file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if args.prompt and not args.subject:
+        print("llm-edit: error: --prompt needs --subject", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    facts = locate.known_facts(None if args.facts == "knowns" else args.facts) if args.facts else None
+    _check_out(args)
+    model, tok = _load(args)
+    settings = {"kinds": kinds, "samples": args.samples, "window": args.window, "seed": args.seed}
+    manifest = {"model": args.model, "model_fingerprint": fingerprint(model), **settings, **run_info()}
+    if facts is None:
+        result = locate.trace(model, tok, args.prompt, args.subject, args.target, noise=args.noise,
+                              batch_size=args.batch_size, progress=True, **settings)
+        with atomic_directory(Path(args.out), overwrite=args.overwrite) as out:
+            write_json(out / "trace.json", {**result.to_dict(), "manifest": manifest})
+            for kind in kinds:
+                result.plot(out / f"trace_{kind}.png", kind)
+        print(f"{result.prompt!r} -> {result.target!r}: p clean {result.p_clean:.3f}, corrupted "
+              f"{result.p_corrupted:.3f} (noise {result.noise_scale:.3f}, {result.samples} draws) "
+              f"in {result.seconds:.1f} s" + ("" if result.correct else "; NOTE: not the model's top prediction"))
+        for kind in kinds:
+            ie = result.indirect_effect(kind).nan_to_num(nan=-1.0)
+            t, l = divmod(int(ie.argmax()), ie.shape[1])
+            at_subject = ie[result.subject_last]
+            print(f"  {locate.KINDS[kind]:<28} strongest: token {t} {result.tokens[t]!r}, layer {l} "
+                  f"(IE {ie[t, l]:.3f}); at the last subject token peaks at layer {int(at_subject.argmax())}")
+        print(f"-> {args.out}")
+        return 0
+    if args.noise is not None:
+        print("llm-edit: error: --noise applies to one trace; average tracing estimates it from the known facts",
+              file=sys.stderr)
+        return EXIT_BAD_INPUT
+    avg = locate.trace_facts(model, tok, facts, limit=args.limit, batch_size=args.batch_size, **settings)
+    with atomic_directory(Path(args.out), overwrite=args.overwrite) as out:
+        write_json(out / "average.json", {**avg.to_dict(), "facts_file": args.facts, "manifest": manifest})
+        locate.plot_average(avg, out / "average.png")
+    print(f"average indirect effect over {avg.n_facts} facts the model answers correctly "
+          f"(of {avg.n_tried} tried), {avg.seconds:.0f} s")
+    print("layer " + "".join(f"{k + '@subj':>12}{k + '@last':>12}" for k in kinds))
+    for layer in range(len(avg.effects[kinds[0]]["last_subject"])):
+        print(f"{layer:>5} " + "".join(f"{avg.effects[k]['last_subject'][layer]:>12.4f}"
+                                      f"{avg.effects[k]['last'][layer]:>12.4f}" for k in kinds))
+    if "mlp" in kinds:
+        print(f"peak of the MLP effect at the last subject token: layer {avg.peak('mlp')} "
+              "(what --layers auto chooses)")
+    print(f"-> {args.out}")
     return 0
 
 

@@ -13,10 +13,16 @@ only while measuring or optimising.
 optimised vector at one token); it is called with the module's raw output. ``stop=True`` ends
 the forward pass once every traced module has run (the ``with`` block swallows the stop), so
 reading layer 4 of 30 costs a fifth of a forward pass.
+
+``replay_blocks`` is the converse for the blocks *below* a layer: when many runs share their
+lower blocks' outputs (causal tracing restores one state at layer l; every block below l
+computes exactly what the corrupted run computed), those blocks return the recorded outputs
+instead of recomputing them. Also a context manager that always restores the modules.
 """
 from __future__ import annotations
 
-from typing import Callable, Iterable
+import contextlib
+from typing import Callable, Iterable, Sequence
 
 import torch
 
@@ -100,3 +106,21 @@ class Trace:
             return output
 
         return hook
+
+
+@contextlib.contextmanager
+def replay_blocks(blocks: Sequence[torch.nn.Module], outputs: Sequence[object]):
+    """Within the ``with``: ``blocks[i]`` skips its computation and returns ``outputs[i]``.
+
+    Only the output of the last replayed block reaches the rest of the model, but every block
+    returns its own recording, so nothing that looks at intermediate outputs is misled. The
+    outputs must match the current batch's shape (the caller expands them)."""
+    replaced = []
+    try:
+        for block, out in zip(blocks, outputs):
+            block.forward = (lambda out: lambda *args, **kwargs: out)(out)  # instance attribute shadows the class's
+            replaced.append(block)
+        yield
+    finally:
+        for block in replaced:
+            del block.forward

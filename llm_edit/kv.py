@@ -16,7 +16,7 @@ import torch
 from .arch import arch_of
 from .facts import EditRequest
 from .hooks import Trace
-from .maths import clamp_norm, kl_to_initial, mean_target_nll, relative_weight_decay
+from .maths import clamp_norm, kl_to_initial, mean_target_nll, object_unlikelihood, relative_weight_decay
 from .text import encode_with_subject, make_batch, target_ids
 
 
@@ -115,15 +115,29 @@ class ValueResult:
 def optimise_value(model, tok, module_name: str, request: EditRequest, contexts: list[str], *,
                    steps: int, lr: float, kl_factor: float, weight_decay: float,
                    clamp_norm_factor: float, kl_prompts: list[str], nll_stop: float,
+                   target: str | None = None, objective: str = "insert", stop_prob: float = 0.0,
                    ) -> ValueResult:
     """Find δ added to ``module_name``'s output at the last subject token (ROME eq. 4).
 
-    Loss = mean target NLL over the context-prefixed prompts + kl_factor · KL on the essence
-    prompts + weight_decay · ||δ||²/||v_init||²; Adam; after each step ||δ|| is clamped to
-    clamp_norm_factor · ||v_init||; stops early once the NLL is below ``nll_stop``.
+    Loss = objective over the context-prefixed prompts + kl_factor · KL on the essence prompts
+    + weight_decay · ||δ||²/||v_init||²; Adam; after each step ||δ|| is clamped to
+    clamp_norm_factor · ||v_init||. The objective:
+
+    * ``insert`` (ROME): the mean per-token NLL of ``target`` (default ``request.target_new``);
+      stops early once it is below ``nll_stop``;
+    * ``suppress`` (erasure): ``maths.object_unlikelihood`` of ``target`` (default
+      ``request.target_true``); stops early once its mean probability is below ``stop_prob``.
+
+    ``ValueResult.nll_before/after`` hold the objective's value before and after.
     """
+    if objective not in ("insert", "suppress"):
+        raise ValueError(f"unknown objective {objective!r}")
+    if target is None:
+        target = request.target_new if objective == "insert" else request.target_true
+    if not target:
+        raise ValueError(f"no target for the {objective!r} objective of {request.text!r}")
     device = next(model.parameters()).device
-    new_ids = target_ids(tok, request.target_new)
+    new_ids = target_ids(tok, target)
     rewrite = [encode_with_subject(tok, c.replace("{}", request.prompt), request.subject) for c in contexts]
     essence = [encode_with_subject(tok, p, request.subject) for p in kl_prompts]
     n_rw = len(rewrite)
@@ -163,18 +177,20 @@ def optimise_value(model, tok, module_name: str, request: EditRequest, contexts:
         picked = target_logp.gather(-1, target_tokens.unsqueeze(-1)).squeeze(-1)
         lp_sum = torch.zeros(n_rw, dtype=picked.dtype, device=device).index_add(0, target_rows, picked)
         ess_logp = torch.log_softmax(lm_head(final[ess_rows, ess_pos]).float(), dim=-1)
-        return mean_target_nll(lp_sum, n_tok), ess_logp
+        if objective == "suppress":
+            return object_unlikelihood(lp_sum), ess_logp, lp_sum.exp().mean().item()
+        return mean_target_nll(lp_sum, n_tok), ess_logp, None
 
     with frozen(model):
         with torch.no_grad():
-            nll0, ess_init = forward()
+            nll0, ess_init, _ = forward()
         opt = torch.optim.Adam([delta], lr=lr)
         max_norm = clamp_norm_factor * initial.norm()
         taken, converged = 0, False
         for _ in range(steps):
             opt.zero_grad(set_to_none=True)
-            nll, ess_logp = forward()
-            if nll.item() < nll_stop:
+            nll, ess_logp, prob = forward()
+            if (nll.item() < nll_stop) if prob is None else (prob < stop_prob):
                 converged = True
                 break
             taken += 1
@@ -188,5 +204,5 @@ def optimise_value(model, tok, module_name: str, request: EditRequest, contexts:
                 clamp_norm(delta, float(max_norm))
         if not converged:
             with torch.no_grad():
-                nll, _ = forward()
+                nll, _, _ = forward()
     return ValueResult(delta.detach(), initial, nll0.item(), nll.item(), taken)

@@ -36,17 +36,20 @@ def render(tok, template: str, subject: str, *, chat: bool = False) -> tuple[str
     return full, offset + start, offset + start + len(subject), False
 
 
-def encode_with_subject(tok, template: str, subject: str, *, chat: bool = False) -> tuple[list[int], int]:
-    """Token ids of the filled prompt and the index of the subject's last token."""
+def subject_span(tok, template: str, subject: str, *, chat: bool = False) -> tuple[list[int], int, int]:
+    """Token ids of the filled prompt and the indices of the subject's first and last tokens."""
     text, start, end, special = render(tok, template, subject, chat=chat)
     enc = tok(text, return_offsets_mapping=True, add_special_tokens=special)
-    last = None
-    for i, (a, b) in enumerate(enc["offset_mapping"]):
-        if b > a and a < end and b > start:  # a real token overlapping [start, end)
-            last = i
-    if last is None:
+    covering = [i for i, (a, b) in enumerate(enc["offset_mapping"]) if b > a and a < end and b > start]
+    if not covering:  # only real tokens overlapping [start, end) count
         raise SubjectNotFound(f"no token of {text!r} covers the subject {subject!r}")
-    return list(enc["input_ids"]), last
+    return list(enc["input_ids"]), covering[0], covering[-1]
+
+
+def encode_with_subject(tok, template: str, subject: str, *, chat: bool = False) -> tuple[list[int], int]:
+    """Token ids of the filled prompt and the index of the subject's last token."""
+    ids, _, last = subject_span(tok, template, subject, chat=chat)
+    return ids, last
 
 
 def target_ids(tok, target: str) -> list[int]:

@@ -136,3 +136,44 @@ def test_forget_bad_item_exits_2_and_writes_nothing(tmp_path):
     done = run("forget", "--model", "tiny-llama", "--facts", str(good), "--out", str(out), "--method", "rmu",
                "--set", "layer=99", env_home=tmp_path)
     assert done.returncode == 2 and "layer 99 does not exist" in done.stderr and not out.exists()
+
+
+def test_locate_writes_trace_and_heat_maps(tmp_path):
+    out = tmp_path / "trace"
+    done = run("locate", "--model", "tiny-llama", "--prompt", "The {} is located in", "--subject", "Eiffel Tower",
+               "--kinds", "hidden,mlp", "--samples", "2", "--window", "2", "--noise", "0.5", "--out", str(out),
+               env_home=tmp_path / "home")
+    assert done.returncode == 0, done.stderr
+    assert {"trace.json", "trace_hidden.png", "trace_mlp.png"} == {p.name for p in out.iterdir()}
+    trace = json.loads((out / "trace.json").read_text())
+    assert set(trace["scores"]) == {"hidden", "mlp"} and trace["manifest"]["samples"] == 2
+    assert "strongest" in done.stdout
+
+
+def test_locate_bad_input_exits_2(tmp_path):
+    out = tmp_path / "t"
+    done = run("locate", "--model", "tiny-llama", "--prompt", "The Louvre is in", "--subject", "Eiffel Tower",
+               "--noise", "0.5", "--out", str(out), env_home=tmp_path)
+    assert done.returncode == 2 and "does not occur" in done.stderr and not out.exists()
+    done = run("locate", "--model", "tiny-llama", "--prompt", "The {} is in", "--subject", "X", "--kinds", "mlp,foo",
+               "--out", str(out), env_home=tmp_path)
+    assert done.returncode == 2 and "foo" in done.stderr and not out.exists()
+
+
+def test_forget_by_erasure_writes_a_patch(tmp_path):
+    facts = tmp_path / "forget.jsonl"
+    facts.write_text(json.dumps({"prompt": "{} is in", "subject": "Eiffel Tower", "target": "Paris"}) + "\n")
+    out = tmp_path / "erased"
+    done = run("forget", "--model", "tiny-llama", "--facts", str(facts), "--method", "rome-erase", "--out", str(out),
+               env_home=tmp_path / "home")
+    assert done.returncode == 0, done.stderr
+    assert {"model.safetensors", "patch.safetensors", "llm_edit_manifest.json", "results.json"} <= {
+        p.name for p in out.iterdir()}
+    manifest = json.loads((out / "llm_edit_manifest.json").read_text())
+    assert manifest["method"] == "rome-erase" and manifest["layer"] == 1
+    assert "erased by rank-one edits" in done.stdout
+    qa = tmp_path / "qa.jsonl"
+    qa.write_text(json.dumps({"question": "Who?", "answer": "Me."}) + "\n")
+    done = run("forget", "--model", "tiny-llama", "--facts", str(qa), "--method", "rome-erase",
+               "--out", str(tmp_path / "x"), env_home=tmp_path / "home")
+    assert done.returncode == 2 and "needs facts" in done.stderr and not (tmp_path / "x").exists()

@@ -38,8 +38,11 @@ def test_unknown_key_fails_with_a_suggestion(tmp_path):
 
 def test_wrong_type_names_file_and_key(tmp_path):
     path = tmp_path / "r.yaml"
-    path.write_text("layer: one\n")
-    with pytest.raises(ConfigError, match=r"r.yaml: layer: expected an integer"):
+    path.write_text("layer: 1\nv_lr: fast\n")
+    with pytest.raises(ConfigError, match=r"r.yaml: v_lr: expected a number"):
+        load_config(METHODS["rome"].config, "rome", recipe=path)
+    path.write_text("layer: one\n")  # a layer is a block index or "auto"
+    with pytest.raises(ConfigError, match=r"r.yaml: layer must be a block index or 'auto'"):
         load_config(METHODS["rome"].config, "rome", recipe=path)
 
 

@@ -16,7 +16,7 @@ def _snapshot(model):
     return {k: v.clone() for k, v in model.state_dict().items()}
 
 
-@pytest.mark.parametrize("method", list(METHODS))
+@pytest.mark.parametrize("method", [m for m in METHODS if not METHODS[m].erases])
 @pytest.mark.parametrize("model_type", TINY_TYPES)
 def test_edit_raises_target_and_revert_is_exact(method, model_type, tiny, eiffel):
     model, tok = tiny(model_type)
@@ -25,7 +25,7 @@ def test_edit_raises_target_and_revert_is_exact(method, model_type, tiny, eiffel
     result = llm_edit.edit(model, tok, [eiffel], method, progress=False)
     p_after = target_logprob(model, tok, ["Eiffel Tower is in"], ["Rome"]).exp().item()
     assert p_after > 1.5 * p_before
-    assert result.per_request[0]["nll_after_optimisation"] < result.per_request[0]["nll_before"]
+    assert result.per_request[0]["loss_after_optimisation"] < result.per_request[0]["loss_before"]
     changed = [k for k in snap if not torch.equal(snap[k], model.state_dict()[k])]
     assert changed == [arch_of(model).mlp_out.format(1) + ".weight"]
     result.revert()
@@ -38,7 +38,7 @@ def test_rank_one_update_writes_the_new_value_at_the_key(model_type, tiny, eiffe
     model, tok = tiny(model_type)
     config = llm_edit.config.load_config(rome.ROMEConfig, "rome", recipe="tiny")[0]
     state = rome.prepare(model, tok, config)
-    name = rome.module_name(model, config)
+    name = state["module"]
     request = parse_request(eiffel)
     key = mean_subject_key(model, tok, name, request, state["contexts"])
     module = model.get_submodule(name)

@@ -22,12 +22,18 @@ class Method:
     compute: Callable
     batch_size: Callable
     summary: str
+    erases: bool = False  # a forget method: requests carry the object to erase (target_true)
 
 
 METHODS: dict[str, Method] = {
     "rome": Method("rome", rome.ROMEConfig, rome.prepare, rome.compute, lambda config: 1,
                    "rank-one edit of one MLP layer per fact, applied one fact after another"),
+    "rome-erase": Method("rome-erase", rome.ROMEEraseConfig, rome.prepare, rome.compute, lambda config: 1,
+                         "erase facts by rank-one edits: make each object unlikely (or neutral), one fact "
+                         "after another", erases=True),
 }
+
+ERASERS = {name: m for name, m in METHODS.items() if m.erases}
 
 
 def get_method(name: str) -> Method:

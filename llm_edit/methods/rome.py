@@ -6,6 +6,15 @@ the subject's last token, averaged over short model-generated prefixes (eq. 3); 
 change δ is optimised so that the model says the new object (eq. 4); the closed-form rank-one
 update (eq. 2) then writes v_init + δ at k* while disturbing other keys as little as C = E[kkᵀ]
 allows. All maths lives in ``kv.py``/``maths.py``, shared with the other locate-then-edit methods.
+
+``layer: auto`` takes the layer from causal tracing (``locate.auto_layers``: the peak of the
+average MLP indirect effect at the subject's last token, cached per model).
+
+``rome-erase`` (``ROMEEraseConfig``) is the same rank-one edit with another target value: for
+each fact to forget, δ either makes the true object unlikely (``erase_objective: suppress``,
+``maths.object_unlikelihood``, with the same KL and norm constraints as ROME) or makes the
+model say a neutral ``neutral_target`` instead (``neutral``: ROME toward that target). The
+result is a patch like any edit's: auditable, revertible, stackable.
 """
 from __future__ import annotations
 
@@ -23,7 +32,7 @@ from ..stats import second_moment
 class ROMEConfig:
     """ROME hyper-parameters; defaults follow the paper's GPT-J recipe, recipes tune them per model."""
 
-    layer: int  # which block's MLP output projection to edit (causal tracing picks it)
+    layer: int | str  # the block whose MLP output projection is edited, or "auto" (causal tracing)
     v_steps: int = 20  # Adam steps for δ
     v_lr: float = 0.5
     v_weight_decay: float = 0.5  # weight of ||δ||²/||v_init||²
@@ -40,7 +49,9 @@ class ROMEConfig:
     seed: int = 0
 
     def validate(self) -> None:
-        if self.layer < 0:
+        if isinstance(self.layer, str) and self.layer != "auto":
+            raise ValueError(f"layer must be a block index or 'auto', got {self.layer!r}")
+        if isinstance(self.layer, int) and self.layer < 0:
             raise ValueError("layer must be >= 0")
         if self.v_steps < 0 or self.v_lr <= 0 or self.clamp_norm_factor <= 0:
             raise ValueError("v_steps >= 0, v_lr > 0 and clamp_norm_factor > 0 are required")
@@ -51,41 +62,68 @@ class ROMEConfig:
                 raise ValueError(f"kl_prompts: {p!r} must contain '{{}}' exactly once")
 
 
-def module_name(model, config: ROMEConfig) -> str:
-    return arch_of(model).mlp_out.format(config.layer)
+@dataclass
+class ROMEEraseConfig(ROMEConfig):
+    """rome-erase: ROME's hyper-parameters plus what the new value should do."""
+
+    erase_objective: str = "suppress"  # suppress: make the object unlikely; neutral: say neutral_target
+    neutral_target: str = "unknown"
+    erase_stop_prob: float = 0.02  # suppress: stop once the object's mean probability is below this
+
+    def validate(self) -> None:
+        super().validate()
+        if self.erase_objective not in ("suppress", "neutral"):
+            raise ValueError(f"erase_objective must be 'suppress' or 'neutral', got {self.erase_objective!r}")
+        if not 0 < self.erase_stop_prob < 1:
+            raise ValueError("erase_stop_prob must be between 0 and 1")
+        if not self.neutral_target.strip():
+            raise ValueError("neutral_target must not be empty")
 
 
 def prepare(model, tok, config: ROMEConfig) -> dict:
-    """Work shared by all requests: C for the edited layer and the context prefixes."""
-    if config.layer >= num_layers(model):
-        raise ConfigError(f"layer {config.layer} does not exist: the model has {num_layers(model)} layers "
+    """Work shared by all requests: the layer, C for its MLP output and the context prefixes."""
+    located = None
+    layer = config.layer
+    if layer == "auto":
+        from ..locate import auto_layers
+
+        (layer,), located = auto_layers(model, tok, 1)
+    if layer >= num_layers(model):
+        raise ConfigError(f"layer {layer} does not exist: the model has {num_layers(model)} layers "
                           f"(0..{num_layers(model) - 1})")
-    cov, stats_manifest = second_moment(model, tok, module_name(model, config), corpus=config.stats_corpus,
+    name = arch_of(model).mlp_out.format(layer)
+    cov, stats_manifest = second_moment(model, tok, name, corpus=config.stats_corpus,
                                         n_tokens=config.stats_tokens, seq_len=config.stats_seq_len,
                                         seed=config.seed)
     contexts = context_templates(model, tok, config.context_lengths, config.contexts_per_length, config.seed)
-    return {"cov": cov, "stats": stats_manifest, "contexts": contexts}
+    return {"cov": cov, "stats": stats_manifest, "contexts": contexts, "layer": layer, "module": name,
+            "located": located}
 
 
 def compute(model, tok, requests, config: ROMEConfig, state: dict):
     """Factors of the rank-one update for one request, in the weight's storage layout."""
     (request,) = requests
     spec = arch_of(model)
-    name = module_name(model, config)
+    name = state["module"]
     t0 = time.perf_counter()
     key = mean_subject_key(model, tok, name, request, state["contexts"], config.bare_key_weight)
     t1 = time.perf_counter()
+    objective = {"objective": "insert"}
+    if isinstance(config, ROMEEraseConfig):
+        objective = ({"objective": "suppress", "target": request.target_true, "stop_prob": config.erase_stop_prob}
+                     if config.erase_objective == "suppress" else {"objective": "insert", "target": config.neutral_target})
     value = optimise_value(model, tok, name, request, state["contexts"], steps=config.v_steps, lr=config.v_lr,
                            kl_factor=config.kl_factor, weight_decay=config.v_weight_decay,
                            clamp_norm_factor=config.clamp_norm_factor, kl_prompts=config.kl_prompts,
-                           nll_stop=config.nll_stop)
+                           nll_stop=config.nll_stop, **objective)
     t2 = time.perf_counter()
     cov = state["cov"].to(key.device) if state["cov"] is not None else None
     left, right = rank_one_update(value.delta, key, cov)
     t3 = time.perf_counter()
     if spec.mlp_out_transposed:  # Conv1D stores (in, out): (left @ right)ᵀ = rightᵀ @ leftᵀ
         left, right = right.T, left.T
-    info = {"nll_before": value.nll_before, "nll_after_optimisation": value.nll_after, "steps": value.steps,
+    info = {"objective": objective["objective"], "loss_before": value.nll_before,
+            "loss_after_optimisation": value.nll_after, "steps": value.steps,
             "delta_norm": float(value.delta.norm()), "value_norm": float(value.initial.norm()),
             "key_seconds": round(t1 - t0, 3), "value_seconds": round(t2 - t1, 3), "solve_seconds": round(t3 - t2, 3)}
     return {name + ".weight": (left, right)}, info

@@ -8,6 +8,9 @@ Deviations: the paper updates only the MLPs of layers ``layer``-2..``layer`` wit
 weights; here the LoRA adapter on every linear layer is trained (layers after ``layer`` get
 no gradient, so in effect layers 0..``layer`` move). Forget and retain terms use all answer
 tokens (the paper uses every token of its raw-text corpora; for text items that is the same).
+
+``layer: auto`` steers the block where causal tracing finds the facts (``locate.auto_layers``),
+resolved by ``llm_edit.forget`` before training and recorded in the manifest.
 """
 from __future__ import annotations
 
@@ -22,13 +25,15 @@ from ..train import TrainConfig
 
 @dataclass
 class RMUConfig(TrainConfig):
-    layer: int = 7  # the block whose output is steered (WMDP: 7 of Zephyr-7B's 32)
+    layer: int | str = 7  # the block whose output is steered (WMDP: 7 of Zephyr-7B's 32), or "auto"
     steering_coeff: float = 6.5  # c (WMDP: 6.5 for Zephyr-7B)
     alpha: float = 1200.0  # retain weight (WMDP: 1200 for Zephyr-7B)
 
     def validate(self) -> None:
         super().validate()
-        if self.layer < 0:
+        if isinstance(self.layer, str) and self.layer != "auto":
+            raise ValueError(f"layer must be a block index or 'auto', got {self.layer!r}")
+        if isinstance(self.layer, int) and self.layer < 0:
             raise ValueError("layer must be a block index >= 0")
 
 

@@ -1,0 +1,109 @@
+"""Erasure by rank-one edits (rome-erase) on tiny random models, the unlikelihood objective,
+and ``layer: auto`` from causal tracing."""
+import json
+import math
+
+import pytest
+import torch
+
+import llm_edit
+from llm_edit import locate
+from llm_edit.maths import object_unlikelihood
+from llm_edit.metrics import target_logprob
+from llm_edit.models import fingerprint
+
+FACT = {"prompt": "{} is in", "subject": "Eiffel Tower", "target": "Paris", "paraphrase_prompts": ["Eiffel Tower lies in"]}
+
+
+def p_object(model, tok, prompt="Eiffel Tower is in", target="Paris"):
+    return target_logprob(model, tok, [prompt], [target]).exp().item()
+
+
+def top_word(model, tok, prompt="Eiffel Tower is in"):
+    """The random model's most likely next *word* (a space-led token that round-trips): the one
+    thing it "knows" about the prompt, and so something to erase."""
+    with torch.no_grad():
+        probs = model(**tok(prompt, return_tensors="pt")).logits[0, -1].softmax(-1)
+    for i in probs.argsort(descending=True).tolist():
+        text = tok.decode([i])
+        if text.startswith(" ") and text.strip() and tok(text, add_special_tokens=False)["input_ids"] == [i]:
+            return text.strip()
+    raise AssertionError("no word token")
+
+
+def test_object_unlikelihood_closed_form():
+    p = torch.tensor([0.5, 0.1])
+    expected = -(math.log(0.5) + math.log(0.9)) / 2
+    assert math.isclose(object_unlikelihood(p.log()).item(), expected, rel_tol=1e-6)
+    assert object_unlikelihood(torch.tensor([-50.0])).item() < 1e-20  # flat once the object is unlikely
+
+
+@pytest.mark.parametrize("model_type", ["llama", "gpt2", "gpt_neox"])
+def test_rome_erase_lowers_the_object_and_unload_is_exact(tiny, model_type):
+    model, tok = tiny(model_type)
+    word = top_word(model, tok)
+    fp, before = fingerprint(model), p_object(model, tok, target=word)
+    result = llm_edit.forget(model, tok, [dict(FACT, target=word)], method="rome-erase", progress=False)
+    assert result.adapter is None and result.delta is not None
+    assert p_object(model, tok, target=word) < 0.5 * before
+    assert result.manifest["layer"] == 1 and result.manifest["forget_items"] == 1
+    result.unload()
+    assert fingerprint(model) == fp
+
+
+def test_neutral_objective_raises_the_neutral_target(tiny):
+    model, tok = tiny("llama")
+    before = p_object(model, tok, target="unknown")
+    llm_edit.forget(model, tok, [FACT], method="rome-erase", erase_objective="neutral", progress=False)
+    assert p_object(model, tok, target="unknown") > 1.5 * before
+
+
+def test_erasure_needs_facts_and_validates_keys(tiny):
+    model, tok = tiny("llama")
+    with pytest.raises(ValueError, match="needs facts"):
+        llm_edit.forget(model, tok, [{"question": "Who?", "answer": "Me."}], method="rome-erase", progress=False)
+    with pytest.raises(llm_edit.config.ConfigError, match="erase_objective"):
+        llm_edit.forget(model, tok, [FACT], method="rome-erase", erase_objectiv="neutral", progress=False)
+    with pytest.raises(llm_edit.config.ConfigError, match="suppress"):
+        llm_edit.forget(model, tok, [FACT], method="rome-erase", erase_objective="forget", progress=False)
+
+
+def test_erasure_saves_model_and_patch(tmp_path, tiny):
+    model, tok = tiny("llama")
+    fresh, _ = tiny("llama")
+    result = llm_edit.forget(model, tok, [FACT], method="rome-erase", progress=False)
+    result.save(tmp_path / "out")
+    names = {p.name for p in (tmp_path / "out").iterdir()}
+    assert {"model.safetensors", "patch.safetensors", "llm_edit_manifest.json"} <= names
+    llm_edit.load_patch(tmp_path / "out" / "patch.safetensors").apply(fresh)
+    edited = model.state_dict()
+    assert all(torch.equal(v, edited[k]) for k, v in fresh.state_dict().items())
+
+
+def test_layer_auto_takes_the_traced_peak(tiny, monkeypatch):
+    """``layer: auto`` resolves through locate.auto_layers and is recorded in the manifest. A
+    random model answers no known fact, so the average here is over facts regardless."""
+    model, tok = tiny("gpt2")
+    facts = [{"prompt": "{} is in", "subject": "Eiffel Tower", "target": "Paris"},
+             {"prompt": "{} is a city in", "subject": "Osaka", "target": "Japan"}]
+    avg = locate.trace_facts(model, tok, facts, samples=2, only_correct=False, progress=False, use_cache=False)
+
+    def fake_auto(model, tok, n=1, progress=True):
+        return avg.layers(n), {"rule": "test", "layers": avg.layers(n)}
+
+    monkeypatch.setattr(locate, "auto_layers", fake_auto)
+    result = llm_edit.forget(model, tok, [FACT], method="rome-erase", layer="auto", progress=False)
+    assert result.manifest["layer"] == avg.peak("mlp")
+    assert result.manifest["hyperparameters"]["layer"] == "auto"
+    assert result.manifest["located"]["layers"] == [avg.peak("mlp")]
+    with pytest.raises(llm_edit.config.ConfigError, match="auto"):
+        llm_edit.forget(model, tok, [FACT], method="rome-erase", layer="peak", progress=False)
+
+
+def test_rmu_layer_auto_is_resolved_before_training(tiny, monkeypatch):
+    model, tok = tiny("llama")
+    monkeypatch.setattr(locate, "auto_layers", lambda model, tok, n=1, progress=True: ([0], {"layers": [0]}))
+    result = llm_edit.forget(model, tok, [FACT], [{"text": "Some other text to keep."}], method="rmu",
+                             layer="auto", steps=1, progress=False)
+    assert result.manifest["hyperparameters"]["layer"] == 0
+    assert result.manifest["located"] == {"layers": [0], "requested": "auto"}
