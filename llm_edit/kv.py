@@ -126,7 +126,8 @@ def optimise_value(model, tok, module_name: str, request: EditRequest, contexts:
     * ``insert`` (ROME): the mean per-token NLL of ``target`` (default ``request.target_new``);
       stops early once it is below ``nll_stop``;
     * ``suppress`` (erasure): ``maths.object_unlikelihood`` of ``target`` (default
-      ``request.target_true``); stops early once its mean probability is below ``stop_prob``.
+      ``request.target_true``); stops early once its probability is below ``stop_prob`` after
+      every prompt (the largest, not the mean: the object must go after each context).
 
     ``ValueResult.nll_before/after`` hold the objective's value before and after.
     """
@@ -178,7 +179,7 @@ def optimise_value(model, tok, module_name: str, request: EditRequest, contexts:
         lp_sum = torch.zeros(n_rw, dtype=picked.dtype, device=device).index_add(0, target_rows, picked)
         ess_logp = torch.log_softmax(lm_head(final[ess_rows, ess_pos]).float(), dim=-1)
         if objective == "suppress":
-            return object_unlikelihood(lp_sum), ess_logp, lp_sum.exp().mean().item()
+            return object_unlikelihood(lp_sum), ess_logp, lp_sum.exp().max().item()
         return mean_target_nll(lp_sum, n_tok), ess_logp, None
 
     with frozen(model):

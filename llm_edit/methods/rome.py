@@ -68,7 +68,7 @@ class ROMEEraseConfig(ROMEConfig):
 
     erase_objective: str = "suppress"  # suppress: make the object unlikely; neutral: say neutral_target
     neutral_target: str = "unknown"
-    erase_stop_prob: float = 0.02  # suppress: stop once the object's mean probability is below this
+    erase_stop_prob: float = 0.02  # suppress: stop once the object's probability is below this after every prompt
 
     def validate(self) -> None:
         super().validate()
