@@ -112,98 +112,149 @@ class ValueResult:
     steps: int
 
 
-def optimise_value(model, tok, module_name: str, request: EditRequest, contexts: list[str], *,
-                   steps: int, lr: float, kl_factor: float, weight_decay: float,
-                   clamp_norm_factor: float, kl_prompts: list[str], nll_stop: float,
-                   target: str | None = None, objective: str = "insert", stop_prob: float = 0.0,
-                   ) -> ValueResult:
-    """Find δ added to ``module_name``'s output at the last subject token (ROME eq. 4).
+def optimise_values(model, tok, module_name: str, requests: list[EditRequest], contexts: list[str], *,
+                    steps: int, lr: float, kl_factor: float, weight_decay: float,
+                    clamp_norm_factor: float, kl_prompts: list[str], nll_stop: float,
+                    targets: list[str] | None = None, objective: str = "insert", stop_prob: float = 0.0,
+                    max_rows: int = 96) -> list[ValueResult]:
+    """For each request, find δ added to ``module_name``'s output at the last subject token
+    (ROME eq. 4; MEMIT eq. 16 optimises the same at its top layer).
 
-    Loss = objective over the context-prefixed prompts + kl_factor · KL on the essence prompts
-    + weight_decay · ||δ||²/||v_init||²; Adam; after each step ||δ|| is clamped to
-    clamp_norm_factor · ||v_init||. The objective:
+    Loss per request = objective over its context-prefixed prompts + kl_factor · KL on its
+    essence prompts + weight_decay · ||δ||²/||v_init||²; Adam; after each step ||δ|| is clamped
+    to clamp_norm_factor · ||v_init||. The objective:
 
-    * ``insert`` (ROME): the mean per-token NLL of ``target`` (default ``request.target_new``);
-      stops early once it is below ``nll_stop``;
-    * ``suppress`` (erasure): ``maths.object_unlikelihood`` of ``target`` (default
-      ``request.target_true``); stops early once its probability is below ``stop_prob`` after
-      every prompt (the largest, not the mean: the object must go after each context).
+    * ``insert`` (ROME): the mean per-token NLL of the target (default ``target_new``); a
+      request stops once it is below ``nll_stop``;
+    * ``suppress`` (erasure): ``maths.object_unlikelihood`` of the target (default
+      ``target_true``); a request stops once the object's probability is below ``stop_prob``
+      after every prompt (the largest, not the mean: the object must go after each context).
 
+    Batched across requests: δ_i only touches request i's prompts, so the summed loss gives
+    each δ_i exactly the gradient it gets alone, and every δ_i has its own Adam state (one
+    parameter each); a request that has stopped leaves the batch (its δ is frozen, as Adam
+    skips parameters without a gradient). Prompts go through in chunks of at most ``max_rows``
+    sequences, gradients accumulating, so memory stays bounded however many requests there are.
     ``ValueResult.nll_before/after`` hold the objective's value before and after.
     """
     if objective not in ("insert", "suppress"):
         raise ValueError(f"unknown objective {objective!r}")
-    if target is None:
-        target = request.target_new if objective == "insert" else request.target_true
-    if not target:
-        raise ValueError(f"no target for the {objective!r} objective of {request.text!r}")
+    if targets is None:
+        targets = [r.target_new if objective == "insert" else r.target_true for r in requests]
+    for r, t in zip(requests, targets):
+        if not t:
+            raise ValueError(f"no target for the {objective!r} objective of {r.text!r}")
     device = next(model.parameters()).device
-    new_ids = target_ids(tok, target)
-    rewrite = [encode_with_subject(tok, c.replace("{}", request.prompt), request.subject) for c in contexts]
-    essence = [encode_with_subject(tok, p, request.subject) for p in kl_prompts]
-    n_rw = len(rewrite)
-    batch = make_batch(tok.pad_token_id, [e[0] for e in rewrite + essence],
-                       [new_ids] * n_rw + [[] for _ in essence],
-                       [e[1] for e in rewrite + essence]).to(device)
-    rows = torch.arange(batch.input_ids.shape[0], device=device)
-    ess_rows, ess_pos = rows[n_rw:], batch.subject_index[n_rw:]
-
     spec = arch_of(model)
     lm_head = model.get_submodule(spec.lm_head)
-    target_rows, target_pos = (batch.labels[:n_rw] != -100).nonzero(as_tuple=True)
-    target_tokens = batch.labels[target_rows, target_pos]
-    n_tok = torch.bincount(target_rows, minlength=n_rw)
-    delta = initial = None  # created by the first forward pass, where v_init is first seen
+    n_ctx, n_ess = len(contexts), len(kl_prompts)
+    encoded = []  # per request: (ids, subject index, target ids) for its rewrite rows then essence rows
+    for r, t in zip(requests, targets):
+        new_ids = target_ids(tok, t)
+        rows = [encode_with_subject(tok, c.replace("{}", r.prompt), r.subject) + (new_ids,) for c in contexts]
+        rows += [encode_with_subject(tok, p, r.subject) + ([],) for p in kl_prompts]
+        encoded.append(rows)
+    n = len(requests)
+    deltas: list[torch.Tensor | None] = [None] * n  # created where v_init is first seen
+    initial: list[torch.Tensor | None] = [None] * n
+    ess_init: list[torch.Tensor | None] = [None] * n
 
-    def add_delta(output, name):
-        nonlocal delta, initial
-        if name != module_name:
-            return output
-        hidden = output[0] if isinstance(output, tuple) else output
-        if initial is None:
-            initial = hidden[rows[:n_rw], batch.subject_index[:n_rw]].detach().float().mean(0)
-            delta = torch.zeros_like(initial, requires_grad=True)
-        hidden = hidden.clone()
-        hidden[rows, batch.subject_index] += delta.to(hidden.dtype)
-        return (hidden,) + tuple(output[1:]) if isinstance(output, tuple) else hidden
+    def forward(chunk: list[int]):
+        """Objective (per request), KL (per request) and the object's largest probability."""
+        rows = [row for i in chunk for row in encoded[i]]
+        batch = make_batch(tok.pad_token_id, [r[0] for r in rows], [r[2] for r in rows],
+                           [r[1] for r in rows]).to(device)
+        per = n_ctx + n_ess
+        index = torch.arange(len(rows), device=device)
+        rewrite = (index % per) < n_ctx
+        owner = torch.tensor([i for i in chunk for _ in range(per)], device=device)
 
-    def forward():
+        def add_delta(output, name):
+            if name != module_name:
+                return output
+            hidden = output[0] if isinstance(output, tuple) else output
+            at_subject = hidden[index, batch.subject_index]
+            for j, i in enumerate(chunk):
+                if initial[i] is None:
+                    initial[i] = at_subject[j * per:j * per + n_ctx].detach().float().mean(0)
+                    deltas[i] = torch.zeros_like(initial[i], requires_grad=True)
+            hidden = hidden.clone()
+            hidden[index, batch.subject_index] += torch.stack([deltas[i] for i in chunk]).repeat_interleave(
+                per, 0).to(hidden.dtype)
+            return (hidden,) + tuple(output[1:]) if isinstance(output, tuple) else hidden
+
         # Stop after the final norm and apply the LM head only where a loss is taken: the
         # full-vocabulary head over every position would cost more than the layers above δ.
         with Trace(model, [module_name, spec.final_norm], edit_output=add_delta, retain_output=True,
                    detach=False, stop=True) as tr:
             model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
         final = tr[spec.final_norm].output
-        target_logp = torch.log_softmax(lm_head(final[target_rows, target_pos]).float(), dim=-1)
-        picked = target_logp.gather(-1, target_tokens.unsqueeze(-1)).squeeze(-1)
-        lp_sum = torch.zeros(n_rw, dtype=picked.dtype, device=device).index_add(0, target_rows, picked)
-        ess_logp = torch.log_softmax(lm_head(final[ess_rows, ess_pos]).float(), dim=-1)
-        if objective == "suppress":
-            return object_unlikelihood(lp_sum), ess_logp, lp_sum.exp().max().item()
-        return mean_target_nll(lp_sum, n_tok), ess_logp, None
+        t_rows, t_pos = (batch.labels != -100).nonzero(as_tuple=True)
+        logp = torch.log_softmax(lm_head(final[t_rows, t_pos]).float(), dim=-1)
+        picked = logp.gather(-1, batch.labels[t_rows, t_pos].unsqueeze(-1)).squeeze(-1)
+        lp_sum = torch.zeros(len(rows), dtype=picked.dtype, device=device).index_add(0, t_rows, picked)
+        n_tok = torch.bincount(t_rows, minlength=len(rows))
+        ess_rows = index[~rewrite]
+        ess_logp = torch.log_softmax(lm_head(final[ess_rows, batch.subject_index[ess_rows]]).float(), dim=-1)
+        objectives, kls, probs = [], [], []
+        for j, i in enumerate(chunk):
+            mine = slice(j * per, j * per + n_ctx)
+            if objective == "suppress":
+                objectives.append(object_unlikelihood(lp_sum[mine]))
+                probs.append(lp_sum[mine].exp().max().item())
+            else:
+                objectives.append(mean_target_nll(lp_sum[mine], n_tok[mine]))
+                probs.append(None)
+            own = ess_logp[j * n_ess:(j + 1) * n_ess]
+            if ess_init[i] is None:
+                ess_init[i] = own.detach()
+            kls.append(kl_to_initial(own, ess_init[i]) if n_ess else own.new_zeros(()))
+        return objectives, kls, probs
 
+    per_chunk = max(1, max_rows // (n_ctx + n_ess))
+
+    def chunks(ids):
+        return [ids[k:k + per_chunk] for k in range(0, len(ids), per_chunk)]
+
+    before, after = [0.0] * n, [0.0] * n
+    taken, done = [0] * n, [False] * n
     with frozen(model):
         with torch.no_grad():
-            nll0, ess_init, _ = forward()
-        opt = torch.optim.Adam([delta], lr=lr)
-        max_norm = clamp_norm_factor * initial.norm()
-        taken, converged = 0, False
+            for chunk in chunks(list(range(n))):
+                objectives, _, _ = forward(chunk)
+                for i, value in zip(chunk, objectives):
+                    before[i] = value.item()
+        opt = torch.optim.Adam(deltas, lr=lr)
+        max_norms = [clamp_norm_factor * v.norm() for v in initial]
         for _ in range(steps):
-            opt.zero_grad(set_to_none=True)
-            nll, ess_logp, prob = forward()
-            if (nll.item() < nll_stop) if prob is None else (prob < stop_prob):
-                converged = True
+            active = [i for i in range(n) if not done[i]]
+            if not active:
                 break
-            taken += 1
-            loss = (nll + kl_factor * kl_to_initial(ess_logp, ess_init)
-                    + weight_decay * relative_weight_decay(delta, initial))
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"value optimisation diverged at step {taken} (loss={loss.item()})")
-            loss.backward()
-            opt.step()
+            opt.zero_grad(set_to_none=True)
+            stepped = []
+            for chunk in chunks(active):
+                objectives, kls, probs = forward(chunk)
+                losses = []
+                for i, value, kl, prob in zip(chunk, objectives, kls, probs):
+                    if (value.item() < nll_stop) if prob is None else (prob < stop_prob):
+                        done[i], after[i] = True, value.item()
+                        continue
+                    stepped.append(i)
+                    losses.append(value + kl_factor * kl + weight_decay * relative_weight_decay(deltas[i], initial[i]))
+                if losses:
+                    loss = torch.stack(losses).sum()
+                    if not torch.isfinite(loss):
+                        raise FloatingPointError(f"value optimisation diverged (loss={loss.item()})")
+                    loss.backward()
+            opt.step()  # requests that stopped have no gradient: Adam leaves them as they are
             with torch.no_grad():
-                clamp_norm(delta, float(max_norm))
-        if not converged:
-            with torch.no_grad():
-                nll, _, _ = forward()
-    return ValueResult(delta.detach(), initial, nll0.item(), nll.item(), taken)
+                for i in stepped:
+                    taken[i] += 1
+                    clamp_norm(deltas[i], float(max_norms[i]))
+        unfinished = [i for i in range(n) if not done[i]]
+        with torch.no_grad():
+            for chunk in chunks(unfinished):
+                objectives, _, _ = forward(chunk)
+                for i, value in zip(chunk, objectives):
+                    after[i] = value.item()
+    return [ValueResult(deltas[i].detach(), initial[i], before[i], after[i], taken[i]) for i in range(n)]

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 from ..arch import arch_of, num_layers
 from ..config import ConfigError
-from ..kv import context_templates, mean_subject_key, optimise_value
+from ..kv import context_templates, mean_subject_key, optimise_values
 from ..maths import rank_one_update
 from ..stats import second_moment
 
@@ -110,12 +110,12 @@ def compute(model, tok, requests, config: ROMEConfig, state: dict):
     t1 = time.perf_counter()
     objective = {"objective": "insert"}
     if isinstance(config, ROMEEraseConfig):
-        objective = ({"objective": "suppress", "target": request.target_true, "stop_prob": config.erase_stop_prob}
-                     if config.erase_objective == "suppress" else {"objective": "insert", "target": config.neutral_target})
-    value = optimise_value(model, tok, name, request, state["contexts"], steps=config.v_steps, lr=config.v_lr,
-                           kl_factor=config.kl_factor, weight_decay=config.v_weight_decay,
-                           clamp_norm_factor=config.clamp_norm_factor, kl_prompts=config.kl_prompts,
-                           nll_stop=config.nll_stop, **objective)
+        objective = ({"objective": "suppress", "stop_prob": config.erase_stop_prob}
+                     if config.erase_objective == "suppress" else {"objective": "insert", "targets": [config.neutral_target]})
+    (value,) = optimise_values(model, tok, name, [request], state["contexts"], steps=config.v_steps, lr=config.v_lr,
+                               kl_factor=config.kl_factor, weight_decay=config.v_weight_decay,
+                               clamp_norm_factor=config.clamp_norm_factor, kl_prompts=config.kl_prompts,
+                               nll_stop=config.nll_stop, **objective)
     t2 = time.perf_counter()
     cov = state["cov"].to(key.device) if state["cov"] is not None else None
     left, right = rank_one_update(value.delta, key, cov)
