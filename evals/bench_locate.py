@@ -7,7 +7,9 @@ recomputes the whole prompt through every block) and llm-edit's way (restored ru
 their token on the corrupted prefix's KV cache, and blocks below their lowest restored layer
 replay the corrupted outputs). Both are batched (256 sequences per pass); the script checks
 that they give the same effects and reports the wall time of each and the share of the
-plain method's token-layer work that the fast path skips.
+plain method's token-layer work that the fast path skips. For the hidden kind it also times
+the reference implementation's schedule (ROME's ``trace_with_patch``: one forward pass per
+restored state, its batch being the noise draws).
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from llm_edit import load_model  # noqa: E402
 from llm_edit.arch import num_layers  # noqa: E402
 from llm_edit.io import run_info, write_json  # noqa: E402
+from llm_edit import locate  # noqa: E402
 from llm_edit.locate import noise_scale, trace  # noqa: E402
 
 PROMPT, SUBJECT, TARGET = "The Eiffel Tower is located in the city of", "Eiffel Tower", "Paris"
@@ -31,13 +34,14 @@ PROMPT, SUBJECT, TARGET = "The Eiffel Tower is located in the city of", "Eiffel 
 
 def work(n_tok: int, first: int, n_layers: int, kind: str, window: int, fast: bool) -> int:
     """Token×block evaluations of the restored runs per noise draw (the compute that matters)."""
-    step = max(1, math.ceil(n_layers / 6))
+    step = max(1, math.ceil(n_layers / locate.FLOOR_BUCKETS))
     total = 0
-    for t in range(first, n_tok):
+    for k, t in enumerate(range(first, n_tok)):
+        start = first + k - k % locate.TOKEN_BUCKET
         for l in range(n_layers):
             floor = l if kind == "hidden" else max(0, l - window // 2)
             floor -= floor % step
-            total += ((n_tok - t) * (n_layers - floor)) if fast else n_tok * n_layers
+            total += ((n_tok - start) * (n_layers - floor)) if fast else n_tok * n_layers
     return total
 
 
@@ -68,6 +72,10 @@ def main(argv=None) -> int:
         print(f"{kind:<7} fast {runs[True].seconds:6.1f} s   plain {runs[False].seconds:6.1f} s   "
               f"x{rows[kind]['speedup']:.2f}   token-block work skipped {rows[kind]['work_skipped']:.0%}   "
               f"max |ΔIE| {diff:.1e}")
+    rome_style = trace(model, tok, PROMPT, SUBJECT, TARGET, kinds=["hidden"], samples=args.samples, noise=scale,
+                       reuse_prefix=False, batch_size=args.samples).seconds
+    rows["hidden"]["seconds_one_state_per_pass"] = rome_style
+    print(f"hidden, one restored state per forward pass (ROME's schedule): {rome_style:.1f} s")
     total_fast = sum(v["seconds_fast"] for v in rows.values())
     total_plain = sum(v["seconds_plain"] for v in rows.values())
     print(f"all three kinds: fast {total_fast:.1f} s, plain {total_plain:.1f} s "

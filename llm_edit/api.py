@@ -98,7 +98,8 @@ def edit(model, tokenizer, requests: Iterable[EditRequest | Mapping[str, Any]], 
                 delta.apply(model)  # raises on non-finite weights, leaving this batch unapplied
                 applied.append(delta)
                 seconds = time.perf_counter() - t
-                per_request += [dict(info, seconds=round(seconds / len(batch), 3)) for _ in batch]
+                infos = info if isinstance(info, list) else [info] * len(batch)  # per request, or shared
+                per_request += [dict(x, seconds=round(seconds / len(batch), 3)) for x in infos]
                 bar.update(len(batch))
     except BaseException:
         for delta in reversed(applied):

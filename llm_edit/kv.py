@@ -70,8 +70,9 @@ def context_templates(model, tok, lengths=(5, 10), per_length: int = 5, seed: in
 
 @torch.no_grad()
 def subject_keys(model, tok, module_name: str, templates: list[str], subjects: list[str],
-                 batch_size: int = 32) -> torch.Tensor:
-    """Input of ``module_name`` at each prompt's last subject token, shape (n, d_in), float32."""
+                 batch_size: int = 32, output: bool = False) -> torch.Tensor:
+    """Input (or, with ``output``, the output) of ``module_name`` at each prompt's last subject
+    token, shape (n, d), float32."""
     device = next(model.parameters()).device
     rows = []
     for i in range(0, len(templates), batch_size):
@@ -79,9 +80,9 @@ def subject_keys(model, tok, module_name: str, templates: list[str], subjects: l
                                                                subjects[i:i + batch_size])]
         batch = make_batch(tok.pad_token_id, [e[0] for e in enc], subject_index=[e[1] for e in enc])
         batch = batch.to(device)
-        with Trace(model, [module_name], retain_input=True, stop=True) as tr:
+        with Trace(model, [module_name], retain_input=not output, retain_output=output, stop=True) as tr:
             model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
-        keys = tr[module_name].input
+        keys = tr[module_name].output if output else tr[module_name].input
         rows.append(keys[torch.arange(len(enc), device=device), batch.subject_index].float())
     return torch.cat(rows)
 

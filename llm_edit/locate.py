@@ -50,6 +50,11 @@ from .text import SubjectNotFound, subject_span, target_ids
 
 KINDS = {"hidden": "hidden state (block output)", "mlp": "MLP output", "attn": "attention output"}
 KNOWNS = Path(__file__).resolve().parent / "data" / "known_1000.json"
+# How restored runs are grouped into passes (see ``trace``): layers are bucketed into this many
+# floors, tokens into runs of this many consecutive positions. Fewer, larger passes multiply
+# bigger matrices; more, smaller ones skip more work. Measured in evals/bench_locate.py.
+FLOOR_BUCKETS = 6
+TOKEN_BUCKET = 3
 
 
 def known_facts(path: str | Path | None = None) -> list[dict]:
@@ -260,16 +265,16 @@ def trace(model, tok, prompt: str, subject: str, target: str | None = None, *,
     # l: with ``reuse_prefix`` it feeds only tokens t.. on top of the corrupted prefix's KV cache,
     # and the blocks below its lowest restored layer (rounded down to a multiple of ``step``, so
     # that passes stay large) replay the corrupted outputs.
-    step = max(1, math.ceil(n_layers / 6))
+    step = max(1, math.ceil(n_layers / FLOOR_BUCKETS))
+    wanted_t = sorted(t for t in wanted if t >= first)
     groups: dict[tuple[int, int], list] = {}
     for kind in kinds:
-        for t in sorted(wanted):
-            if t < first:
-                continue
+        for k, t in enumerate(wanted_t):
+            start = wanted_t[k - k % TOKEN_BUCKET] if reuse_prefix else 0
             for l in range(n_layers):
                 modules = _restore_modules(spec, kind, l, n_layers, window)
                 floor = min(_layer_of(spec, m) for m in modules)
-                groups.setdefault((t if reuse_prefix else 0, floor - floor % step), []).append(((kind, t, l), modules))
+                groups.setdefault((start, floor - floor % step), []).append(((kind, t, l), modules))
     per_pass = max(1, batch_size // samples)
     chunks = [(start, floor, group[i:i + per_pass]) for (start, floor), group in sorted(groups.items())
               for i in range(0, len(group), per_pass)]

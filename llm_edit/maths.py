@@ -31,6 +31,27 @@ def rank_one_update(residual: torch.Tensor, key: torch.Tensor, cov: torch.Tensor
     return left.float(), u.unsqueeze(0).float()
 
 
+def batch_update(residuals: torch.Tensor, keys: torch.Tensor, cov: torch.Tensor | None, weight: float
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """MEMIT's batch update of one layer (Meng et al. 2023, "Mass-Editing Memory in a
+    Transformer", eq. 14), as factors ``left @ right`` of rank n.
+
+    Minimises Σ_old ||W' k − W k||² + Σ_i ||W' k_i − v_i||², with the old keys' K₀K₀ᵀ estimated
+    by λ·C (C = E[k kᵀ], λ = ``weight``, MEMIT's ``mom2_update_weight``):
+    ΔW = R Kᵀ (λC + K Kᵀ)⁻¹, where K = [k_1 … k_n] and R = [r_1 … r_n] the residuals
+    (v_i − W k_i, MEMIT spreads them over its layers before calling this).
+
+    ``residuals`` (n, d_out), ``keys`` (n, d_in), ``cov`` (d_in, d_in) or None for the identity.
+    Solved in float64; returns ``left`` (d_out, n) and ``right`` (n, d_in) in float32.
+    """
+    k = keys.double()
+    c = torch.eye(k.shape[1], dtype=torch.float64, device=k.device) if cov is None else cov.double()
+    right = torch.linalg.solve(weight * c + k.T @ k, k.T).T  # (n, d_in): rows of K (λC + KᵀK)⁻¹, symmetric
+    if not torch.isfinite(right).all():
+        raise FloatingPointError("MEMIT update: the key system is singular or not finite")
+    return residuals.double().T.float(), right.float()
+
+
 def mean_target_nll(log_probs_sum: torch.Tensor, n_tokens: torch.Tensor) -> torch.Tensor:
     """ROME eq. 4, first term: −(1/N) Σ_j log P(o* | x_j ⊕ p), each prompt's log-probability
     divided by its number of target tokens (as in the reference code), averaged over prompts."""

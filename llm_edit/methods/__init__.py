@@ -3,7 +3,8 @@
 A method is a small unit: a typed config dataclass (its recipe keys) and three functions,
 ``prepare(model, tok, config) -> state`` (work shared by all requests, done before any edit),
 ``compute(model, tok, requests, config, state) -> (factors, info)`` (the weight change for one
-batch of requests, not yet applied), and ``batch_size(config)``. Orchestration (applying,
+batch of requests, not yet applied; ``info`` is one dict for the batch or a list with one per
+request), and ``batch_size(config)``. Orchestration (applying,
 rolling back on failure, manifests) lives in ``llm_edit.api`` and is the same for every method.
 """
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from . import rome
+from . import memit, rome
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,11 @@ METHODS: dict[str, Method] = {
     "rome-erase": Method("rome-erase", rome.ROMEEraseConfig, rome.prepare, rome.compute, lambda config: 1,
                          "erase facts by rank-one edits: make each object unlikely (or neutral), one fact "
                          "after another", erases=True),
+    "memit": Method("memit", memit.MEMITConfig, memit.prepare, memit.compute, lambda config: config.batch_size,
+                    "batch edit spread over a range of MLP layers (batch_size requests at once)"),
+    "memit-erase": Method("memit-erase", memit.MEMITEraseConfig, memit.prepare, memit.compute,
+                          lambda config: config.batch_size,
+                          "erase facts by MEMIT batch edits: make each object unlikely (or neutral)", erases=True),
 }
 
 ERASERS = {name: m for name, m in METHODS.items() if m.erases}

@@ -26,13 +26,14 @@ from ..config import ConfigError
 from ..kv import context_templates, mean_subject_key, optimise_values
 from ..maths import rank_one_update
 from ..stats import second_moment
+from .erase import EraseOptions, value_objective
 
 
 @dataclass
 class ROMEConfig:
     """ROME hyper-parameters; defaults follow the paper's GPT-J recipe, recipes tune them per model."""
 
-    layer: int | str  # the block whose MLP output projection is edited, or "auto" (causal tracing)
+    layer: int | str = "auto"  # the block whose MLP output projection is edited, or "auto" (causal tracing)
     v_steps: int = 20  # Adam steps for δ
     v_lr: float = 0.5
     v_weight_decay: float = 0.5  # weight of ||δ||²/||v_init||²
@@ -63,21 +64,12 @@ class ROMEConfig:
 
 
 @dataclass
-class ROMEEraseConfig(ROMEConfig):
-    """rome-erase: ROME's hyper-parameters plus what the new value should do."""
-
-    erase_objective: str = "suppress"  # suppress: make the object unlikely; neutral: say neutral_target
-    neutral_target: str = "unknown"
-    erase_stop_prob: float = 0.02  # suppress: stop once the object's probability is below this after every prompt
+class ROMEEraseConfig(EraseOptions, ROMEConfig):
+    """rome-erase: ROME's hyper-parameters plus what the new value should do (``erase.py``)."""
 
     def validate(self) -> None:
-        super().validate()
-        if self.erase_objective not in ("suppress", "neutral"):
-            raise ValueError(f"erase_objective must be 'suppress' or 'neutral', got {self.erase_objective!r}")
-        if not 0 < self.erase_stop_prob < 1:
-            raise ValueError("erase_stop_prob must be between 0 and 1")
-        if not self.neutral_target.strip():
-            raise ValueError("neutral_target must not be empty")
+        ROMEConfig.validate(self)
+        self.validate_erase()
 
 
 def prepare(model, tok, config: ROMEConfig) -> dict:
@@ -108,10 +100,7 @@ def compute(model, tok, requests, config: ROMEConfig, state: dict):
     t0 = time.perf_counter()
     key = mean_subject_key(model, tok, name, request, state["contexts"], config.bare_key_weight)
     t1 = time.perf_counter()
-    objective = {"objective": "insert"}
-    if isinstance(config, ROMEEraseConfig):
-        objective = ({"objective": "suppress", "stop_prob": config.erase_stop_prob}
-                     if config.erase_objective == "suppress" else {"objective": "insert", "targets": [config.neutral_target]})
+    objective = value_objective(config, 1)
     (value,) = optimise_values(model, tok, name, [request], state["contexts"], steps=config.v_steps, lr=config.v_lr,
                                kl_factor=config.kl_factor, weight_decay=config.v_weight_decay,
                                clamp_norm_factor=config.clamp_norm_factor, kl_prompts=config.kl_prompts,

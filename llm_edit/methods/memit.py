@@ -1,0 +1,150 @@
+"""MEMIT: mass-editing memory in a transformer (Meng et al., ICLR 2023), and ``memit-erase``.
+
+A batch of requests is written into the MLP output projections of a range of layers R that
+ends where causal tracing finds the facts (§4.3, Algorithm 1):
+
+1. for each request i, the hidden state z_i that makes the model say the new object is found
+   at the top layer's residual stream (block output) at the subject's last token:
+   z_i = h_i + δ_i, δ_i by ``kv.optimise_values`` (eq. 16: the same loss as ROME's, all
+   requests optimised together);
+2. for each layer l in R from bottom to top: the keys K_l of the requests (averaged over the
+   context prefixes as ROME's), the *current* top-layer hidden states H (re-measured, since
+   the updates below changed them), the residual R = (Z − H)/(layers remaining), and
+   ΔW_l = R K_lᵀ (λ C_l + K_l K_lᵀ)⁻¹ (eq. 14, ``maths.batch_update``, float64); ΔW_l is applied
+   before moving up because the next layer's keys and hidden states depend on it.
+
+The updates are handed back as one low-rank patch factor per layer (rank = batch size), so a
+MEMIT batch is applied, reverted and saved like any edit; later batches see earlier ones.
+
+Deviations: z_i, h_i and the keys are all averaged over the same context-prefixed prompts
+(MEMIT's code takes h_i and z_i from the bare prompt but the keys from the prefixed ones);
+``bare_key_weight`` weights the bare prompt's key as in ``rome.py``.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from ..arch import arch_of, num_layers
+from ..config import ConfigError
+from ..kv import context_templates, mean_subject_key, optimise_values, subject_keys
+from ..maths import batch_update
+from ..patch import WeightDelta
+from ..stats import second_moment
+from .erase import EraseOptions, value_objective
+
+
+@dataclass
+class MEMITConfig:
+    """MEMIT hyper-parameters; defaults follow the paper's GPT-J recipe, recipes tune them per model."""
+
+    layers: list[int] | str = "auto"  # the edited blocks, bottom to top, or "auto" (causal tracing)
+    auto_layer_count: int = 3  # with layers: auto, this many layers ending at the traced peak
+    mom2_update_weight: float = 15000.0  # λ: weight of the old keys' C against the new keys
+    batch_size: int = 100  # requests per batch; batches are applied one after another
+    v_steps: int = 25
+    v_lr: float = 0.5
+    v_weight_decay: float = 0.5
+    clamp_norm_factor: float = 0.75  # ||δ|| ≤ factor · ||h|| (MEMIT: 0.75; δ sits in the residual stream)
+    kl_factor: float = 0.0625
+    kl_prompts: list[str] = field(default_factory=lambda: ["{} is a"])
+    nll_stop: float = 0.05
+    context_lengths: list[int] = field(default_factory=lambda: [5, 10])
+    contexts_per_length: int = 5
+    bare_key_weight: float | None = None
+    stats_corpus: str = "model-samples"
+    stats_tokens: int = 50_000
+    stats_seq_len: int = 128
+    seed: int = 0
+
+    def validate(self) -> None:
+        if isinstance(self.layers, str):
+            if self.layers != "auto":
+                raise ValueError(f"layers must be a list of block indices or 'auto', got {self.layers!r}")
+        elif not self.layers or any(l < 0 for l in self.layers) or self.layers != sorted(set(self.layers)):
+            raise ValueError(f"layers must be distinct block indices in increasing order, got {self.layers}")
+        if self.auto_layer_count < 1 or self.batch_size < 1 or self.mom2_update_weight <= 0:
+            raise ValueError("auto_layer_count >= 1, batch_size >= 1 and mom2_update_weight > 0 are required")
+        if self.v_steps < 0 or self.v_lr <= 0 or self.clamp_norm_factor <= 0:
+            raise ValueError("v_steps >= 0, v_lr > 0 and clamp_norm_factor > 0 are required")
+        for p in self.kl_prompts:
+            if p.count("{}") != 1:
+                raise ValueError(f"kl_prompts: {p!r} must contain '{{}}' exactly once")
+
+
+@dataclass
+class MEMITEraseConfig(EraseOptions, MEMITConfig):
+    """memit-erase: MEMIT's hyper-parameters plus what the new values should do (``erase.py``)."""
+
+    def validate(self) -> None:
+        MEMITConfig.validate(self)
+        self.validate_erase()
+
+
+def prepare(model, tok, config: MEMITConfig) -> dict:
+    """The layers, C for each of their MLP output projections, and the context prefixes."""
+    located = None
+    layers = config.layers
+    if layers == "auto":
+        from ..locate import auto_layers
+
+        layers, located = auto_layers(model, tok, config.auto_layer_count)
+    if layers[-1] >= num_layers(model):
+        raise ConfigError(f"layer {layers[-1]} does not exist: the model has {num_layers(model)} layers")
+    spec = arch_of(model)
+    covs, stats = {}, []
+    for layer in layers:
+        covs[layer], manifest = second_moment(model, tok, spec.mlp_out.format(layer), corpus=config.stats_corpus,
+                                              n_tokens=config.stats_tokens, seq_len=config.stats_seq_len,
+                                              seed=config.seed)
+        stats.append(manifest)
+    contexts = context_templates(model, tok, config.context_lengths, config.contexts_per_length, config.seed)
+    return {"covs": covs, "stats": stats, "contexts": contexts, "layer": list(layers), "located": located}
+
+
+def _top_states(model, tok, module_name, requests, contexts) -> torch.Tensor:
+    """The top block's output at the last subject token, averaged over the context prompts."""
+    templates = [c.replace("{}", r.prompt) for r in requests for c in contexts]
+    subjects = [r.subject for r in requests for _ in contexts]
+    states = subject_keys(model, tok, module_name, templates, subjects, output=True)
+    return states.view(len(requests), len(contexts), -1).mean(1)
+
+
+def compute(model, tok, requests, config: MEMITConfig, state: dict):
+    """Factors of the batch's update of every layer in the range, in each weight's layout."""
+    spec = arch_of(model)
+    layers, contexts = state["layer"], state["contexts"]
+    top = spec.layer(layers[-1])
+    t0 = time.perf_counter()
+    values = optimise_values(model, tok, top, requests, contexts, steps=config.v_steps, lr=config.v_lr,
+                             kl_factor=config.kl_factor, weight_decay=config.v_weight_decay,
+                             clamp_norm_factor=config.clamp_norm_factor, kl_prompts=config.kl_prompts,
+                             nll_stop=config.nll_stop, **value_objective(config, len(requests)))
+    targets = torch.stack([v.initial + v.delta for v in values])
+    t1 = time.perf_counter()
+    factors, applied = {}, []
+    try:  # each layer's update is in place while the layers above are computed, then taken out
+        for i, layer in enumerate(layers):
+            name = spec.mlp_out.format(layer)
+            keys = torch.stack([mean_subject_key(model, tok, name, r, contexts, config.bare_key_weight)
+                                for r in requests])
+            residuals = (targets - _top_states(model, tok, top, requests, contexts)) / (len(layers) - i)
+            cov = state["covs"][layer]
+            left, right = batch_update(residuals, keys, cov.to(keys.device) if cov is not None else None,
+                                       config.mom2_update_weight)
+            if spec.mlp_out_transposed:  # Conv1D stores (in, out)
+                left, right = right.T, left.T
+            factors[name + ".weight"] = (left, right)
+            delta = WeightDelta({name + ".weight": (left, right)})
+            delta.apply(model)
+            applied.append(delta)
+    finally:
+        for delta in reversed(applied):
+            delta.revert(model)
+    t2 = time.perf_counter()
+    info = [{"objective": value_objective(config, 1)["objective"], "loss_before": v.nll_before,
+             "loss_after_optimisation": v.nll_after, "steps": v.steps, "delta_norm": float(v.delta.norm()),
+             "value_seconds_batch": round(t1 - t0, 3), "solve_seconds_batch": round(t2 - t1, 3)} for v in values]
+    return factors, info

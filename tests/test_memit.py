@@ -1,0 +1,67 @@
+"""MEMIT on tiny random models: batches, the layer range, sequential batches, exact revert."""
+import torch
+
+import llm_edit
+from llm_edit.arch import arch_of
+from llm_edit.maths import batch_update
+from llm_edit.metrics import target_logprob
+
+REQUESTS = [{"prompt": "{} is in", "subject": "Eiffel Tower", "target_new": "Rome", "target_true": "Paris"},
+            {"prompt": "{} was written by", "subject": "Hamlet", "target_new": "Goethe", "target_true": "Shakespeare"},
+            {"prompt": "The {} plays", "subject": "Lakers", "target_new": "soccer", "target_true": "basketball"}]
+
+
+def p_new(model, tok):
+    prompts = [r["prompt"].replace("{}", r["subject"]) for r in REQUESTS]
+    return target_logprob(model, tok, prompts, [r["target_new"] for r in REQUESTS]).exp()
+
+
+def test_batch_update_closed_form():
+    """With λC → 0 the update writes every new value exactly; with a large λ it barely moves."""
+    torch.manual_seed(0)
+    keys, residuals = torch.randn(3, 8), torch.randn(3, 5)
+    left, right = batch_update(residuals, keys, torch.eye(8), 1e-9)
+    assert torch.allclose((left @ right) @ keys.T, residuals.T, atol=1e-4)
+    left, right = batch_update(residuals, keys, torch.eye(8), 1e6)
+    assert (left @ right).abs().max() < 1e-4
+
+
+def test_memit_batch_raises_every_target_and_reverts(tiny):
+    model, tok = tiny("gpt2")
+    snap = {k: v.clone() for k, v in model.state_dict().items()}
+    before = p_new(model, tok)
+    result = llm_edit.edit(model, tok, REQUESTS, "memit", progress=False)
+    ratio = p_new(model, tok) / before  # random tiny models edit weakly; every target must rise
+    assert (ratio > 1).all() and ratio.max() > 2
+    assert result.manifest["layer"] == [1, 2] and len(result.per_request) == 3
+    changed = sorted(k for k in snap if not torch.equal(snap[k], model.state_dict()[k]))
+    assert changed == sorted(arch_of(model).mlp_out.format(l) + ".weight" for l in (1, 2))
+    result.revert()
+    assert all(torch.equal(snap[k], v) for k, v in model.state_dict().items())
+
+
+def test_sequential_batches_stack_and_revert_together(tiny):
+    model, tok = tiny("llama")
+    snap = {k: v.clone() for k, v in model.state_dict().items()}
+    before = p_new(model, tok)
+    result = llm_edit.edit(model, tok, REQUESTS, "memit", batch_size=2, progress=False)  # batches of 2 then 1
+    ratio = p_new(model, tok) / before
+    assert (ratio > 1).all() and ratio.max() > 2
+    name = arch_of(model).mlp_out.format(1) + ".weight"
+    assert result.delta.factors[name][0].shape[1] == 3  # rank 2 + rank 1, stacked
+    result.revert()
+    assert all(torch.equal(snap[k], v) for k, v in model.state_dict().items())
+
+
+def test_memit_erase_lowers_the_true_objects(tiny):
+    from test_erase import top_word
+
+    model, tok = tiny("gpt2")
+    prompts = [r["prompt"].replace("{}", r["subject"]) for r in REQUESTS]
+    trues = [top_word(model, tok, p) for p in prompts]  # what the random model "knows"
+    before = target_logprob(model, tok, prompts, trues)
+    requests = [dict(r, target_true=t) for r, t in zip(REQUESTS, trues)]
+    result = llm_edit.edit(model, tok, requests, "memit-erase", progress=False)
+    after = target_logprob(model, tok, prompts, trues)
+    assert (after < before).all()
+    result.revert()
