@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--retain", help="items to keep (default: text sampled from the model itself)")
     p.add_argument("--method", default="npo", choices=sorted(UNLEARNERS) + sorted(ERASERS),
                    help="a training-based unlearner, or an erasure by rank-one edits (" + ", ".join(ERASERS) + ")")
-    p.add_argument("--layers", help="'auto': take the edited/steered layer from causal tracing (rome-erase, rmu)")
+    p.add_argument("--layers", help="'auto': take the edited/steered layer(s) from causal tracing (rome-erase, memit-erase, rmu)")
     p.add_argument("--recipe", help="YAML hyper-parameter file or recipe name (default: the model's)")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="override one hyper-parameter (repeatable); values are YAML")
@@ -169,10 +169,19 @@ def _print_metrics(before: dict, after: dict) -> None:
         print(f"{key:<16}{fmt(before.get(key)):>10}{fmt(after[key]):>10}")
 
 
-def _layers_to_sets(args) -> None:
-    """``--layers auto`` (or a number) is the recipe key ``layer`` of the methods that have one."""
-    if args.layers is not None:
-        args.sets = list(args.sets) + [f"layer={args.layers}"]
+def _layers_to_sets(args, config_cls) -> None:
+    """``--layers auto`` (or a value) sets the recipe key ``layers`` (MEMIT) or ``layer`` (ROME, RMU)."""
+    import dataclasses
+
+    if args.layers is None:
+        return
+    fields = {f.name for f in dataclasses.fields(config_cls)}
+    key = "layers" if "layers" in fields else "layer" if "layer" in fields else None
+    if key is None:
+        from .config import ConfigError
+
+        raise ConfigError(f"--layers: method {args.method!r} has no layer to choose")
+    args.sets = list(args.sets) + [f"{key}={args.layers}"]
 
 
 def cmd_edit(args) -> int:
@@ -185,9 +194,9 @@ def cmd_edit(args) -> int:
     from .models import ALIASES
 
     requests = read_requests(args.facts)  # validate input before anything slow
-    _layers_to_sets(args)
     _check_out(args)
     spec = get_method(args.method)
+    _layers_to_sets(args, spec.config)
     alias = ALIASES.get(args.model)
     # a bad recipe or --set fails now, not after loading the model
     load_config(spec.config, args.method, recipe=args.recipe, model_recipe=alias.recipe if alias else None,
@@ -282,7 +291,6 @@ def cmd_forget(args) -> int:
 
     forget_items = read_items(args.facts)  # validate input before anything slow
     retain_items = read_items(args.retain) if args.retain else None
-    _layers_to_sets(args)
     _check_out(args)
     erasing = args.method in ERASERS
     if erasing:
@@ -293,6 +301,7 @@ def cmd_forget(args) -> int:
         if retain_items:
             print(f"llm-edit: note: {args.method} has no retain term; --retain is only evaluated", file=sys.stderr)
     spec = ERASERS[args.method] if erasing else get_unlearner(args.method)
+    _layers_to_sets(args, spec.config)
     alias = ALIASES.get(args.model)
     config, _ = load_config(spec.config, args.method, recipe=args.recipe,
                             model_recipe=alias.recipe if alias else None, sets=args.sets)

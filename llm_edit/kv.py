@@ -117,7 +117,7 @@ def optimise_values(model, tok, module_name: str, requests: list[EditRequest], c
                     steps: int, lr: float, kl_factor: float, weight_decay: float,
                     clamp_norm_factor: float, kl_prompts: list[str], nll_stop: float,
                     targets: list[str] | None = None, objective: str = "insert", stop_prob: float = 0.0,
-                    max_rows: int = 96) -> list[ValueResult]:
+                    max_rows: int = 96, progress: bool = False) -> list[ValueResult]:
     """For each request, find δ added to ``module_name``'s output at the last subject token
     (ROME eq. 4; MEMIT eq. 16 optimises the same at its top layer).
 
@@ -227,8 +227,12 @@ def optimise_values(model, tok, module_name: str, requests: list[EditRequest], c
                     before[i] = value.item()
         opt = torch.optim.Adam(deltas, lr=lr)
         max_norms = [clamp_norm_factor * v.norm() for v in initial]
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=steps, desc=f"optimising {n} values", unit="step", disable=not progress, leave=False)
         for _ in range(steps):
             active = [i for i in range(n) if not done[i]]
+            bar.set_postfix(active=len(active))
             if not active:
                 break
             opt.zero_grad(set_to_none=True)
@@ -252,6 +256,8 @@ def optimise_values(model, tok, module_name: str, requests: list[EditRequest], c
                 for i in stepped:
                     taken[i] += 1
                     clamp_norm(deltas[i], float(max_norms[i]))
+            bar.update(1)
+        bar.close()
         unfinished = [i for i in range(n) if not done[i]]
         with torch.no_grad():
             for chunk in chunks(unfinished):

@@ -177,3 +177,15 @@ def test_forget_by_erasure_writes_a_patch(tmp_path):
     done = run("forget", "--model", "tiny-llama", "--facts", str(qa), "--method", "rome-erase",
                "--out", str(tmp_path / "x"), env_home=tmp_path / "home")
     assert done.returncode == 2 and "needs facts" in done.stderr and not (tmp_path / "x").exists()
+
+
+def test_edit_memit_with_layers_flag(tmp_path, facts):
+    out = tmp_path / "m"
+    done = run("edit", "--model", "tiny-llama", "--facts", str(facts), "--method", "memit", "--layers", "[2, 3]",
+               "--set", "v_steps=3", "--no-save-model", "--out", str(out), env_home=tmp_path / "home")
+    assert done.returncode == 0, done.stderr
+    manifest = json.loads((out / "llm_edit_manifest.json").read_text())
+    assert manifest["layer"] == [2, 3] and manifest["hyperparameters"]["layers"] == [2, 3]
+    done = run("edit", "--model", "tiny-llama", "--facts", str(facts), "--method", "memit", "--layers", "two",
+               "--out", str(tmp_path / "n"), env_home=tmp_path / "home")
+    assert done.returncode == 2 and "layers" in done.stderr and not (tmp_path / "n").exists()

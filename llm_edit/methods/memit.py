@@ -121,7 +121,8 @@ def compute(model, tok, requests, config: MEMITConfig, state: dict):
     values = optimise_values(model, tok, top, requests, contexts, steps=config.v_steps, lr=config.v_lr,
                              kl_factor=config.kl_factor, weight_decay=config.v_weight_decay,
                              clamp_norm_factor=config.clamp_norm_factor, kl_prompts=config.kl_prompts,
-                             nll_stop=config.nll_stop, **value_objective(config, len(requests)))
+                             nll_stop=config.nll_stop, progress=len(requests) > 1,
+                             **value_objective(config, len(requests)))
     targets = torch.stack([v.initial + v.delta for v in values])
     t1 = time.perf_counter()
     factors, applied = {}, []
