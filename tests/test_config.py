@@ -14,7 +14,7 @@ def _all_recipes():
 
 
 def test_every_method_has_a_recipe_for_the_default_and_the_tiny_models():
-    for method in UNLEARNERS:
+    for method in CONFIGS:
         assert {"tiny", "smollm2-135m"} <= {p.stem for p in (recipes_dir() / method).glob("*.yaml")}, method
 
 
