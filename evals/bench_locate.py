@@ -14,7 +14,6 @@ restored state, its batch being the noise draws).
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from pathlib import Path

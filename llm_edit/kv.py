@@ -168,7 +168,6 @@ def optimise_values(model, tok, module_name: str, requests: list[EditRequest], c
         per = n_ctx + n_ess
         index = torch.arange(len(rows), device=device)
         rewrite = (index % per) < n_ctx
-        owner = torch.tensor([i for i in chunk for _ in range(per)], device=device)
 
         def add_delta(output, name):
             if name != module_name:

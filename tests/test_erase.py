@@ -1,6 +1,5 @@
 """Erasure by rank-one edits (rome-erase) on tiny random models, the unlikelihood objective,
 and ``layer: auto`` from causal tracing."""
-import json
 import math
 
 import pytest
