@@ -104,6 +104,18 @@ def mean_subject_key(model, tok, module_name: str, request: EditRequest, context
     return bare_weight * keys[0] + (1 - bare_weight) * keys[1:].mean(0)
 
 
+def check_value_options(config) -> None:
+    """Validate the key/value hyper-parameters every locate-then-edit config shares (ROME, MEMIT
+    and their erasers): raises ``ValueError`` naming the key."""
+    if config.v_steps < 0 or config.v_lr <= 0 or config.clamp_norm_factor <= 0:
+        raise ValueError("v_steps >= 0, v_lr > 0 and clamp_norm_factor > 0 are required")
+    if config.bare_key_weight is not None and not 0 <= config.bare_key_weight <= 1:
+        raise ValueError("bare_key_weight must be between 0 and 1 (or null)")
+    for p in config.kl_prompts:
+        if p.count("{}") != 1:
+            raise ValueError(f"kl_prompts: {p!r} must contain '{{}}' exactly once")
+
+
 @dataclass
 class ValueResult:
     delta: torch.Tensor  # δ = v* − v_init, the change of the module's output (d_out,)

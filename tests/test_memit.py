@@ -1,4 +1,5 @@
 """MEMIT on tiny random models: batches, the layer range, sequential batches, exact revert."""
+import pytest
 import torch
 
 import llm_edit
@@ -66,3 +67,11 @@ def test_memit_erase_lowers_the_true_objects(tiny):
     after = target_logprob(model, tok, prompts, trues)
     assert (after < before).all()
     result.revert()
+
+
+def test_memit_config_checks_the_shared_value_options(tiny):
+    model, tok = tiny("llama")
+    with pytest.raises(llm_edit.config.ConfigError, match="bare_key_weight"):
+        llm_edit.edit(model, tok, REQUESTS, "memit", bare_key_weight=1.5, progress=False)
+    with pytest.raises(llm_edit.config.ConfigError, match="increasing"):
+        llm_edit.edit(model, tok, REQUESTS, "memit", layers=[2, 1], progress=False)

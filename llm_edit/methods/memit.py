@@ -29,7 +29,7 @@ import torch
 
 from ..arch import arch_of, num_layers
 from ..config import ConfigError
-from ..kv import context_templates, mean_subject_key, optimise_values, subject_keys
+from ..kv import check_value_options, context_templates, mean_subject_key, optimise_values, subject_keys
 from ..maths import batch_update
 from ..patch import WeightDelta
 from ..stats import second_moment
@@ -67,11 +67,7 @@ class MEMITConfig:
             raise ValueError(f"layers must be distinct block indices in increasing order, got {self.layers}")
         if self.auto_layer_count < 1 or self.batch_size < 1 or self.mom2_update_weight <= 0:
             raise ValueError("auto_layer_count >= 1, batch_size >= 1 and mom2_update_weight > 0 are required")
-        if self.v_steps < 0 or self.v_lr <= 0 or self.clamp_norm_factor <= 0:
-            raise ValueError("v_steps >= 0, v_lr > 0 and clamp_norm_factor > 0 are required")
-        for p in self.kl_prompts:
-            if p.count("{}") != 1:
-                raise ValueError(f"kl_prompts: {p!r} must contain '{{}}' exactly once")
+        check_value_options(self)
 
 
 @dataclass

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 from ..arch import arch_of, num_layers
 from ..config import ConfigError
-from ..kv import context_templates, mean_subject_key, optimise_values
+from ..kv import check_value_options, context_templates, mean_subject_key, optimise_values
 from ..maths import rank_one_update
 from ..stats import second_moment
 from .erase import EraseOptions, value_objective
@@ -54,13 +54,7 @@ class ROMEConfig:
             raise ValueError(f"layer must be a block index or 'auto', got {self.layer!r}")
         if isinstance(self.layer, int) and self.layer < 0:
             raise ValueError("layer must be >= 0")
-        if self.v_steps < 0 or self.v_lr <= 0 or self.clamp_norm_factor <= 0:
-            raise ValueError("v_steps >= 0, v_lr > 0 and clamp_norm_factor > 0 are required")
-        if self.bare_key_weight is not None and not 0 <= self.bare_key_weight <= 1:
-            raise ValueError("bare_key_weight must be between 0 and 1 (or null)")
-        for p in self.kl_prompts:
-            if p.count("{}") != 1:
-                raise ValueError(f"kl_prompts: {p!r} must contain '{{}}' exactly once")
+        check_value_options(self)
 
 
 @dataclass
