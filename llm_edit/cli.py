@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import json
 import sys
 import time
 from pathlib import Path
@@ -24,8 +25,10 @@ def _bad_input_errors():
     from .patch import PatchError
     from .text import SubjectNotFound
 
+    from .tofu import TofuDataError
+
     return (FactFileError, ConfigError, ModelLoadError, PatchError, UnsupportedArchitecture, SubjectNotFound,
-            FileExistsError)
+            FileExistsError, TofuDataError)
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -97,6 +100,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output directory (trace.json + heat maps, or average.json + plot)")
     p.add_argument("--overwrite", action="store_true")
 
+    p = sub.add_parser("eval", help="evaluate a model: the TOFU forget/retain suite or the CounterFact editing suite")
+    _add_model_args(p)
+    p.add_argument("--suite", required=True, choices=["tofu", "counterfact"])
+    p.add_argument("--split", default="forget10", help="TOFU forget split: forget01, forget05, forget10")
+    p.add_argument("--authors", type=int, help="CPU-sized TOFU: only the first N authors (2-20)")
+    p.add_argument("--eval-limit", type=int, help="TOFU: at most this many retain / real-author / world-fact rows")
+    p.add_argument("--retain-ref", help="TOFU: the retain model's report.json (or its folder), or a retain model "
+                                        "directory (evaluated here, cached): needed for forget quality and PrivLeak")
+    p.add_argument("--tofu-data", help="folder of TOFU's JSON files (default: $LLM_EDIT_TOFU_DATA, else the hub)")
+    p.add_argument("--facts", help="counterfact: edit requests (JSONL, or CounterFact JSON in EasyEdit's flat format)")
+    p.add_argument("--limit", type=int, help="counterfact: only the first N requests")
+    p.add_argument("--max-new-tokens", type=int, default=200, help="greedy answer length cap (TOFU: 200)")
+    p.add_argument("--batch-size", type=int, default=16, help="sequences per scoring pass")
+    p.add_argument("--generation-batch-size", type=int, default=32, help="prompts per generation batch")
+    p.add_argument("--no-cache", action="store_true", help="recompute even if this evaluation is cached")
+    p.add_argument("--out", required=True, help="output directory: report.json, report.md, PNG plots")
+    p.add_argument("--overwrite", action="store_true")
+
+    p = sub.add_parser("tofu", help="the TOFU protocol: fine-tune, retain model, unlearn, evaluate, one table")
+    _add_model_args(p)
+    p.add_argument("--split", default="forget10", help="forget01, forget05 or forget10")
+    p.add_argument("--method", default="npo", help="unlearning method(s), comma-separated: "
+                   + ", ".join(sorted(UNLEARNERS)))
+    p.add_argument("--authors", type=int, help="CPU-sized TOFU: the first N authors (2-20); default: all 200")
+    p.add_argument("--eval-limit", type=int, help="at most this many retain / real-author / world-fact rows")
+    p.add_argument("--tofu-data", help="folder of TOFU's JSON files (default: $LLM_EDIT_TOFU_DATA, else the hub)")
+    p.add_argument("--finetune-recipe", help="fine-tuning recipe file or name (default: recipes/finetune/<model>)")
+    p.add_argument("--finetune-set", dest="finetune_sets", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--recipe", help="unlearning recipe (default: recipes/<method>/tofu-<model>.yaml if present)")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one unlearning hyper-parameter (repeatable)")
+    p.add_argument("--max-new-tokens", type=int, default=200)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--generation-batch-size", type=int, default=32)
+    p.add_argument("--out", required=True, help="output directory: report.json, report.md, PNG plots")
+    p.add_argument("--overwrite", action="store_true")
+
     p = sub.add_parser("demo", help="rewrite one fact in the default model and show what changes")
     _add_model_args(p)
     return parser
@@ -106,7 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return {"models": cmd_models, "edit": cmd_edit, "apply": cmd_apply, "forget": cmd_forget,
-                "locate": cmd_locate, "demo": cmd_demo}[args.command](args)
+                "locate": cmd_locate, "demo": cmd_demo,
+                "eval": cmd_eval, "tofu": cmd_tofu}[args.command](args)
     except _bad_input_errors() as e:
         print(f"llm-edit: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -447,4 +488,129 @@ def cmd_demo(args) -> int:
     show("after the edit (paraphrases change too)")
     result.revert()
     show("after revert (bit-for-bit the original weights)")
+    return 0
+
+
+def _eval_settings(args):
+    from .config import ConfigError
+    from .tofu import EvalSettings
+
+    if args.max_new_tokens < 1 or args.batch_size < 1 or args.generation_batch_size < 1:
+        raise ConfigError("--max-new-tokens, --batch-size and --generation-batch-size must be at least 1")
+    return EvalSettings(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+                        generation_batch_size=args.generation_batch_size)
+
+
+def _tofu_task(args):
+    from .config import ConfigError
+    from .tofu import make_task
+
+    try:
+        return make_task(args.split, args.authors, data=args.tofu_data, eval_limit=args.eval_limit)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
+def cmd_eval(args) -> int:
+    from .io import atomic_directory, write_json
+
+    _check_out(args)
+    if args.suite == "counterfact":
+        return _eval_counterfact(args)
+    from .report import write_tofu
+    from .tofu import attach_reference, evaluate_tofu, read_reference
+
+    task = _tofu_task(args)  # data problems fail before the model loads
+    settings = _eval_settings(args)
+    reference = source = None
+    if args.retain_ref:
+        ref_path = Path(args.retain_ref)
+        if ref_path.suffix == ".json" or (ref_path / "report.json").is_file():
+            reference, source = read_reference(ref_path), str(ref_path)
+    model, tok = _load(args)
+    if args.retain_ref and reference is None:  # a retain model: evaluate it on the same task (cached)
+        from .models import load_model
+
+        ref_model, ref_tok = load_model(args.retain_ref, dtype=args.dtype, device=args.device,
+                                        trust_remote_code=args.trust_remote_code)
+        reference = evaluate_tofu(ref_model, ref_tok, task, settings, name="retain", use_cache=not args.no_cache)
+        source = args.retain_ref
+        del ref_model
+    report = evaluate_tofu(model, tok, task, settings, name=args.model, use_cache=not args.no_cache)
+    rows = {args.model: report}
+    if reference is not None:
+        attach_reference(report, reference, source)
+        rows["retain (reference)"] = attach_reference(json.loads(json.dumps(reference)), reference, source)
+    with atomic_directory(Path(args.out), overwrite=args.overwrite) as out:
+        write_tofu(out, report, rows, f"TOFU evaluation of {args.model}", reference=reference)
+    a = report["aggregates"]
+    print(Path(args.out, "report.md").read_text().split("\n## Data")[0])
+    print(f"forget quality: {a['forget_quality']['value'] if a['forget_quality']['value'] is not None else 'n/a'}"
+          f"; model utility: {a['model_utility']}; report: {Path(args.out) / 'report.md'}")
+    return 0
+
+
+def _eval_counterfact(args) -> int:
+    from .config import ConfigError
+    from .facts import read_requests
+    from .io import atomic_directory, atomic_write_text, write_json
+    from .metrics import counterfact_suite
+
+    if not args.facts:
+        raise ConfigError("--suite counterfact needs --facts FILE")
+    requests = read_requests(args.facts, limit=args.limit)
+    if not any(r.target_true for r in requests):
+        raise ConfigError(f"{args.facts}: no request has target_true (the model's original answer), "
+                          "so efficacy and specificity cannot be compared")
+    model, tok = _load(args)
+    report = counterfact_suite(model, tok, requests)
+    report.update({"model": args.model, "facts": str(args.facts), "requests": len(requests)})
+    a = report["aggregates"]
+    md = (f"# CounterFact evaluation of {args.model}\n\n{len(requests)} requests from `{args.facts}`\n\n"
+          "| efficacy | generalisation | specificity | fluency |\n|---|---|---|---|\n"
+          + "| " + " | ".join("n/a" if a[k] is None else f"{a[k]:.3f}"
+                              for k in ("efficacy", "generalisation", "specificity", "fluency")) + " |\n\n"
+          "Efficacy / generalisation: share of prompts / paraphrases where P(target_new) > P(target_true); "
+          "specificity: share of neighbourhood prompts where the true object still wins (ROME §4.2).\n")
+    with atomic_directory(Path(args.out), overwrite=args.overwrite) as out:
+        write_json(out / "report.json", report)
+        atomic_write_text(out / "report.md", md)
+    print(md)
+    return 0
+
+
+def cmd_tofu(args) -> int:
+    from .config import ConfigError, load_config
+    from .finetune import FinetuneConfig
+    from .io import atomic_directory
+    from .models import ALIASES
+    from .report import write_tofu
+    from .tofu_protocol import _recipe_name, run_tofu
+    from .unlearners import get_unlearner
+
+    _check_out(args)
+    methods = [m.strip() for m in args.method.split(",") if m.strip()]
+    alias = ALIASES.get(args.model)
+    try:  # every recipe and --set is checked before hours of work
+        load_config(FinetuneConfig, "finetune", recipe=args.finetune_recipe,
+                    model_recipe=alias.recipe if alias else None, sets=args.finetune_sets)
+        for m in methods:
+            spec = get_unlearner(m)
+            load_config(spec.config, m, recipe=args.recipe or _recipe_name(m, args.model),
+                        model_recipe=alias.recipe if alias else None, sets=args.sets)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    task = _tofu_task(args)
+    t0 = time.perf_counter()
+    result = run_tofu(args.model, task, methods, finetune_sets=args.finetune_sets,
+                      finetune_recipe=args.finetune_recipe, unlearn_recipe=args.recipe, unlearn_sets=args.sets,
+                      settings=_eval_settings(args), device=args.device, dtype=args.dtype)
+    result["seconds"] = round(time.perf_counter() - t0, 1)
+    rows = result["rows"]
+    with atomic_directory(Path(args.out), overwrite=args.overwrite) as out:
+        write_tofu(out, result, rows, f"TOFU ({args.split}) on {args.model}", reference=rows["retain"],
+                   notes=[f"whole protocol: {result['seconds']:.0f} s"]
+                   + [f"{name}: {info.get('seconds')} s" for name, info in result["runs"].items()])
+    print(Path(args.out, "report.md").read_text().split("\n## Data")[0])
+    print(f"whole protocol in {result['seconds']:.0f} s; report: {Path(args.out) / 'report.md'}")
     return 0

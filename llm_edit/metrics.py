@@ -23,19 +23,14 @@ from .maths import ngram_entropy
 from .text import make_batch, target_ids, token_logprobs
 
 
-@torch.no_grad()
 def target_logprob(model, tok, prompts: list[str], targets: list[str], batch_size: int = 32) -> torch.Tensor:
-    """Mean token log-probability of each " target" after each prompt (float64, CPU)."""
-    device = next(model.parameters()).device
-    out = []
-    for i in range(0, len(prompts), batch_size):
-        p_ids = [tok(p)["input_ids"] for p in prompts[i:i + batch_size]]
-        t_ids = [target_ids(tok, t) for t in targets[i:i + batch_size]]
-        batch = make_batch(tok.pad_token_id, p_ids, t_ids).to(device)
-        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-        total, count = token_logprobs(logits, batch.labels)
-        out.append((total / count).double().cpu())
-    return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64)
+    """Mean token log-probability of each " target" after each prompt (float64, CPU), through the
+    shared evaluation engine (``scoring.score_pairs``: deduplicated, length-sorted batches)."""
+    from .scoring import score_pairs
+
+    pairs = [(tok(p)["input_ids"], target_ids(tok, t)) for p, t in zip(prompts, targets)]
+    scores = score_pairs(model, tok, pairs, batch_size=batch_size)
+    return torch.tensor([sum(s.logp) / len(s.logp) for s in scores], dtype=torch.float64)
 
 
 @dataclass
@@ -79,17 +74,30 @@ def summarise(table: list[dict]) -> dict:
             "specificity": share("neighborhood", False)}
 
 
+def counterfact_suite(model, tok, requests: list[EditRequest], *, fluency_prompts: int = 100,
+                      max_new_tokens: int = 40) -> dict:
+    """The editing suite (``llm-edit eval --suite counterfact``): per-query probabilities, the
+    three probability-comparison scores and fluency on the first ``fluency_prompts`` prompts."""
+    import time
+
+    t0 = time.perf_counter()
+    table = edit_table(model, tok, requests)
+    scored = time.perf_counter() - t0
+    prompts = [r.text for r in requests[:fluency_prompts]]
+    flu = fluency(model, tok, prompts, max_new_tokens=max_new_tokens) if prompts else None
+    return {"rows": table, "aggregates": {**summarise(table), "fluency": flu},
+            "timings": {"scoring_s": round(scored, 2), "fluency_s": round(time.perf_counter() - t0 - scored, 2)},
+            "conventions": {"probability": "exp(mean token log-probability of ' ' + target) (length-normalised)",
+                            "fluency": f"n-gram entropy of greedy continuations ({max_new_tokens} tokens) of the "
+                                       f"first {len(prompts)} prompts"}}
+
+
 @torch.no_grad()
 def fluency(model, tok, prompts: list[str], max_new_tokens: int = 40) -> float:
-    """Mean n-gram entropy of greedy continuations of ``prompts``."""
-    device = next(model.parameters()).device
-    side, tok.padding_side = tok.padding_side, "left"
-    try:
-        enc = tok(prompts, return_tensors="pt", padding=True).to(device)
-        gen = model.generate(**enc, do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id)
-    finally:
-        tok.padding_side = side
-    texts = tok.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    """Mean n-gram entropy of greedy continuations of ``prompts`` (batched by ``scoring.generate``)."""
+    from .scoring import generate
+
+    texts = generate(model, tok, [tok(p)["input_ids"] for p in prompts], max_new_tokens=max_new_tokens)
     return sum(ngram_entropy(re.findall(r"\w+|[^\w\s]", t.lower())) for t in texts) / len(texts)
 
 

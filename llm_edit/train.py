@@ -171,12 +171,14 @@ def _config_hash(config) -> str:
 class Trainer:
     def __init__(self, model, tok, forget: list[ForgetItem], retain: list[ForgetItem] | None, unlearner,
                  config: TrainConfig, *, accelerator=None, progress: bool = True,
-                 callback: Callable | None = None, checkpoint_dir: str | Path | None = None):
+                 callback: Callable | None = None, checkpoint_dir: str | Path | None = None,
+                 desc: str | None = None):
         from accelerate import Accelerator
 
         self.tok, self.forget, self.retain = tok, forget, retain
         self.unlearner, self.config, self.progress, self.callback = unlearner, config, progress, callback
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
+        self.desc = desc or f"{unlearner.name} unlearning"
         self.fmt = Formatting(config.use_chat_template, config.system_prompt)
         self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         device = next(model.parameters()).device
@@ -358,7 +360,7 @@ class Trainer:
         start = self.load_checkpoint()
         ctx = StepContext(self)
         self.model.train()
-        bar = tqdm(total=c.steps, initial=start, desc=f"{self.unlearner.name} unlearning", unit="step",
+        bar = tqdm(total=c.steps, initial=start, desc=self.desc, unit="step",
                    disable=not self.progress or not acc.is_main_process)
         try:
             for step in range(start, c.steps):

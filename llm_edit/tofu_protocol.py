@@ -1,0 +1,108 @@
+"""The TOFU protocol as one call (``llm-edit tofu``): fine-tune, retain model, unlearn, evaluate.
+
+1. fine-tune the base model on the task's ``train`` rows (``recipes/finetune/``);
+2. fine-tune the base model on ``retain_train`` only: the retain model, the gold standard;
+3. for each method, unlearn ``forget_train`` from a fresh copy of the fine-tuned model, with
+   ``retain_train`` as its retain set (``recipes/<method>/tofu-<model>.yaml`` when it exists,
+   else the model's recipe);
+4. evaluate every model with ``tofu.evaluate_tofu`` and compare each with the retain model.
+
+Fine-tuned and retain models are cached (safetensors, under ``$LLM_EDIT_HOME/cache/tofu``)
+keyed by the base model's fingerprint, the rows and the fine-tuning hyper-parameters, so a
+second method, or a second run, reuses them; so are evaluations.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+from pathlib import Path
+
+from .tofu import EvalSettings, TofuTask, attach_reference, evaluate_tofu, items
+
+
+def _recipe_name(method: str, base: str) -> str | None:
+    from .config import recipes_dir
+    from .models import ALIASES
+
+    alias = ALIASES.get(base)
+    if alias is None:
+        return None
+    tofu = recipes_dir() / method / f"tofu-{alias.recipe}.yaml"
+    return tofu.stem if tofu.is_file() else alias.recipe
+
+
+def finetuned_model(base: str, rows: list[dict], role: str, *, sets=(), recipe=None, device=None, dtype=None,
+                    progress: bool = True, log=print):
+    """The base model fine-tuned on ``rows`` (from the cache when it is there); (model, tok, info)."""
+    from .config import load_config
+    from .finetune import FinetuneConfig, finetune
+    from .io import atomic_directory, write_json
+    from .models import ALIASES, cache_home, fingerprint, load_model
+
+    alias = ALIASES.get(base)
+    config, recipe_path = load_config(FinetuneConfig, "finetune", recipe=recipe,
+                                      model_recipe=alias.recipe if alias else None, sets=list(sets))
+    model, tok = load_model(base, device=device, dtype=dtype)
+    key = hashlib.sha256(json.dumps([fingerprint(model), rows, dataclasses.asdict(config)], sort_keys=True,
+                                    default=str).encode()).hexdigest()[:16]
+    folder = cache_home() / "cache" / "tofu" / f"{role}-{key}"
+    if (folder / "llm_edit_manifest.json").is_file():
+        log(f"{role} model: cached at {folder}")
+        del model
+        tuned, tok = load_model(str(folder), device=device, dtype=dtype)
+        return tuned, tok, json.loads((folder / "llm_edit_manifest.json").read_text())
+    t0 = time.perf_counter()
+    tuned, train_log, config = finetune(model, tok, items(rows), config, progress=progress,
+                                        desc=f"fine-tuning the {role} model")
+    info = {"role": role, "base_model": base, "rows": len(rows),
+            "rows_sha256": hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest(),
+            "hyperparameters": dataclasses.asdict(config), "recipe": str(recipe_path),
+            "seconds": round(time.perf_counter() - t0, 1), "final": train_log[-1] if train_log else None,
+            "log": train_log}
+    with atomic_directory(folder, overwrite=True) as tmp:
+        tuned.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+        write_json(tmp / "llm_edit_manifest.json", info)
+    log(f"{role} model: fine-tuned in {info['seconds']:.0f} s -> {folder}")
+    tuned.name_or_path = str(folder)
+    return tuned, tok, info
+
+
+def run_tofu(base: str, task: TofuTask, methods: list[str], *, finetune_sets=(), finetune_recipe=None,
+             unlearn_recipe=None, unlearn_sets=(), settings: EvalSettings | None = None, device=None, dtype=None,
+             progress: bool = True, log=print) -> dict:
+    """Run the protocol; returns {"rows": {name: report}, "runs": {...}} (see ``report.write_tofu``)."""
+    from .api import forget
+
+    settings = settings or EvalSettings()
+    reports, runs = {}, {}
+    ft, tok, runs["finetuned"] = finetuned_model(base, task.train, "finetuned", sets=finetune_sets,
+                                                 recipe=finetune_recipe, device=device, dtype=dtype,
+                                                 progress=progress, log=log)
+    ft_folder = ft.name_or_path
+    reports["finetuned"] = evaluate_tofu(ft, tok, task, settings, progress=progress, name="finetuned")
+    del ft
+    rt, tok, runs["retain"] = finetuned_model(base, task.retain_train, "retain", sets=finetune_sets,
+                                              recipe=finetune_recipe, device=device, dtype=dtype,
+                                              progress=progress, log=log)
+    reports["retain"] = evaluate_tofu(rt, tok, task, settings, progress=progress, name="retain")
+    del rt
+    from .models import load_model
+
+    for method in methods:
+        model, tok = load_model(ft_folder, device=device, dtype=dtype)
+        recipe = unlearn_recipe or _recipe_name(method, base)
+        t0 = time.perf_counter()
+        result = forget(model, tok, items(task.forget_train), items(task.retain_train), method, recipe=recipe,
+                        sets=list(unlearn_sets), progress=progress)
+        unlearned = result.merge()
+        runs[method] = {"recipe": result.manifest.get("recipe"), "hyperparameters": result.manifest["hyperparameters"],
+                        "training": result.manifest["training"], "seconds": round(time.perf_counter() - t0, 1)}
+        log(f"{method}: unlearned in {runs[method]['seconds']:.0f} s ({result.manifest['training']['steps']} steps)")
+        reports[method] = evaluate_tofu(unlearned, tok, task, settings, progress=progress, name=method)
+        del model, unlearned, result
+    for name, report in reports.items():
+        attach_reference(report, reports["retain"], "retain model (this run)")
+    return {"task": task.describe(), "base_model": base, "methods": methods, "runs": runs, "rows": reports}

@@ -1,0 +1,61 @@
+"""The evaluation engine: teacher-forced scores equal a direct computation, whatever the batch;
+generation is the same batched or alone, and stop strings cut it."""
+import pytest
+import torch
+
+from llm_edit.scoring import generate, score_pairs
+
+
+def _pairs(tok):
+    texts = [("Who wrote the book?", " Jane Austen wrote it."), ("Where is the Eiffel Tower?", " In Paris."),
+             ("Q", " A long answer with several tokens in it, longer than the rest."),
+             ("Who wrote the book?", " Jane Austen wrote it.")]
+    return [(tok(q)["input_ids"], tok(a, add_special_tokens=False)["input_ids"]) for q, a in texts]
+
+
+@pytest.mark.parametrize("model_type", ["llama", "gpt2"])
+def test_scores_match_a_direct_computation(tiny, model_type):
+    model, tok = tiny(model_type)
+    pairs = _pairs(tok)
+    scores = score_pairs(model, tok, pairs, batch_size=3)
+    for (p, a), s in zip(pairs, scores):
+        with torch.no_grad():
+            logits = model(torch.tensor([p + a])).logits[0].double()
+        logprobs = torch.log_softmax(logits[len(p) - 1: len(p) + len(a) - 1], -1)
+        expected = logprobs.gather(1, torch.tensor(a)[:, None])[:, 0]
+        assert torch.allclose(torch.tensor(s.logp, dtype=torch.float64), expected, atol=1e-4)
+        assert list(s.hit) == (logprobs.argmax(-1) == torch.tensor(a)).tolist()
+        mu = (logprobs.exp() * logprobs).sum(-1)
+        var = (logprobs.exp() * logprobs.square()).sum(-1) - mu.square()
+        assert torch.allclose(torch.tensor(s.mu, dtype=torch.float64), mu, atol=1e-4)
+        assert torch.allclose(torch.tensor(s.sigma, dtype=torch.float64), var.clamp(min=0).sqrt(), atol=1e-3)
+    assert scores[0] == scores[3]  # the duplicate pair is scored once and shared
+    alone = score_pairs(model, tok, pairs, batch_size=1)
+    for a, b in zip(scores, alone):
+        assert a.logp == pytest.approx(b.logp, abs=1e-4)
+
+
+def test_score_pairs_rejects_an_empty_answer(tiny):
+    model, tok = tiny("llama")
+    with pytest.raises(ValueError, match="pair 0"):
+        score_pairs(model, tok, [(tok("x")["input_ids"], [])])
+
+
+@pytest.mark.parametrize("model_type", ["llama", "gpt2"])
+def test_generation_is_the_same_batched_and_alone(tiny, model_type):
+    model, tok = tiny(model_type)
+    prompts = [tok(t)["input_ids"] for t in ["The Eiffel Tower is in", "Paris", "Who wrote the book about the city?"]]
+    together = generate(model, tok, prompts, max_new_tokens=12, batch_size=3)
+    alone = [generate(model, tok, [p], max_new_tokens=12)[0] for p in prompts]
+    assert together == alone
+    assert all(t for t in together)
+
+
+def test_stop_strings_cut_the_answer(tiny):
+    model, tok = tiny("llama")
+    prompt = tok("The Eiffel Tower is in")["input_ids"]
+    full = generate(model, tok, [prompt], max_new_tokens=16)[0]
+    assert len(full) > 6
+    stop = full[3:6]
+    cut = generate(model, tok, [prompt], max_new_tokens=16, stop_strings=[stop])[0]
+    assert cut == full[: full.find(stop)]
