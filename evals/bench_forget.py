@@ -3,7 +3,7 @@
     python evals/bench_forget.py [--steps 6] [--repeats 2] [--out evals/results/bench_forget.json]
 
 Both loops train the same LoRA adapter (r=8, all linear layers) of the default model on the
-same batch: 8 sequences × 64 tokens of ``evals/data/generic_text.txt``, NLL (gradient
+same batch: 8 sequences × 64 tokens of ``llm_edit/data/generic_text.txt``, NLL (gradient
 ascent's forward+backward, no retain term), AdamW, gradient clipping at 1.0. Each run is a
 fresh subprocess (so peak RSS is its own); runs alternate plain/toolkit; the first step of
 each is warm-up and not timed. Reported: tokens/s (median over repeats), peak RSS, overhead.
@@ -25,7 +25,7 @@ sys.path.insert(0, str(HERE.parent))
 def items(tok, n=8, length=64):
     from llm_edit.forget_data import ForgetItem
 
-    ids = tok((HERE / "data" / "generic_text.txt").read_text(), add_special_tokens=False)["input_ids"]
+    ids = tok((HERE.parent / "llm_edit" / "data" / "generic_text.txt").read_text(), add_special_tokens=False)["input_ids"]
     texts = [tok.decode(ids[i * length:(i + 1) * length]) for i in range(n)]
     return [ForgetItem("text", "", t) for t in texts]
 

@@ -10,7 +10,7 @@ forget``). Reported, before and after:
 * retain set (``--retain``): 69 other facts the model knows, from ROME's known facts
   (``evals/data/retain_dev.jsonl``, disjoint in subject and object from both sets here);
 * 30 unrelated known facts (``evals/data/unrelated_dev.jsonl``): share still answered correctly;
-* perplexity on ``evals/data/generic_text.txt`` (held-out, human-written prose);
+* perplexity on ``llm_edit/data/generic_text.txt`` (held-out, human-written prose);
 * wall time of the unlearning.
 """
 from __future__ import annotations
@@ -60,7 +60,7 @@ def main() -> None:
     torch.manual_seed(0)
     forget_items = read_items(HERE / "data" / "forget_dev.jsonl")
     unrelated = read_items(HERE / "data" / "unrelated_dev.jsonl")
-    text = (HERE / "data" / "generic_text.txt").read_text()
+    text = (HERE.parent / "llm_edit" / "data" / "generic_text.txt").read_text()
     model, tok = load_model(args.model)
     before = measure(model, tok, forget_items, unrelated, text)
     t0 = time.perf_counter()

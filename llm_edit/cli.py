@@ -137,6 +137,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output directory: report.json, report.md, PNG plots")
     p.add_argument("--overwrite", action="store_true")
 
+    p = sub.add_parser("audit", help="probe an unlearned model: what survives paraphrases, attacks, relearning, quantization")
+    _add_model_args(p)
+    p.add_argument("--original", required=True, help="the model before unlearning (alias, hub id or directory)")
+    p.add_argument("--facts", required=True, help="the forget items (facts or question/answer pairs)")
+    p.add_argument("--retain", help="retain items: in-context examples, benign relearning, the utility guard")
+    p.add_argument("--holdout", help="items never trained on, for membership inference")
+    p.add_argument("--retain-ref", help="the retain model (directory or alias), or its TOFU report.json (PrivLeak only)")
+    p.add_argument("--limit", type=int, help="only the first N forget items")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="audit setting (thresholds, budgets; see llm_edit.audit.AuditConfig)")
+    p.add_argument("--out", required=True, help="output directory: audit.json, audit.md, recovery.png")
+    p.add_argument("--overwrite", action="store_true")
+
     p = sub.add_parser("demo", help="rewrite one fact in the default model and show what changes")
     _add_model_args(p)
     return parser
@@ -147,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return {"models": cmd_models, "edit": cmd_edit, "apply": cmd_apply, "forget": cmd_forget,
                 "locate": cmd_locate, "demo": cmd_demo,
-                "eval": cmd_eval, "tofu": cmd_tofu}[args.command](args)
+                "eval": cmd_eval, "tofu": cmd_tofu, "audit": cmd_audit}[args.command](args)
     except _bad_input_errors() as e:
         print(f"llm-edit: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -613,4 +626,39 @@ def cmd_tofu(args) -> int:
                    + [f"{name}: {info.get('seconds')} s" for name, info in result["runs"].items()])
     print(Path(args.out, "report.md").read_text().split("\n## Data")[0])
     print(f"whole protocol in {result['seconds']:.0f} s; report: {Path(args.out) / 'report.md'}")
+    return 0
+
+
+def cmd_audit(args) -> int:
+    from .audit import AuditConfig, audit, write_audit
+    from .config import build_config, parse_set
+    from .forget_data import read_items
+    from .io import atomic_directory
+    from .models import load_model
+    from .tofu import read_reference
+
+    forget_items = read_items(args.facts, limit=args.limit)  # every input is checked before loading models
+    retain_items = read_items(args.retain) if args.retain else None
+    holdout_items = read_items(args.holdout) if args.holdout else None
+    config = build_config(AuditConfig, parse_set(args.sets), "--set") if args.sets else AuditConfig()
+    retain_report = None
+    if args.retain_ref and args.retain_ref.endswith(".json"):
+        retain_report = read_reference(args.retain_ref)
+    _check_out(args)
+    model, tok = _load(args)
+    original, _ = load_model(args.original, dtype=args.dtype, device=args.device,
+                             trust_remote_code=args.trust_remote_code)
+    retain_model = None
+    if args.retain_ref and retain_report is None:
+        retain_model, _ = load_model(args.retain_ref, dtype=args.dtype, device=args.device,
+                                     trust_remote_code=args.trust_remote_code)
+    t0 = time.perf_counter()
+    report = audit(model, original, tok, forget_items, retain_items=retain_items, holdout_items=holdout_items,
+                   retain_model=retain_model, retain_report=retain_report, config=config)
+    report.update({"model": args.model, "original": args.original, "retain_ref": args.retain_ref,
+                   "facts": str(args.facts), "seconds": round(time.perf_counter() - t0, 1)})
+    with atomic_directory(Path(args.out), overwrite=args.overwrite) as out:
+        write_audit(out, report, f"Audit of {args.model} on {Path(args.facts).name}")
+    print(Path(args.out, "audit.md").read_text().split("\n## Utility guard")[0])
+    print(f"audit in {report['seconds']:.0f} s -> {args.out}")
     return 0
