@@ -283,6 +283,7 @@ def forget(model, tokenizer, forget: Iterable | str | Path, retain: Iterable | s
                      "processes": acc.num_processes, "distributed_type": str(acc.distributed_type),
                      "effective_batch_size": trainer.effective_batch_size(),
                      "steps": len(log), "stopped_early": trainer.stopped_early, "seconds": round(seconds, 2),
+                     "salient_weights": trainer.salient,
                      "final": log[-1] if log else None},
         "log": log,
         **run_info(),

@@ -54,6 +54,10 @@ class TrainConfig:
     lora_modules: str = "all-linear"  # all-linear | mlp | attention: which linear layers get LoRA
     lora_layers: list[int] | None = None  # block indices to adapt (None: all)
     full_finetune: bool = False  # train every weight instead of a LoRA adapter on all linear layers
+    # with full_finetune: train only this fraction of the blocks' weight matrices, those with the
+    # largest forget-loss gradient (SURE, Zhang et al. 2025 §5): large steps where they matter, so
+    # forgetting survives quantization without moving the rest of the model
+    saliency_fraction: float | None = None
     weight_decay: float = 0.0
     warmup_steps: int = 0
     max_grad_norm: float = 1.0  # 0 turns clipping off
@@ -77,6 +81,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be at least 1")
         if self.lr <= 0:
             raise ValueError("lr must be positive")
+        if self.saliency_fraction is not None and not (self.full_finetune and 0 < self.saliency_fraction <= 1):
+            raise ValueError("saliency_fraction needs full_finetune: true and a value in (0, 1]")
         if self.lora_modules not in ("all-linear", "mlp", "attention"):
             raise ValueError(f"lora_modules must be all-linear, mlp or attention, got {self.lora_modules!r}")
 
@@ -190,6 +196,7 @@ class Trainer:
         self.stopped_early: str | None = None
         self._snapshot = None
         self._ref_copy = None
+        self.salient: list[str] | None = None
         self.tokens_seen = 0
         from accelerate.utils import set_seed
 
@@ -205,6 +212,8 @@ class Trainer:
             if self.unlearner.needs_reference or c.retain_loss == "kl":
                 self._ref_copy = copy.deepcopy(model).eval().requires_grad_(False)
             trainable = model
+            if c.saliency_fraction is not None:
+                self.salient = self._restrict_to_salient(model, c.saliency_fraction)
         else:
             from peft import LoraConfig, get_peft_model
 
@@ -225,6 +234,32 @@ class Trainer:
             self.optimizer, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0)
         self.model, self.optimizer = self.accelerator.prepare(trainable, self.optimizer)
         self.params = params
+
+    def _restrict_to_salient(self, model, fraction: float) -> list[str]:
+        """Freeze every parameter except the ``fraction`` of block weight matrices with the largest
+        gradient norm of the forget NLL (per element, so wide and narrow matrices compare), as SURE's
+        module-level saliency map (Zhang et al. 2025, eq. 4). Returns the trained names."""
+        from .arch import arch_of, num_layers
+
+        spec = arch_of(model)
+        prefixes = tuple(spec.layer(i) + "." for i in range(num_layers(model)))
+        candidates = {n: p for n, p in model.named_parameters() if p.ndim == 2 and n.startswith(prefixes)}
+        model.zero_grad(set_to_none=True)
+        was_training = model.training
+        model.train()
+        device = next(model.parameters()).device
+        for i in range(0, len(self.forget), 8):
+            batch = collate([self.encode(x) for x in self.forget[i:i + 8]], self.pad_id).to(device)
+            logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
+            logp, count = token_logprobs(logits, batch.labels)
+            losses.nll(logp, count).backward()
+        model.train(was_training)
+        score = {n: float(p.grad.norm()) / p.numel() ** 0.5 for n, p in candidates.items() if p.grad is not None}
+        keep = sorted(score, key=score.get, reverse=True)[: max(1, round(fraction * len(score)))]
+        model.zero_grad(set_to_none=True)
+        for n, p in model.named_parameters():
+            p.requires_grad_(n in keep)
+        return keep
 
     def restore(self) -> torch.nn.Module:
         """Undo everything: the base model exactly as it was before training."""
@@ -403,6 +438,9 @@ class Trainer:
         finally:
             bar.close()
             self.model.eval()
+            if self.salient is not None:  # the frozen rest was frozen only for this run
+                for p in self.base_model.parameters():
+                    p.requires_grad_(True)
         return self.log
 
     def effective_batch_size(self) -> int:

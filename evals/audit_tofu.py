@@ -1,0 +1,85 @@
+"""Audit unlearned models of the CPU-sized TOFU: what survives each probe and attack.
+
+    python evals/audit_tofu.py --method npo [--authors 10] [--set KEY=VALUE ...] [--audit-set KEY=VALUE ...]
+                               [--out evals/results/audit_tofu_npo]
+
+Uses the protocol's cached fine-tuned and retain models (``llm-edit tofu`` with the same
+``--authors``/``--split`` builds them; this script builds them too if they are missing), unlearns
+the forget author(s) from the fine-tuned model with ``--method`` (``--method none`` audits the
+fine-tuned model itself), and audits it against the fine-tuned model (the original) and the
+retain model: ``audit.json``, ``audit.md``, ``recovery.png`` in ``--out``. The forget items carry
+TOFU's paraphrased questions; in-context examples and benign relearning use the retain
+authors' rows; membership inference uses the holdout rows.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+from llm_edit import forget  # noqa: E402
+from llm_edit.audit import AuditConfig, audit, write_audit  # noqa: E402
+from llm_edit.config import build_config, parse_set  # noqa: E402
+from llm_edit.forget_data import parse_item  # noqa: E402
+from llm_edit.io import atomic_directory  # noqa: E402
+from llm_edit.models import load_model  # noqa: E402
+from llm_edit.tofu import make_task  # noqa: E402
+from llm_edit.tofu_protocol import _recipe_name, finetuned_model  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="llama")
+    ap.add_argument("--method", default="npo", help="an unlearner, or 'none' to audit the fine-tuned model")
+    ap.add_argument("--split", default="forget10")
+    ap.add_argument("--authors", type=int, default=10)
+    ap.add_argument("--tofu-data")
+    ap.add_argument("--retain-rows", type=int, default=40, help="retain rows for in-context, relearning, utility")
+    ap.add_argument("--set", dest="sets", action="append", default=[], help="unlearning hyper-parameter")
+    ap.add_argument("--recipe")
+    ap.add_argument("--audit-set", dest="audit_sets", action="append", default=[])
+    ap.add_argument("--no-retain-model", action="store_true", help="audit without the retain model's floor")
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args()
+
+    task = make_task(args.split, args.authors, data=args.tofu_data)
+    config = build_config(AuditConfig, parse_set(args.audit_sets), "--audit-set") if args.audit_sets else AuditConfig()
+    t0 = time.perf_counter()
+    original, tok, _ = finetuned_model(args.model, task.train, "finetuned")
+    retain_model = None
+    if not args.no_retain_model:
+        retain_model, _, _ = finetuned_model(args.model, task.retain_train, "retain")
+    forget_items = [parse_item(r) for r in task.forget_eval]  # with paraphrased_question
+    retain_items = [parse_item({"question": r["question"], "answer": r["answer"]})
+                    for r in task.retain_train[: args.retain_rows]]
+    holdout_items = [parse_item(r) for r in task.holdout]
+    unlearn_s = 0.0
+    if args.method == "none":
+        unlearned = original
+    else:
+        copy_model, _ = load_model(original.name_or_path)
+        t1 = time.perf_counter()
+        result = forget(copy_model, tok, [parse_item({"question": r["question"], "answer": r["answer"]})
+                                          for r in task.forget_train],
+                        [parse_item(r) for r in task.retain_train], args.method,
+                        recipe=args.recipe or _recipe_name(args.method, args.model), sets=args.sets)
+        unlearn_s = time.perf_counter() - t1
+        unlearned = result.merge()
+    t1 = time.perf_counter()
+    report = audit(unlearned, original, tok, forget_items, retain_items=retain_items, holdout_items=holdout_items,
+                   retain_model=retain_model, config=config)
+    report.update({"model": f"{args.model} fine-tuned on TOFU, unlearned with {args.method}",
+                   "task": task.describe(), "method": args.method, "sets": args.sets, "unlearn_s": round(unlearn_s, 1),
+                   "audit_s": round(time.perf_counter() - t1, 1), "total_s": round(time.perf_counter() - t0, 1)})
+    with atomic_directory(Path(args.out), overwrite=True) as out:
+        write_audit(out, report, f"Audit: {args.method} on CPU-sized TOFU ({args.authors} authors)")
+    print(Path(args.out, "audit.md").read_text().split("\n## How to read")[0])
+    print(f"audit {report['audit_s']} s, unlearning {report['unlearn_s']} s")
+
+
+if __name__ == "__main__":
+    main()
