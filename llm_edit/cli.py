@@ -105,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--suite", required=True, choices=["tofu", "counterfact"])
     p.add_argument("--split", default="forget10", help="TOFU forget split: forget01, forget05, forget10")
     p.add_argument("--authors", type=int, help="CPU-sized TOFU: only the first N authors (2-20)")
+    p.add_argument("--forget-authors", type=int, help="CPU-sized TOFU: forget the last K of the N authors")
     p.add_argument("--eval-limit", type=int, help="TOFU: at most this many retain / real-author / world-fact rows")
     p.add_argument("--retain-ref", help="TOFU: the retain model's report.json (or its folder), or a retain model "
                                         "directory (evaluated here, cached): needed for forget quality and PrivLeak")
@@ -124,6 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", default="npo", help="unlearning method(s), comma-separated: "
                    + ", ".join(sorted(UNLEARNERS)))
     p.add_argument("--authors", type=int, help="CPU-sized TOFU: the first N authors (2-20); default: all 200")
+    p.add_argument("--forget-authors", type=int, help="CPU-sized TOFU: forget the last K of the N authors "
+                                                       "(default: N x the split's percentage, at least 1)")
     p.add_argument("--eval-limit", type=int, help="at most this many retain / real-author / world-fact rows")
     p.add_argument("--tofu-data", help="folder of TOFU's JSON files (default: $LLM_EDIT_TOFU_DATA, else the hub)")
     p.add_argument("--finetune-recipe", help="fine-tuning recipe file or name (default: recipes/finetune/<model>)")
@@ -131,6 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--recipe", help="unlearning recipe (default: recipes/<method>/tofu-<model>.yaml if present)")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="override one unlearning hyper-parameter (repeatable)")
+    p.add_argument("--no-holdout-stop", action="store_true",
+                   help="run every unlearning step (default: stop at the fine-tuned model's holdout probability)")
     p.add_argument("--max-new-tokens", type=int, default=200)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--generation-batch-size", type=int, default=32)
@@ -519,7 +524,8 @@ def _tofu_task(args):
     from .tofu import make_task
 
     try:
-        return make_task(args.split, args.authors, data=args.tofu_data, eval_limit=args.eval_limit)
+        return make_task(args.split, args.authors, data=args.tofu_data, eval_limit=args.eval_limit,
+                         forget_authors=args.forget_authors)
     except ValueError as e:
         raise ConfigError(str(e)) from None
 
@@ -617,7 +623,8 @@ def cmd_tofu(args) -> int:
     t0 = time.perf_counter()
     result = run_tofu(args.model, task, methods, finetune_sets=args.finetune_sets,
                       finetune_recipe=args.finetune_recipe, unlearn_recipe=args.recipe, unlearn_sets=args.sets,
-                      settings=_eval_settings(args), device=args.device, dtype=args.dtype)
+                      settings=_eval_settings(args), device=args.device, dtype=args.dtype,
+                      holdout_stop=not args.no_holdout_stop)
     result["seconds"] = round(time.perf_counter() - t0, 1)
     rows = result["rows"]
     with atomic_directory(Path(args.out), overwrite=args.overwrite) as out:

@@ -9,7 +9,8 @@ compared with. ``TofuTask`` says which rows play each role:
   evaluated on ``forgetXX_perturbed``, ``retain_perturbed``, ``real_authors_perturbed``,
   ``world_facts_perturbed``; membership inference against ``holdoutXX``;
 * CPU-sized (``authors=N``, N ≤ 20): the same roles on the first N authors. The forget set is
-  the last k = max(1, round(N × XX%)) of them; every one of the first 20 authors has its
+  the last k = max(1, round(N × XX%)) of them (``forget_authors`` sets k: forget quality is a
+  KS test, and 20 rows against 20 rarely reach significance); every one of the first 20 authors has its
   paraphrased and perturbed answers in ``retain_perturbed`` (rows 0-399 = ``full[:400]``), so
   the truth ratio is defined for both sides; the holdout is the first 20k rows of ``holdout10``
   (authors never trained on). ``eval_limit`` caps the retain, real-author and world-fact rows.
@@ -102,7 +103,7 @@ class TofuTask:
 
 
 def make_task(split: str = "forget10", authors: int | None = None, *, data: str | Path | None = None,
-              eval_limit: int | None = None) -> TofuTask:
+              eval_limit: int | None = None, forget_authors: int | None = None) -> TofuTask:
     if split not in FORGET_SPLITS:
         raise ValueError(f"unknown TOFU split {split!r}: use one of {', '.join(FORGET_SPLITS)}")
     pct = FORGET_SPLITS[split]
@@ -114,7 +115,9 @@ def make_task(split: str = "forget10", authors: int | None = None, *, data: str 
                         cap(load_split("retain_perturbed", data)), load_split(f"holdout{pct:02d}", data), real, world)
     if not 2 <= authors <= 20:
         raise ValueError("--authors must be between 2 and 20 (the authors whose perturbed answers TOFU publishes)")
-    k = max(1, round(authors * pct / 100))
+    k = forget_authors if forget_authors is not None else max(1, round(authors * pct / 100))
+    if not 1 <= k < authors:
+        raise ValueError(f"--forget-authors must be between 1 and {authors - 1} (the others are the retain set)")
     n_retain = (authors - k) * ROWS_PER_AUTHOR
     full, perturbed = load_split("full", data), load_split("retain_perturbed", data)
     train = full[: authors * ROWS_PER_AUTHOR]
@@ -123,7 +126,7 @@ def make_task(split: str = "forget10", authors: int | None = None, *, data: str 
         if (a["question"], a["answer"]) != (b["question"], b["answer"]):
             raise TofuDataError("full.json and retain_perturbed.json disagree on the first 20 authors' rows")
     note = (f"CPU-sized TOFU: the first {authors} authors ({len(train)} rows); forget = the last {k} "
-            f"author(s) ({len(forget_eval)} rows, {100 * k / authors:.0f}% of the authors, as {split} is {pct}% "
+            f"author(s) ({len(forget_eval)} rows, {100 * k / authors:.0f}% of the authors; {split} is {pct}% "
             f"of TOFU's 200); holdout = the first {k * ROWS_PER_AUTHOR} rows of holdout10")
     return TofuTask(split, authors, train, train[:n_retain], train[n_retain:], forget_eval, cap(perturbed[:n_retain]),
                     load_split("holdout10", data)[: k * ROWS_PER_AUTHOR], real, world, [note])

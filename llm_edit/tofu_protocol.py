@@ -4,7 +4,11 @@
 2. fine-tune the base model on ``retain_train`` only: the retain model, the gold standard;
 3. for each method, unlearn ``forget_train`` from a fresh copy of the fine-tuned model, with
    ``retain_train`` as its retain set (``recipes/<method>/tofu-<model>.yaml`` when it exists,
-   else the model's recipe);
+   else the model's recipe). Unless ``holdout_stop`` is off (or ``stop_forget_prob`` is set),
+   training stops once the mean forget-answer probability falls to the fine-tuned model's mean
+   probability of the *holdout* answers (authors it never saw): the level a model that never
+   learned them shows, known without the retain model, so no method is run past forgetting
+   into damage, and none is tuned against the gold standard it is scored by;
 4. evaluate every model with ``tofu.evaluate_tofu`` and compare each with the retain model.
 
 Fine-tuned and retain models are cached (safetensors, under ``$LLM_EDIT_HOME/cache/tofu``)
@@ -72,7 +76,7 @@ def finetuned_model(base: str, rows: list[dict], role: str, *, sets=(), recipe=N
 
 def run_tofu(base: str, task: TofuTask, methods: list[str], *, finetune_sets=(), finetune_recipe=None,
              unlearn_recipe=None, unlearn_sets=(), settings: EvalSettings | None = None, device=None, dtype=None,
-             progress: bool = True, log=print) -> dict:
+             progress: bool = True, log=print, holdout_stop: bool = True) -> dict:
     """Run the protocol; returns {"rows": {name: report}, "runs": {...}} (see ``report.write_tofu``)."""
     from .api import forget
 
@@ -90,16 +94,24 @@ def run_tofu(base: str, task: TofuTask, methods: list[str], *, finetune_sets=(),
     reports["retain"] = evaluate_tofu(rt, tok, task, settings, progress=progress, name="retain")
     del rt
     from .models import load_model
+    from .unlearning_metrics import mean
+
+    overrides = {}
+    user_stop = any(x.split("=", 1)[0].strip() == "stop_forget_prob" for x in unlearn_sets)
+    if holdout_stop and not user_stop and reports["finetuned"]["items"]["holdout"]:
+        overrides["stop_forget_prob"] = round(mean([r["probability"] for r in reports["finetuned"]["items"]["holdout"]]), 6)
+        log(f"unlearning stops at the fine-tuned model's holdout probability, {overrides['stop_forget_prob']:.4f}")
 
     for method in methods:
         model, tok = load_model(ft_folder, device=device, dtype=dtype)
         recipe = unlearn_recipe or _recipe_name(method, base)
         t0 = time.perf_counter()
         result = forget(model, tok, items(task.forget_train), items(task.retain_train), method, recipe=recipe,
-                        sets=list(unlearn_sets), progress=progress)
+                        sets=list(unlearn_sets), progress=progress, **overrides)
         unlearned = result.merge()
         runs[method] = {"recipe": result.manifest.get("recipe"), "hyperparameters": result.manifest["hyperparameters"],
-                        "training": result.manifest["training"], "seconds": round(time.perf_counter() - t0, 1)}
+                        "training": result.manifest["training"], "seconds": round(time.perf_counter() - t0, 1),
+                        "holdout_stop": overrides.get("stop_forget_prob")}
         log(f"{method}: unlearned in {runs[method]['seconds']:.0f} s ({result.manifest['training']['steps']} steps)")
         reports[method] = evaluate_tofu(unlearned, tok, task, settings, progress=progress, name=method)
         del model, unlearned, result

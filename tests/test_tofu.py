@@ -32,6 +32,13 @@ def test_cpu_sized_task_roles(task):
     assert task.describe()["rows"]["forget_train"] == 20
 
 
+def test_forget_authors_sets_the_forget_share():
+    task = make_task("forget10", authors=2, data=MINI, forget_authors=1)
+    assert len(task.forget_train) == 20 and len(task.retain_train) == 20
+    with pytest.raises(ValueError, match="--forget-authors"):
+        make_task("forget10", authors=2, data=MINI, forget_authors=2)  # nothing left to retain
+
+
 def test_task_errors_are_clear(tmp_path):
     with pytest.raises(ValueError, match="unknown TOFU split"):
         make_task("forget11", authors=2, data=MINI)
@@ -108,6 +115,10 @@ def test_tofu_protocol_from_the_command_line(tmp_path):
     report = json.loads((out / "report.json").read_text())
     rows = report["rows"]
     assert set(rows) == {"finetuned", "retain", "grad_diff"}
+    # unlearning stopped at the fine-tuned model's mean holdout probability (recorded)
+    holdout_p = [r["probability"] for r in rows["finetuned"]["items"]["holdout"]]
+    assert report["runs"]["grad_diff"]["holdout_stop"] == pytest.approx(sum(holdout_p) / len(holdout_p), rel=1e-4)
+    assert report["runs"]["grad_diff"]["hyperparameters"]["stop_forget_prob"] == report["runs"]["grad_diff"]["holdout_stop"]
     assert rows["retain"]["aggregates"]["forget_quality"]["value"] == pytest.approx(1.0)
     # fine-tuning on the forget author made its answers likelier than in the retain model
     assert rows["finetuned"]["aggregates"]["forget_probability"] > 10 * rows["retain"]["aggregates"]["forget_probability"]
