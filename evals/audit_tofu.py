@@ -4,9 +4,9 @@
                                [--out evals/results/audit_tofu_npo]
 
 Uses the protocol's cached fine-tuned and retain models (``llm-edit tofu`` with the same
-``--authors``/``--split`` builds them; this script builds them too if they are missing), unlearns
-the forget author(s) from the fine-tuned model with ``--method`` (``--method none`` audits the
-fine-tuned model itself), and audits it against the fine-tuned model (the original) and the
+``--authors``/``--forget-authors``/``--split`` builds them; this script builds them too if they
+are missing), unlearns the forget authors from the fine-tuned model with ``--method`` and the
+protocol's stopping rule (``--method none`` audits the fine-tuned model itself), and audits it against the fine-tuned model (the original) and the
 retain model: ``audit.json``, ``audit.md``, ``recovery.png`` in ``--out``. The forget items carry
 TOFU's paraphrased questions; in-context examples and benign relearning use the retain
 authors' rows; membership inference uses the holdout rows.
@@ -27,7 +27,8 @@ from llm_edit.config import build_config, parse_set  # noqa: E402
 from llm_edit.forget_data import parse_item  # noqa: E402
 from llm_edit.io import atomic_directory  # noqa: E402
 from llm_edit.models import load_model  # noqa: E402
-from llm_edit.tofu import make_task  # noqa: E402
+from llm_edit.tofu import EvalSettings, evaluate_tofu, make_task  # noqa: E402
+from llm_edit.unlearning_metrics import mean  # noqa: E402
 from llm_edit.tofu_protocol import _recipe_name, finetuned_model  # noqa: E402
 
 
@@ -38,6 +39,8 @@ def main() -> None:
     ap.add_argument("--split", default="forget10")
     ap.add_argument("--authors", type=int, default=10)
     ap.add_argument("--tofu-data")
+    ap.add_argument("--forget-authors", type=int, default=2)
+    ap.add_argument("--eval-limit", type=int, default=40)
     ap.add_argument("--retain-rows", type=int, default=40, help="retain rows for in-context, relearning, utility")
     ap.add_argument("--set", dest="sets", action="append", default=[], help="unlearning hyper-parameter")
     ap.add_argument("--recipe")
@@ -46,7 +49,8 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
 
-    task = make_task(args.split, args.authors, data=args.tofu_data)
+    task = make_task(args.split, args.authors, data=args.tofu_data, eval_limit=args.eval_limit,
+                     forget_authors=args.forget_authors)
     config = build_config(AuditConfig, parse_set(args.audit_sets), "--audit-set") if args.audit_sets else AuditConfig()
     t0 = time.perf_counter()
     original, tok, _ = finetuned_model(args.model, task.train, "finetuned")
@@ -62,17 +66,23 @@ def main() -> None:
         unlearned = original
     else:
         copy_model, _ = load_model(original.name_or_path)
+        # the protocol's stopping rule: the fine-tuned model's holdout probability (its evaluation is cached)
+        holdout = evaluate_tofu(original, tok, task, EvalSettings(), progress=False)["items"]["holdout"]
+        stop = {} if any(x.startswith("stop_forget_prob") for x in args.sets) else {
+            "stop_forget_prob": round(mean([r["probability"] for r in holdout]), 6)}
         t1 = time.perf_counter()
         result = forget(copy_model, tok, [parse_item({"question": r["question"], "answer": r["answer"]})
                                           for r in task.forget_train],
                         [parse_item(r) for r in task.retain_train], args.method,
-                        recipe=args.recipe or _recipe_name(args.method, args.model), sets=args.sets)
+                        recipe=args.recipe or _recipe_name(args.method, args.model), sets=args.sets, **stop)
         unlearn_s = time.perf_counter() - t1
         unlearned = result.merge()
     t1 = time.perf_counter()
     report = audit(unlearned, original, tok, forget_items, retain_items=retain_items, holdout_items=holdout_items,
                    retain_model=retain_model, config=config)
     report.update({"model": f"{args.model} fine-tuned on TOFU, unlearned with {args.method}",
+                   "unlearning": None if args.method == "none" else {
+                       "hyperparameters": result.manifest["hyperparameters"], "training": result.manifest["training"]},
                    "task": task.describe(), "method": args.method, "sets": args.sets, "unlearn_s": round(unlearn_s, 1),
                    "audit_s": round(time.perf_counter() - t1, 1), "total_s": round(time.perf_counter() - t0, 1)})
     with atomic_directory(Path(args.out), overwrite=True) as out:
