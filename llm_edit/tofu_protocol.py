@@ -99,7 +99,7 @@ def run_tofu(base: str, task: TofuTask, methods: list[str], *, finetune_sets=(),
     overrides = {}
     user_stop = any(x.split("=", 1)[0].strip() == "stop_forget_prob" for x in unlearn_sets)
     if holdout_stop and not user_stop and reports["finetuned"]["items"]["holdout"]:
-        overrides["stop_forget_prob"] = round(mean([r["probability"] for r in reports["finetuned"]["items"]["holdout"]]), 6)
+        overrides["stop_forget_prob"] = mean([r["probability"] for r in reports["finetuned"]["items"]["holdout"]])
         log(f"unlearning stops at the fine-tuned model's holdout probability, {overrides['stop_forget_prob']:.4f}")
 
     for method in methods:
