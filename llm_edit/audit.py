@@ -32,6 +32,8 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import hashlib
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +42,7 @@ import torch
 
 from . import unlearning_metrics as M
 from .forget_data import ForgetItem, Formatting, answer_ids, prompt_ids, question_prefix
+from .io import write_json
 
 PROBES = ("direct", "paraphrase", "plain_qa", "completion", "chat_other_system", "in_context", "ignore_instruction")
 ATTACKS = ("relearn_forget_half", "relearn_benign", "quantized_q8_0", "quantized_q4_0")
@@ -258,8 +261,13 @@ def _utility(model, tok, retain, demos, fmt, config, text) -> dict:
 
 def audit(unlearned, original, tok, forget_items: list[ForgetItem], *, retain_items=None, holdout_items=None,
           retain_model=None, retain_report: dict | None = None, config: AuditConfig | None = None,
-          fmt: Formatting | None = None, progress: bool = True, log=print) -> dict:
-    """Run every probe and attack; returns the JSON-ready report (see ``write_audit``)."""
+          fmt: Formatting | None = None, progress: bool = True, log=print, use_cache: bool = True) -> dict:
+    """Run every probe and attack; returns the JSON-ready report (see ``write_audit``).
+
+    The original's and the retain model's rows do not depend on the unlearned model, so they
+    are cached (``$LLM_EDIT_HOME/cache/audit``, keyed by the model's fingerprint, the items,
+    the settings and the formatting): auditing a second method against the same original costs
+    one model's probes, not three."""
     from tqdm.auto import tqdm
 
     config = config or AuditConfig()
@@ -288,6 +296,13 @@ def audit(unlearned, original, tok, forget_items: list[ForgetItem], *, retain_it
         return value
 
     for name, model in models.items():
+        cache = None if name == "unlearned" or not use_cache else _reference_cache(
+            model, tok, fmt, config, forget_items, retain_items, holdout_items, text)
+        if cache is not None and cache.is_file():
+            rows[name] = json.loads(cache.read_text())
+            timings[f"all probes ({name}, cached)"] = 0.0
+            bar.update(len(steps))
+            continue
         rows[name]["probes"] = step(name, "probes", lambda: run_probes(model, tok, forget_items, demos, fmt, config))
         rows[name]["mia"] = step(name, "membership inference and extraction",
                                  lambda: _mia(model, tok, forget_items, holdout_items, fmt, config))
@@ -320,8 +335,23 @@ def audit(unlearned, original, tok, forget_items: list[ForgetItem], *, retain_it
         rows[name]["quantized"] = step(name, "quantization attack", quant_all)
         rows[name]["utility"] = step(name, "utility guard",
                                      lambda: _utility(model, tok, retain_items, demos, fmt, config, text))
+        if cache is not None:
+            write_json(cache, rows[name])
     bar.close()
     return _summarise(rows, forget_items, config, retain_report, timings)
+
+
+def _reference_cache(model, tok, fmt, config, forget_items, retain_items, holdout_items, text) -> Path:
+    from .models import cache_home, fingerprint
+
+    settings = {k: v for k, v in dataclasses.asdict(config).items()
+                if k not in ("forgotten_max", "partly_max", "utility_max_drop", "batch_size", "generation_batch_size")}
+    key = hashlib.sha256(json.dumps([fmt.describe(tok), dataclasses.asdict(fmt), settings,
+                                     [x.to_dict() for x in forget_items], [x.to_dict() for x in retain_items],
+                                     [x.to_dict() for x in holdout_items], text], sort_keys=True,
+                                    default=str).encode()).hexdigest()[:16]
+    dtype = str(next(model.parameters()).dtype).replace("torch.", "")
+    return cache_home() / "cache" / "audit" / fingerprint(model)[:16] / f"reference-{dtype}-{key}.json"
 
 
 def _summarise(rows, items, config, retain_report, timings) -> dict:

@@ -123,6 +123,14 @@ def test_audit_command_on_tiny_models(tiny, tmp_path):
     assert direct["verdict"] == verdict(direct["recovery"], AuditConfig())
     assert report["verdict"].startswith(("FORGOTTEN", "NOT FORGOTTEN"))
     assert (tmp_path / "audit" / "audit.md").read_text().count("\n|") >= 10
+    # a second audit against the same original reads the original's row from the cache: same table
+    again = subprocess.run(cmd + ["--out", str(tmp_path / "audit2")], capture_output=True, text=True, env=env,
+                           timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    report2 = json.loads((tmp_path / "audit2" / "audit.json").read_text())
+    assert report2["table"] == report["table"]
+    assert "all probes (original, cached)" in report2["timings"]
+    assert "all probes (original, cached)" not in report["timings"]
     # bad input: a setting that does not exist, a malformed fact file: exit 2, nothing written
     bad = subprocess.run(cmd[:-4] + ["--set", "relearn_step=3", "--out", str(tmp_path / "bad")],
                          capture_output=True, text=True, env=env, timeout=600)
