@@ -59,8 +59,12 @@ def score_pairs(model, tok, pairs: Sequence[tuple[Sequence[int], Sequence[int]]]
             raise ValueError(f"pair {i}: the prompt and the answer must each have at least one token")
     unique = set(keys)
     bar = tqdm(total=len(unique), desc=desc, unit="seq", disable=not progress, leave=False)
-    score = _score_shared_prompts if share_prompts else _score_whole_sequences
-    done = score(model, _pad_id(tok), unique, batch_size, bar)
+    try:
+        score = _score_shared_prompts if share_prompts else _score_whole_sequences
+        done = score(model, _pad_id(tok), unique, batch_size, bar)
+    except _NoSharableCache:  # a model whose cache cannot be narrowed per row: whole sequences
+        bar.reset()
+        done = _score_whole_sequences(model, _pad_id(tok), unique, batch_size, bar)
     bar.close()
     return [done[k] for k in keys]
 
@@ -98,6 +102,10 @@ def _score_whole_sequences(model, pad: int, unique, batch_size: int, bar) -> dic
     return done
 
 
+class _NoSharableCache(Exception):
+    pass
+
+
 def _score_shared_prompts(model, pad: int, unique, batch_size: int, bar) -> dict:
     """Prompts left-padded through the model once (keeping the cache); then their answers,
     sorted by length so padding stays small, ``batch_size`` at a time on top of a copy of the
@@ -130,6 +138,8 @@ def _score_shared_prompts(model, pad: int, unique, batch_size: int, bar) -> dict
                     position_ids=(prompt_mask.cumsum(-1) - 1).clamp(min=0), use_cache=True, **last_only)
         first = out.logits[:, -1]  # left padding: the last column predicts every answer's first token
         prompt_cache = out.get("cache", None) or out.get("past_key_values", None)
+        if not hasattr(prompt_cache, "batch_select_indices"):
+            raise _NoSharableCache
         rows = sorted(((g, a) for g, p in enumerate(chunk) for a in groups[p]), key=lambda r: (len(r[1]), r))
         for i in range(0, len(rows), batch_size):
             batch = rows[i:i + batch_size]

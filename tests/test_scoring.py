@@ -63,3 +63,14 @@ def test_stop_strings_cut_the_answer(tiny):
     stop = full[3:6]
     cut = generate(model, tok, [prompt], max_new_tokens=16, stop_strings=[stop])[0]
     assert cut == full[: full.find(stop)]
+
+
+def test_a_cache_that_cannot_be_narrowed_falls_back_to_whole_sequences(tiny, monkeypatch):
+    from transformers.cache_utils import Cache
+
+    model, tok = tiny("llama")
+    pairs = _pairs(tok)
+    whole = score_pairs(model, tok, pairs, batch_size=3, share_prompts=False)
+    monkeypatch.delattr(Cache, "batch_select_indices")
+    fallback = score_pairs(model, tok, pairs, batch_size=3)
+    assert fallback == whole
