@@ -33,9 +33,12 @@ from .patch import WeightDelta, tensor_sha256
 @dataclasses.dataclass
 class EditResult:
     model: torch.nn.Module
-    delta: WeightDelta
+    delta: WeightDelta  # every batch of this call, stacked
     requests: list[EditRequest]
     per_request: list[dict]
+    batches: list[WeightDelta] = dataclasses.field(default_factory=list)  # one per batch, applied in order
+    batch_keys: list[dict] = dataclasses.field(default_factory=list)  # per batch: module -> keys (memory methods)
+    memory: dict = dataclasses.field(default_factory=dict)  # module -> Σ K Kᵀ after this call (memory methods)
 
     @property
     def manifest(self) -> dict:
@@ -61,10 +64,15 @@ def facts_sha256(requests: list[EditRequest]) -> str:
 
 def edit(model, tokenizer, requests: Iterable[EditRequest | Mapping[str, Any]], method: str = "rome", *,
          recipe: str | Path | None = None, sets: list[str] = (), progress: bool = True,
-         **hparams) -> EditResult:
+         memory: Mapping[str, torch.Tensor] | None = None, **hparams) -> EditResult:
     """Apply ``method`` to ``requests`` in place; hyper-parameters come from the model's recipe
     (or ``recipe``), then ``sets`` (``"key=value"`` strings), then ``hparams``, all validated
-    against the method's config (a misspelt name raises ``ConfigError``)."""
+    against the method's config (a misspelt name raises ``ConfigError``).
+
+    Requests go in batches of the method's ``batch_size``, applied one after another (later
+    batches see earlier ones). ``memory`` (AlphaEdit: module → Σ K Kᵀ of earlier edits' keys,
+    ``EditResult.memory`` of an earlier call or ``llm_edit.session``) is not modified; the
+    updated memory is returned."""
     spec = get_method(method)
     requests = [parse_request(r, f"<requests[{i}]>") for i, r in enumerate(requests)]
     if not requests:
@@ -81,8 +89,10 @@ def edit(model, tokenizer, requests: Iterable[EditRequest | Mapping[str, Any]], 
     t0 = time.perf_counter()
     state = spec.prepare(model, tokenizer, config)
     prepare_seconds = time.perf_counter() - t0
+    state["memory"] = {name: m.clone() for name, m in (memory or {}).items()}
 
     applied: list[WeightDelta] = []
+    batch_keys: list[dict] = []
     per_request: list[dict] = []
     size = spec.batch_size(config)
     from tqdm.auto import tqdm
@@ -97,6 +107,10 @@ def edit(model, tokenizer, requests: Iterable[EditRequest | Mapping[str, Any]], 
                 delta = WeightDelta(factors, {"requests": [r.to_dict() for r in batch]}, base)
                 delta.apply(model)  # raises on non-finite weights, leaving this batch unapplied
                 applied.append(delta)
+                keys = state.pop("memory_keys", {})
+                for name, k in keys.items():  # the batch is in: later batches must preserve its keys
+                    state["memory"][name] = add_gram(state["memory"].get(name), k)
+                batch_keys.append(keys)
                 seconds = time.perf_counter() - t
                 infos = info if isinstance(info, list) else [info] * len(batch)  # per request, or shared
                 per_request += [dict(x, seconds=round(seconds / len(batch), 3)) for x in infos]
@@ -122,7 +136,17 @@ def edit(model, tokenizer, requests: Iterable[EditRequest | Mapping[str, Any]], 
         "per_request": per_request,
         **run_info(),
     }
-    return EditResult(model, WeightDelta.stack(applied, manifest), requests, per_request)
+    return EditResult(model, WeightDelta.stack(applied, manifest), requests, per_request, applied,
+                      batch_keys if any(batch_keys) else [], state["memory"])
+
+
+def add_gram(gram: torch.Tensor | None, keys: torch.Tensor) -> torch.Tensor:
+    """gram + KᵀK for keys (n, d) in float64 on the CPU: the AlphaEdit memory K_p K_pᵀ grows by
+    each batch's keys (Fang et al. 2025, eq. 12), in the order the batches were applied, so that
+    recomputing it from stored keys gives the same bits."""
+    k = keys.detach().double().cpu()
+    update = k.T @ k
+    return update if gram is None else gram + update
 
 
 # -- unlearning -----------------------------------------------------------------------------------

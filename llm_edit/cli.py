@@ -25,10 +25,11 @@ def _bad_input_errors():
     from .patch import PatchError
     from .text import SubjectNotFound
 
+    from .session import SessionError
     from .tofu import TofuDataError
 
     return (FactFileError, ConfigError, ModelLoadError, PatchError, UnsupportedArchitecture, SubjectNotFound,
-            FileExistsError, TofuDataError)
+            FileExistsError, TofuDataError, SessionError)
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -51,13 +52,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("edit", help="insert or rewrite facts and write the edited model")
     _add_model_args(p)
-    p.add_argument("--facts", required=True, help="JSONL (or JSON array) of edit requests")
-    p.add_argument("--method", default="rome", choices=sorted(METHODS))
+    p.add_argument("--facts", required=True, help="JSONL (or JSON array) of edit requests, or CounterFact JSON")
+    p.add_argument("--method", choices=sorted(METHODS), help="editing method (default: rome, or the session's)")
     p.add_argument("--layers", help="'auto': take the edited layer from causal tracing (llm-edit locate)")
     p.add_argument("--recipe", help="YAML hyper-parameter file or recipe name (default: the model's)")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="override one hyper-parameter (repeatable); values are YAML")
-    p.add_argument("--out", required=True, help="output directory (Hugging Face model + patch + results)")
+    p.add_argument("--batch-size", type=int, help="requests per batch (MEMIT, AlphaEdit); batches are applied in order")
+    p.add_argument("--session", metavar="DIR", help="a sequential editing session: created if DIR has none, else "
+                   "continued (its batches are re-applied to --model, its base model, and its method, recipe "
+                   "and settings are reused); every batch is saved there as it lands")
+    p.add_argument("--out", help="output directory (Hugging Face model + patch + results); optional with --session")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.add_argument("--no-save-model", action="store_true", help="write only the patch and results")
     p.add_argument("--no-eval", action="store_true", help="skip the before/after probability table")
@@ -243,6 +248,31 @@ def _layers_to_sets(args, config_cls) -> None:
     args.sets = list(args.sets) + [f"{key}={args.layers}"]
 
 
+def _session_settings(args, spec) -> None:
+    """Fold ``--batch-size`` into ``--set``; with an existing ``--session``, take its method and
+    settings (they are fixed when the session is created, so every batch is made the same way)."""
+    import dataclasses
+    import json
+
+    from .config import ConfigError
+    from .session import SESSION_FILE
+
+    file = Path(args.session) / SESSION_FILE if args.session else None
+    if file is not None and file.exists():
+        info = json.loads(file.read_text())
+        given = [flag for flag, value in (("--recipe", args.recipe), ("--set/--layers", args.sets),
+                                          ("--batch-size", args.batch_size)) if value]
+        if given or args.method_given and args.method != info.get("method"):
+            raise ConfigError(f"{args.session} continues a {info.get('method')} session whose settings are "
+                              f"fixed; drop {', '.join(given) or '--method'} (or start a new session)")
+        args.method, args.recipe, args.sets = info["method"], info.get("recipe"), list(info.get("sets", []))
+        return
+    if args.batch_size is not None:
+        if "batch_size" not in {f.name for f in dataclasses.fields(spec.config)}:
+            raise ConfigError(f"--batch-size: {args.method} edits one fact at a time")
+        args.sets = list(args.sets) + [f"batch_size={args.batch_size}"]
+
+
 def cmd_edit(args) -> int:
     from .api import edit
     from .config import load_config
@@ -252,35 +282,60 @@ def cmd_edit(args) -> int:
     from .metrics import edit_table, fluency, summarise
     from .models import ALIASES
 
+    if args.out is None and args.session is None:
+        from .config import ConfigError
+
+        raise ConfigError("edit needs --out (or --session, to keep the edits in a session only)")
+    args.method_given, args.method = args.method is not None, args.method or "rome"
     requests = read_requests(args.facts)  # validate input before anything slow
-    _check_out(args)
+    if args.out is not None:
+        _check_out(args)
     spec = get_method(args.method)
     _layers_to_sets(args, spec.config)
+    _session_settings(args, spec)
+    spec = get_method(args.method)
     alias = ALIASES.get(args.model)
     # a bad recipe or --set fails now, not after loading the model
     load_config(spec.config, args.method, recipe=args.recipe, model_recipe=alias.recipe if alias else None,
                 sets=args.sets)
     model, tok = _load(args)
+    session = None
+    if args.session is not None:
+        from .session import SESSION_FILE, EditSession
+
+        if (Path(args.session) / SESSION_FILE).exists():
+            session = EditSession.open(args.session, model)
+            print(f"session {args.session}: {len(session.applied)} batch(es), {session.facts} fact(s) re-applied")
+        else:
+            session = EditSession.create(args.session, model, args.method, recipe=args.recipe, sets=args.sets)
     evaluate = not args.no_eval and any(r.target_true for r in requests)
     before = edit_table(model, tok, requests) if evaluate else []
     flu_prompts = [r.text for r in requests[:20]]
     flu_before = fluency(model, tok, flu_prompts) if evaluate else None
     t0 = time.perf_counter()
-    result = edit(model, tok, requests, args.method, recipe=args.recipe, sets=args.sets)
+    if session is not None:
+        result = session.edit(tok, requests)
+    else:
+        result = edit(model, tok, requests, args.method, recipe=args.recipe, sets=args.sets)
     seconds = time.perf_counter() - t0
     after = edit_table(model, tok, requests) if evaluate else []
     metrics_before = dict(summarise(before), fluency=flu_before) if evaluate else {}
     metrics_after = dict(summarise(after), fluency=fluency(model, tok, flu_prompts)) if evaluate else {}
-    with atomic_directory(Path(args.out), overwrite=args.overwrite) as out:
-        if not args.no_save_model:
-            _save_model(model, tok, out)
-        result.save_patch(out / "patch.safetensors")
-        write_json(out / "llm_edit_manifest.json", dict(result.manifest, edit_seconds=round(seconds, 2),
-                                                         metrics_before=metrics_before, metrics_after=metrics_after))
-        if evaluate:
-            (out / "results.csv").write_text(_results_csv(before, after))
-            write_json(out / "metrics.json", {"before": metrics_before, "after": metrics_after})
-    print(f"edited {len(requests)} fact(s) with {args.method} in {seconds:.1f} s -> {args.out}")
+    if args.out is not None:
+        with atomic_directory(Path(args.out), overwrite=args.overwrite) as out:
+            if not args.no_save_model:
+                _save_model(model, tok, out)
+            result.save_patch(out / "patch.safetensors")
+            write_json(out / "llm_edit_manifest.json", dict(result.manifest, edit_seconds=round(seconds, 2),
+                                                             session=args.session, metrics_before=metrics_before,
+                                                             metrics_after=metrics_after))
+            if evaluate:
+                (out / "results.csv").write_text(_results_csv(before, after))
+                write_json(out / "metrics.json", {"before": metrics_before, "after": metrics_after})
+    where = " -> ".join(x for x in (args.session and f"session {args.session} "
+                                    f"({len(session.applied)} batches, {session.facts} facts)", args.out) if x)
+    print(f"edited {len(requests)} fact(s) with {args.method} in {seconds:.1f} s "
+          f"({len(requests) / max(seconds, 1e-9):.2f} facts/s) -> {where}")
     if evaluate:
         _print_metrics(metrics_before, metrics_after)
     return 0

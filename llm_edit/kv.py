@@ -1,4 +1,4 @@
-"""Keys and values for locate-then-edit methods (ROME now; MEMIT and AlphaEdit reuse these).
+"""Keys and values for locate-then-edit methods (ROME, MEMIT and AlphaEdit share these).
 
 A *key* k is the input of an MLP output projection at the subject's last token; a *value* is
 that projection's output there. ``subject_keys`` reads keys; ``optimise_value`` finds the
@@ -87,9 +87,10 @@ def subject_keys(model, tok, module_name: str, templates: list[str], subjects: l
     return torch.cat(rows)
 
 
-def mean_subject_key(model, tok, module_name: str, request: EditRequest, contexts: list[str],
-                     bare_weight: float | None = None) -> torch.Tensor:
-    """k*: the key averaged over context prefixes (ROME eq. 3).
+def mean_subject_keys(model, tok, module_name: str, requests: list[EditRequest], contexts: list[str],
+                      bare_weight: float | None = None) -> torch.Tensor:
+    """k* of each request: the key averaged over context prefixes (ROME eq. 3), (n, d_in);
+    every request's prompts go through in the same batched passes.
 
     ``contexts[0]`` must be the bare ``"{}"``. With ``bare_weight`` None every template counts
     the same (ROME, r-ROME); otherwise the bare prompt's key gets that weight and the prefixed
@@ -97,11 +98,28 @@ def mean_subject_key(model, tok, module_name: str, request: EditRequest, context
     its bare key sits at position 0 (an attention sink on models without BOS) and differs from
     every prefixed key, so an equal average can miss the very prompt being edited.
     """
-    templates = [c.replace("{}", request.prompt) for c in contexts]
-    keys = subject_keys(model, tok, module_name, templates, [request.subject] * len(templates))
-    if bare_weight is None or len(keys) == 1:
-        return keys.mean(0)
-    return bare_weight * keys[0] + (1 - bare_weight) * keys[1:].mean(0)
+    templates = [c.replace("{}", r.prompt) for r in requests for c in contexts]
+    subjects = [r.subject for r in requests for _ in contexts]
+    keys = subject_keys(model, tok, module_name, templates, subjects).view(len(requests), len(contexts), -1)
+    if bare_weight is None or len(contexts) == 1:
+        return keys.mean(1)
+    return bare_weight * keys[:, 0] + (1 - bare_weight) * keys[:, 1:].mean(1)
+
+
+def mean_subject_key(model, tok, module_name: str, request: EditRequest, contexts: list[str],
+                     bare_weight: float | None = None) -> torch.Tensor:
+    """k* of one request (``mean_subject_keys``), (d_in,)."""
+    return mean_subject_keys(model, tok, module_name, [request], contexts, bare_weight)[0]
+
+
+def top_states(model, tok, module_name: str, requests: list[EditRequest], contexts: list[str]) -> torch.Tensor:
+    """The output of ``module_name`` (MEMIT, AlphaEdit: the top edited block) at each request's
+    last subject token, averaged over the context prompts: (n, d), float32. MEMIT re-measures it
+    after each layer's update to find what the layers above still have to write."""
+    templates = [c.replace("{}", r.prompt) for r in requests for c in contexts]
+    subjects = [r.subject for r in requests for _ in contexts]
+    states = subject_keys(model, tok, module_name, templates, subjects, output=True)
+    return states.view(len(requests), len(contexts), -1).mean(1)
 
 
 def check_value_options(config) -> None:

@@ -52,6 +52,51 @@ def batch_update(residuals: torch.Tensor, keys: torch.Tensor, cov: torch.Tensor 
     return residuals.double().T.float(), right.float()
 
 
+def null_space_projector(cov: torch.Tensor, threshold: float) -> torch.Tensor:
+    """AlphaEdit's projector onto the (approximate) null space of the preserved keys (Fang et
+    al., ICLR 2025, "AlphaEdit: Null-Space Constrained Knowledge Editing", §3.2, eq. 7–8).
+
+    With K₀K₀ᵀ estimated by C = E[k kᵀ] (the same second moment ROME and MEMIT use), the
+    eigenvectors U₀ of C whose eigenvalues are below ``threshold`` span the directions that
+    preserved keys (almost) never take; P = U₀U₀ᵀ. Any update of the form ΔW = X P then leaves
+    W k₀ unchanged for keys in C's dominant subspace: ΔW k₀ = X P k₀ ≈ 0.
+    ``threshold`` is absolute, as in the reference code (``nullspace_threshold``, 2e-2 for its
+    models), so it depends on the scale of the keys: the recipes say how it was chosen.
+    Eigendecomposition in float64 (``eigh``: C is symmetric; the reference uses an SVD, which
+    for a symmetric positive semi-definite matrix gives the same vectors). Returns P (d, d),
+    float64; a threshold below every eigenvalue gives P = 0 (no edit can pass).
+    """
+    values, vectors = torch.linalg.eigh(cov.double())
+    basis = vectors[:, values < threshold]
+    return basis @ basis.T
+
+
+def null_space_update(residuals: torch.Tensor, keys: torch.Tensor, projector: torch.Tensor,
+                      previous_kkt: torch.Tensor | None, alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """AlphaEdit's update of one layer (Fang et al. 2025, eq. 12), as factors ``left @ right``.
+
+    ΔW = R Kᵀ P ((K_p K_pᵀ + K Kᵀ) P + α I)⁻¹ minimises ||(W + ΔW P) K − V||² +
+    ||ΔW P||² α + ||ΔW P K_p||² over the projected update: the new values are written at the new
+    keys K, the update lies in the null space of the preserved keys (P, ``null_space_projector``),
+    and the keys of earlier edits K_p (through their accumulated Gram matrix
+    ``previous_kkt`` = K_p K_pᵀ, None before the first batch) are disturbed as little as possible.
+    ``residuals`` (n, d_out) are R's columns (MEMIT's spread residuals), ``keys`` (n, d_in).
+    Computed as the reference code does, by solving (P (K_pK_pᵀ + KKᵀ) + αI) X = P K and taking
+    ΔW = R Xᵀ (the same matrix: P and the Gram matrices are symmetric). Float64; returns
+    ``left`` (d_out, n) and ``right`` (n, d_in) in float32.
+    """
+    k = keys.double()
+    p = projector.double().to(k.device)
+    gram = k.T @ k
+    if previous_kkt is not None:
+        gram = gram + previous_kkt.double().to(k.device)
+    system = p @ gram + alpha * torch.eye(k.shape[1], dtype=torch.float64, device=k.device)
+    right = torch.linalg.solve(system, p @ k.T).T  # (n, d_in)
+    if not torch.isfinite(right).all():
+        raise FloatingPointError("AlphaEdit update: the key system is singular or not finite")
+    return residuals.double().T.float(), right.float()
+
+
 def mean_target_nll(log_probs_sum: torch.Tensor, n_tokens: torch.Tensor) -> torch.Tensor:
     """ROME eq. 4, first term: −(1/N) Σ_j log P(o* | x_j ⊕ p), each prompt's log-probability
     divided by its number of target tokens (as in the reference code), averaged over prompts."""

@@ -6,13 +6,19 @@ A method is a small unit: a typed config dataclass (its recipe keys) and three f
 batch of requests, not yet applied; ``info`` is one dict for the batch or a list with one per
 request), and ``batch_size(config)``. Orchestration (applying,
 rolling back on failure, manifests) lives in ``llm_edit.api`` and is the same for every method.
+
+A method that must remember earlier batches (AlphaEdit) reads ``state["memory"]`` (module name
+→ Σ K Kᵀ of the keys of every earlier batch, float64) and stages its batch's keys in
+``state["memory_keys"]`` (module name → (n, d_in)); the orchestration adds them to the memory
+only once the batch's patch is applied, and ``llm_edit.session`` carries the memory across
+calls and processes.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Callable
 
-from . import memit, rome
+from . import alphaedit, memit, rome
 
 
 @dataclass(frozen=True)
@@ -37,6 +43,10 @@ METHODS: dict[str, Method] = {
     "memit-erase": Method("memit-erase", memit.MEMITEraseConfig, memit.prepare, memit.compute,
                           lambda config: config.batch_size,
                           "erase facts by MEMIT batch edits: make each object unlikely (or neutral)", erases=True),
+    "alphaedit": Method("alphaedit", alphaedit.AlphaEditConfig, alphaedit.prepare, alphaedit.compute,
+                        lambda config: config.batch_size,
+                        "MEMIT's batch edit projected onto the null space of preserved knowledge, remembering "
+                        "earlier batches' keys: for long sequences of edits"),
 }
 
 ERASERS = {name: m for name, m in METHODS.items() if m.erases}

@@ -29,7 +29,7 @@ import torch
 
 from ..arch import arch_of, num_layers
 from ..config import ConfigError
-from ..kv import check_value_options, context_templates, mean_subject_key, optimise_values, subject_keys
+from ..kv import check_value_options, context_templates, mean_subject_keys, optimise_values, top_states
 from ..maths import batch_update
 from ..patch import WeightDelta
 from ..stats import second_moment
@@ -100,14 +100,6 @@ def prepare(model, tok, config: MEMITConfig) -> dict:
     return {"covs": covs, "stats": stats, "contexts": contexts, "layer": list(layers), "located": located}
 
 
-def _top_states(model, tok, module_name, requests, contexts) -> torch.Tensor:
-    """The top block's output at the last subject token, averaged over the context prompts."""
-    templates = [c.replace("{}", r.prompt) for r in requests for c in contexts]
-    subjects = [r.subject for r in requests for _ in contexts]
-    states = subject_keys(model, tok, module_name, templates, subjects, output=True)
-    return states.view(len(requests), len(contexts), -1).mean(1)
-
-
 def compute(model, tok, requests, config: MEMITConfig, state: dict):
     """Factors of the batch's update of every layer in the range, in each weight's layout."""
     spec = arch_of(model)
@@ -125,9 +117,8 @@ def compute(model, tok, requests, config: MEMITConfig, state: dict):
     try:  # each layer's update is in place while the layers above are computed, then taken out
         for i, layer in enumerate(layers):
             name = spec.mlp_out.format(layer)
-            keys = torch.stack([mean_subject_key(model, tok, name, r, contexts, config.bare_key_weight)
-                                for r in requests])
-            residuals = (targets - _top_states(model, tok, top, requests, contexts)) / (len(layers) - i)
+            keys = mean_subject_keys(model, tok, name, requests, contexts, config.bare_key_weight)
+            residuals = (targets - top_states(model, tok, top, requests, contexts)) / (len(layers) - i)
             cov = state["covs"][layer]
             left, right = batch_update(residuals, keys, cov.to(keys.device) if cov is not None else None,
                                        config.mom2_update_weight)

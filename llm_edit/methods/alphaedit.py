@@ -1,0 +1,149 @@
+"""AlphaEdit: null-space constrained knowledge editing (Fang et al., ICLR 2025).
+
+MEMIT's batch edit (``memit.py``: the same target values z_i at the top layer, the same keys,
+the same residual spread over the layer range, bottom to top) with another solve: each layer's
+update is projected onto the null space of the preserved knowledge's keys, so that what the
+model knew stays put, and it accounts for the keys of earlier batches, so that sequential
+edits stop overwriting each other (``maths.null_space_projector``, ``maths.null_space_update``):
+
+    ΔW_l = R K_lᵀ P_l ((K_p K_pᵀ + K_l K_lᵀ) P_l + α I)⁻¹
+
+P_l comes from C_l = E[k kᵀ], the statistics ROME and MEMIT use (eigenvalues below
+``nullspace_threshold``, in C's units as in the reference code, or with ``nullspace_scale:
+mean_eigenvalue`` as a multiple of C's mean eigenvalue, which carries over between models whose
+keys differ in scale). K_p K_pᵀ is the session memory (``llm_edit.session``): the Gram
+matrix of every earlier batch's keys at that layer, handed in by the orchestration as
+``state["memory"]``. This method never stores it: it stages the batch's keys in
+``state["memory_keys"]`` and the orchestration adds them once the batch's patch is applied, so
+a failed batch leaves the memory as it was.
+
+Deviations from the reference code: the solve runs in float64 (the reference: float32 on the
+GPU); the keys kept for the memory are the ones measured in the layer loop, which already see
+every lower layer's update, the same values as the reference's re-measurement after the loop
+(a layer's keys do not depend on its own or higher layers' MLP outputs).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from ..arch import arch_of, num_layers
+from ..config import ConfigError
+from ..kv import check_value_options, context_templates, mean_subject_keys, optimise_values, top_states
+from ..maths import null_space_projector, null_space_update
+from ..patch import WeightDelta
+from ..stats import second_moment
+
+
+@dataclass
+class AlphaEditConfig:
+    """AlphaEdit hyper-parameters; defaults follow the reference Llama3-8B recipe, recipes tune
+    them per model."""
+
+    layers: list[int] | str = "auto"  # the edited blocks, bottom to top, or "auto" (causal tracing)
+    auto_layer_count: int = 3  # with layers: auto, this many layers ending at the traced peak
+    nullspace_threshold: float = 0.02  # eigenvalues of C below this span the null space
+    nullspace_scale: str = "absolute"  # threshold in C's units (reference), or "mean_eigenvalue": × trace(C)/d
+    alpha: float = 10.0  # α: ridge term of the solve (the reference's ``L2``)
+    batch_size: int = 100  # requests per batch; batches are applied one after another
+    v_steps: int = 25
+    v_lr: float = 0.1
+    v_weight_decay: float = 0.5
+    clamp_norm_factor: float = 0.75  # ||δ|| ≤ factor · ||h|| (δ sits in the residual stream)
+    kl_factor: float = 0.0625
+    kl_prompts: list[str] = field(default_factory=lambda: ["{} is a"])
+    nll_stop: float = 0.05
+    context_lengths: list[int] = field(default_factory=lambda: [5, 10])
+    contexts_per_length: int = 5
+    bare_key_weight: float | None = None
+    stats_corpus: str = "model-samples"
+    stats_tokens: int = 50_000
+    stats_seq_len: int = 128
+    seed: int = 0
+
+    def validate(self) -> None:
+        if isinstance(self.layers, str):
+            if self.layers != "auto":
+                raise ValueError(f"layers must be a list of block indices or 'auto', got {self.layers!r}")
+        elif not self.layers or any(l < 0 for l in self.layers) or self.layers != sorted(set(self.layers)):
+            raise ValueError(f"layers must be distinct block indices in increasing order, got {self.layers}")
+        if self.auto_layer_count < 1 or self.batch_size < 1:
+            raise ValueError("auto_layer_count >= 1 and batch_size >= 1 are required")
+        if self.nullspace_scale not in ("absolute", "mean_eigenvalue"):
+            raise ValueError(f"nullspace_scale must be 'absolute' or 'mean_eigenvalue', got {self.nullspace_scale!r}")
+        if self.nullspace_threshold <= 0 or self.alpha <= 0:
+            raise ValueError("nullspace_threshold > 0 and alpha > 0 are required")
+        check_value_options(self)
+
+
+def prepare(model, tok, config: AlphaEditConfig) -> dict:
+    """The layers, the null-space projector of each layer's preserved keys, the context prefixes."""
+    located = None
+    layers = config.layers
+    if layers == "auto":
+        from ..locate import auto_layers
+
+        layers, located = auto_layers(model, tok, config.auto_layer_count)
+    if layers[-1] >= num_layers(model):
+        raise ConfigError(f"layer {layers[-1]} does not exist: the model has {num_layers(model)} layers")
+    spec = arch_of(model)
+    projectors, stats = {}, []
+    for layer in layers:
+        cov, manifest = second_moment(model, tok, spec.mlp_out.format(layer), corpus=config.stats_corpus,
+                                      n_tokens=config.stats_tokens, seq_len=config.stats_seq_len, seed=config.seed)
+        if cov is None:
+            raise ConfigError("alphaedit needs key statistics: stats_corpus 'identity' has no null space")
+        threshold = config.nullspace_threshold
+        if config.nullspace_scale == "mean_eigenvalue":  # scale-free: the same setting on any model
+            threshold *= float(cov.double().trace()) / cov.shape[0]
+        projectors[layer] = null_space_projector(cov, threshold)
+        rank = int(round(float(projectors[layer].trace())))
+        stats.append(dict(manifest, null_space_dim=rank, key_dim=cov.shape[0], null_space_threshold=threshold))
+        if rank == 0:
+            raise ConfigError(f"layer {layer}: no eigenvalue of C is below the null-space threshold "
+                              f"{threshold:.3g}: the null space is empty and no edit can pass "
+                              "(raise nullspace_threshold)")
+    contexts = context_templates(model, tok, config.context_lengths, config.contexts_per_length, config.seed)
+    return {"projectors": projectors, "stats": stats, "contexts": contexts, "layer": list(layers),
+            "located": located, "memory": {}}
+
+
+def compute(model, tok, requests, config: AlphaEditConfig, state: dict):
+    """Factors of the batch's projected update of every layer in the range; stages the batch's
+    keys for the session memory (``state["memory_keys"]``)."""
+    spec = arch_of(model)
+    layers, contexts, memory = state["layer"], state["contexts"], state["memory"]
+    top = spec.layer(layers[-1])
+    t0 = time.perf_counter()
+    values = optimise_values(model, tok, top, requests, contexts, steps=config.v_steps, lr=config.v_lr,
+                             kl_factor=config.kl_factor, weight_decay=config.v_weight_decay,
+                             clamp_norm_factor=config.clamp_norm_factor, kl_prompts=config.kl_prompts,
+                             nll_stop=config.nll_stop, progress=len(requests) > 1)
+    targets = torch.stack([v.initial + v.delta for v in values])
+    t1 = time.perf_counter()
+    factors, applied, batch_keys = {}, [], {}
+    try:  # each layer's update is in place while the layers above are computed, then taken out
+        for i, layer in enumerate(layers):
+            name = spec.mlp_out.format(layer)
+            keys = mean_subject_keys(model, tok, name, requests, contexts, config.bare_key_weight)
+            residuals = (targets - top_states(model, tok, top, requests, contexts)) / (len(layers) - i)
+            left, right = null_space_update(residuals, keys, state["projectors"][layer], memory.get(name),
+                                            config.alpha)
+            if spec.mlp_out_transposed:  # Conv1D stores (in, out)
+                left, right = right.T, left.T
+            factors[name + ".weight"] = (left, right)
+            batch_keys[name] = keys
+            delta = WeightDelta({name + ".weight": (left, right)})
+            delta.apply(model)
+            applied.append(delta)
+    finally:
+        for delta in reversed(applied):
+            delta.revert(model)
+    state["memory_keys"] = batch_keys
+    t2 = time.perf_counter()
+    info = [{"objective": "insert", "loss_before": v.nll_before, "loss_after_optimisation": v.nll_after,
+             "steps": v.steps, "delta_norm": float(v.delta.norm()),
+             "value_seconds_batch": round(t1 - t0, 3), "solve_seconds_batch": round(t2 - t1, 3)} for v in values]
+    return factors, info
