@@ -308,7 +308,12 @@ def audit(unlearned, original, tok, forget_items: list[ForgetItem], *, retain_it
                                  lambda: _mia(model, tok, forget_items, holdout_items, fmt, config))
 
         def relearn_all():
-            out = {}
+            # The original is the yardstick of recovery (its direct answers on each half), so
+            # attacking it would cost two fine-tunings whose numbers no verdict uses.
+            direct = rows[name]["probes"]["direct"]["items"][half:]
+            out = {"direct_on_second_half": sum(r["answered"] for r in direct) / len(direct) if direct else None}
+            if name == "original":
+                return out
             if half and test_half:
                 tuned = relearned(model, tok, train_half, config, fmt)
                 out["relearn_forget_half"] = run_probes(tuned, tok, test_half, demos, fmt, config,
@@ -319,8 +324,6 @@ def audit(unlearned, original, tok, forget_items: list[ForgetItem], *, retain_it
                 out["relearn_benign"] = run_probes(tuned, tok, forget_items, demos, fmt, config,
                                                    probes=("direct",))["direct"]["rate"]
                 del tuned
-            out["direct_on_second_half"] = run_probes(model, tok, test_half, demos, fmt, config,
-                                                      probes=("direct",))["direct"]["rate"] if test_half else None
             return out
 
         rows[name]["relearn"] = step(name, "relearning attack", relearn_all)

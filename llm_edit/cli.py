@@ -279,7 +279,7 @@ def cmd_edit(args) -> int:
     from .facts import read_requests
     from .io import atomic_directory, write_json
     from .methods import get_method
-    from .metrics import edit_table, fluency, summarise
+    from .metrics import edit_table, fluency, generic_perplexity, summarise
     from .models import ALIASES
 
     if args.out is None and args.session is None:
@@ -312,6 +312,7 @@ def cmd_edit(args) -> int:
     before = edit_table(model, tok, requests) if evaluate else []
     flu_prompts = [r.text for r in requests[:20]]
     flu_before = fluency(model, tok, flu_prompts) if evaluate else None
+    ppl_before = generic_perplexity(model, tok) if evaluate else None
     t0 = time.perf_counter()
     if session is not None:
         result = session.edit(tok, requests)
@@ -319,8 +320,9 @@ def cmd_edit(args) -> int:
         result = edit(model, tok, requests, args.method, recipe=args.recipe, sets=args.sets)
     seconds = time.perf_counter() - t0
     after = edit_table(model, tok, requests) if evaluate else []
-    metrics_before = dict(summarise(before), fluency=flu_before) if evaluate else {}
-    metrics_after = dict(summarise(after), fluency=fluency(model, tok, flu_prompts)) if evaluate else {}
+    metrics_before = dict(summarise(before), fluency=flu_before, perplexity=ppl_before) if evaluate else {}
+    metrics_after = dict(summarise(after), fluency=fluency(model, tok, flu_prompts),
+                         perplexity=generic_perplexity(model, tok)) if evaluate else {}
     if args.out is not None:
         with atomic_directory(Path(args.out), overwrite=args.overwrite) as out:
             if not args.no_save_model:
@@ -641,9 +643,10 @@ def _eval_counterfact(args) -> int:
     report.update({"model": args.model, "facts": str(args.facts), "requests": len(requests)})
     a = report["aggregates"]
     md = (f"# CounterFact evaluation of {args.model}\n\n{len(requests)} requests from `{args.facts}`\n\n"
-          "| efficacy | generalisation | specificity | fluency |\n|---|---|---|---|\n"
+          "| efficacy | generalisation | specificity | fluency | perplexity (generic text) |\n|---|---|---|---|---|\n"
           + "| " + " | ".join("n/a" if a[k] is None else f"{a[k]:.3f}"
-                              for k in ("efficacy", "generalisation", "specificity", "fluency")) + " |\n\n"
+                              for k in ("efficacy", "generalisation", "specificity", "fluency", "perplexity"))
+          + " |\n\n"
           "Efficacy / generalisation: share of prompts / paraphrases where P(target_new) > P(target_true); "
           "specificity: share of neighbourhood prompts where the true object still wins (ROME §4.2).\n")
     with atomic_directory(Path(args.out), overwrite=args.overwrite) as out:

@@ -9,7 +9,10 @@ token counts compare fairly.
 * specificity: share of neighbourhood prompts where the true object still beats target_new (NS);
 * fluency: n-gram entropy of a greedy continuation (``maths.ngram_entropy``). Deviation: ROME
   samples 100 tokens from generation prompts; we decode greedily from the request prompt
-  (deterministic), and split words with a regex instead of NLTK.
+  (deterministic), and split words with a regex instead of NLTK;
+* perplexity on a fixed generic text (``generic_perplexity``): not a CounterFact metric but a
+  collapse detector for long sequences of edits (Gupta et al. 2024 observe that sequential
+  ROME collapses the model; perplexity shows it before the edit scores do).
 """
 from __future__ import annotations
 
@@ -85,8 +88,11 @@ def counterfact_suite(model, tok, requests: list[EditRequest], *, fluency_prompt
     scored = time.perf_counter() - t0
     prompts = [r.text for r in requests[:fluency_prompts]]
     flu = fluency(model, tok, prompts, max_new_tokens=max_new_tokens) if prompts else None
-    return {"rows": table, "aggregates": {**summarise(table), "fluency": flu},
-            "timings": {"scoring_s": round(scored, 2), "fluency_s": round(time.perf_counter() - t0 - scored, 2)},
+    t1 = time.perf_counter()
+    ppl = generic_perplexity(model, tok)
+    return {"rows": table, "aggregates": {**summarise(table), "fluency": flu, "perplexity": ppl},
+            "timings": {"scoring_s": round(scored, 2), "fluency_s": round(t1 - t0 - scored, 2),
+                        "perplexity_s": round(time.perf_counter() - t1, 2)},
             "conventions": {"probability": "exp(mean token log-probability of ' ' + target) (length-normalised)",
                             "fluency": f"n-gram entropy of greedy continuations ({max_new_tokens} tokens) of the "
                                        f"first {len(prompts)} prompts"}}
@@ -162,6 +168,14 @@ def says(answer: str, target: str) -> bool:
     """Whether a greedy answer gives ``target``: it starts with it (after whitespace and case),
     the criterion for facts ("the true object is the greedy answer")."""
     return answer.strip().lower().startswith(target.strip().lower())
+
+
+def generic_perplexity(model, tok) -> float:
+    """``perplexity`` on ``llm_edit/data/generic_text.txt`` (about 1,000 words of plain prose
+    written for this project, so no model has seen it): the collapse detector of editing runs."""
+    from pathlib import Path
+
+    return perplexity(model, tok, (Path(__file__).parent / "data" / "generic_text.txt").read_text())
 
 
 @torch.no_grad()

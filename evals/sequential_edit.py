@@ -1,0 +1,136 @@
+"""Sequential editing: ROME, MEMIT and AlphaEdit fed the same facts batch after batch, measured
+after every batch (CounterFact's efficacy, generalisation, specificity on every fact edited so
+far, and perplexity on a fixed generic text as a collapse detector).
+
+    python evals/sequential_edit.py --limit 1000 --batch-size 100          # the issue's setting (GPU)
+    python evals/sequential_edit.py --limit 40 --batch-size 10 --out evals/results/sequential_40
+
+Each method starts from the original weights (the previous method's edits are reverted, bit for
+bit, and checked). MEMIT and AlphaEdit take each batch as one batch edit; ROME edits the facts
+of a batch one after another (it has no batch form). AlphaEdit carries its memory of earlier
+keys from batch to batch, as an editing session does. Writes OUT.json (every measurement, the
+hyper-parameters, timings split into value optimisation and solve, peak memory, data hash) and
+OUT.png (efficacy, generalisation, specificity and perplexity against the number of edits).
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from llm_edit import edit, load_model, read_requests  # noqa: E402
+from llm_edit.io import run_info, write_json  # noqa: E402
+from llm_edit.metrics import edit_table, generic_perplexity, summarise  # noqa: E402
+from llm_edit.models import fingerprint  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def measure(model, tok, requests) -> dict:
+    t0 = time.perf_counter()
+    scores = summarise(edit_table(model, tok, requests))
+    return dict(scores, perplexity=generic_perplexity(model, tok), eval_seconds=round(time.perf_counter() - t0, 2))
+
+
+def run_method(model, tok, method, requests, batch_size, sets) -> dict:
+    base = fingerprint(model)
+    sets = list(sets) + ([f"batch_size={batch_size}"] if method != "rome" else [])
+    curve = [dict(measure(model, tok, requests[:batch_size]), edits=0)]
+    results, memory, timing = [], None, {"edit_seconds": 0.0, "value_seconds": 0.0, "solve_seconds": 0.0}
+    try:
+        for start in range(0, len(requests), batch_size):
+            batch = requests[start:start + batch_size]
+            t0 = time.perf_counter()
+            result = edit(model, tok, batch, method, sets=sets, memory=memory, progress=False)
+            timing["edit_seconds"] += time.perf_counter() - t0
+            memory = result.memory or None
+            results.append(result)
+            for info in result.per_request[:1] if method != "rome" else result.per_request:
+                timing["value_seconds"] += info.get("value_seconds_batch", info.get("value_seconds", 0.0))
+                timing["solve_seconds"] += info.get("solve_seconds_batch", info.get("solve_seconds", 0.0))
+            edited = requests[:start + len(batch)]
+            point = dict(measure(model, tok, edited), edits=len(edited))
+            curve.append(point)
+            print(f"{method}: {len(edited)} edits, efficacy {point['efficacy']:.3f}, generalisation "
+                  f"{point['generalisation']:.3f}, specificity {point['specificity']:.3f}, "
+                  f"perplexity {point['perplexity']:.2f}", flush=True)
+    finally:
+        for result in reversed(results):
+            result.revert()
+    assert fingerprint(model) == base, "reverting the edits did not restore the original weights"
+    n = len(requests)
+    return {"method": method, "curve": curve, "hyperparameters": results[0].manifest["hyperparameters"],
+            "recipe": results[0].manifest["recipe"],
+            "timing": {k: round(v, 1) for k, v in timing.items()},
+            "facts_per_second": round(n / timing["edit_seconds"], 4),
+            "perplexity_increase": round(curve[-1]["perplexity"] / curve[0]["perplexity"] - 1, 4),
+            "reverts_bit_exact": True}
+
+
+def plot(runs, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [("efficacy", "efficacy ↑"), ("generalisation", "generalisation ↑"),
+              ("specificity", "specificity ↑"), ("perplexity", "perplexity on generic text ↓")]
+    fig, axes = plt.subplots(1, 4, figsize=(16, 3.8))
+    for ax, (key, label) in zip(axes, panels):
+        for run in runs:
+            xs = [p["edits"] for p in run["curve"]]
+            ax.plot(xs, [p[key] for p in run["curve"]], marker="o", ms=3, label=run["method"])
+        ax.set_title(label)
+        ax.set_xlabel("facts edited")
+        if key != "perplexity":
+            ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+    axes[0].legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="llama")
+    ap.add_argument("--facts", default=str(ROOT.parent / "shared/data/counterfact/counterfact-edit-1k.json"))
+    ap.add_argument("--limit", type=int, default=1000, help="the first N records")
+    ap.add_argument("--batch-size", type=int, default=100)
+    ap.add_argument("--methods", default="alphaedit,memit,rome")
+    ap.add_argument("--set", dest="sets", action="append", default=[], help="KEY=VALUE for every method")
+    ap.add_argument("--device", default=None)
+    ap.add_argument("--out", default=str(ROOT / "evals/results/sequential_edit"))
+    args = ap.parse_args()
+
+    requests = read_requests(args.facts, limit=args.limit)
+    facts_sha = hashlib.sha256("".join(json.dumps(r.to_dict(), sort_keys=True) for r in requests).encode()).hexdigest()
+    model, tok = load_model(args.model, device=args.device)
+    runs = []
+    t0 = time.perf_counter()
+    for method in args.methods.split(","):
+        runs.append(run_method(model, tok, method, requests, args.batch_size, args.sets))
+    out = Path(args.out)
+    report = {"model": args.model, "facts": args.facts, "facts_sha256": facts_sha, "limit": args.limit,
+              "batch_size": args.batch_size, "runs": runs, "seconds": round(time.perf_counter() - t0, 1),
+              "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+              "command": " ".join(sys.argv), **run_info()}
+    write_json(out.with_suffix(".json"), report)
+    plot(runs, out.with_suffix(".png"), f"{args.model}: {len(requests)} CounterFact edits in batches of "
+                                        f"{args.batch_size}")
+    for run in runs:
+        last = run["curve"][-1]
+        print(f"{run['method']:<10} efficacy {last['efficacy']:.3f}  generalisation {last['generalisation']:.3f}  "
+              f"specificity {last['specificity']:.3f}  perplexity {run['curve'][0]['perplexity']:.2f} -> "
+              f"{last['perplexity']:.2f} ({run['perplexity_increase']:+.1%})  {run['facts_per_second']} facts/s")
+
+
+if __name__ == "__main__":
+    main()
