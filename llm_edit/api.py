@@ -104,7 +104,8 @@ def edit(model, tokenizer, requests: Iterable[EditRequest | Mapping[str, Any]], 
                 t = time.perf_counter()
                 factors, info = spec.compute(model, tokenizer, batch, config, state)
                 base = {name: tensor_sha256(model.get_parameter(name)) for name in factors}
-                delta = WeightDelta(factors, {"requests": [r.to_dict() for r in batch]}, base)
+                delta = WeightDelta(factors, {"method": method, "hyperparameters": dataclasses.asdict(config),
+                                             "requests": [r.to_dict() for r in batch]}, base)
                 delta.apply(model)  # raises on non-finite weights, leaving this batch unapplied
                 applied.append(delta)
                 keys = state.pop("memory_keys", {})
