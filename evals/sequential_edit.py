@@ -42,12 +42,14 @@ def run_method(model, tok, method, requests, batch_size, sets) -> dict:
     base = fingerprint(model)
     sets = list(sets) + ([f"batch_size={batch_size}"] if method != "rome" else [])
     curve = [dict(measure(model, tok, requests[:batch_size]), edits=0)]
-    results, memory, timing = [], None, {"edit_seconds": 0.0, "value_seconds": 0.0, "solve_seconds": 0.0}
+    results, memory, prepared, timing = [], None, None, {"edit_seconds": 0.0, "value_seconds": 0.0, "solve_seconds": 0.0}
     try:
         for start in range(0, len(requests), batch_size):
             batch = requests[start:start + batch_size]
             t0 = time.perf_counter()
-            result = edit(model, tok, batch, method, sets=sets, memory=memory, progress=False)
+            # statistics, projectors and prefixes stay the original model's (prepared once)
+            result = edit(model, tok, batch, method, sets=sets, memory=memory, prepared=prepared, progress=False)
+            prepared = result.prepared
             timing["edit_seconds"] += time.perf_counter() - t0
             memory = result.memory or None
             results.append(result)

@@ -39,6 +39,7 @@ class EditResult:
     batches: list[WeightDelta] = dataclasses.field(default_factory=list)  # one per batch, applied in order
     batch_keys: list[dict] = dataclasses.field(default_factory=list)  # per batch: module -> keys (memory methods)
     memory: dict = dataclasses.field(default_factory=dict)  # module -> Σ K Kᵀ after this call (memory methods)
+    prepared: dict = dataclasses.field(default_factory=dict, repr=False)  # the method's prepare() state, reusable
 
     @property
     def manifest(self) -> dict:
@@ -64,7 +65,8 @@ def facts_sha256(requests: list[EditRequest]) -> str:
 
 def edit(model, tokenizer, requests: Iterable[EditRequest | Mapping[str, Any]], method: str = "rome", *,
          recipe: str | Path | None = None, sets: list[str] = (), progress: bool = True,
-         memory: Mapping[str, torch.Tensor] | None = None, **hparams) -> EditResult:
+         memory: Mapping[str, torch.Tensor] | None = None, prepared: dict | None = None,
+         **hparams) -> EditResult:
     """Apply ``method`` to ``requests`` in place; hyper-parameters come from the model's recipe
     (or ``recipe``), then ``sets`` (``"key=value"`` strings), then ``hparams``, all validated
     against the method's config (a misspelt name raises ``ConfigError``).
@@ -72,7 +74,13 @@ def edit(model, tokenizer, requests: Iterable[EditRequest | Mapping[str, Any]], 
     Requests go in batches of the method's ``batch_size``, applied one after another (later
     batches see earlier ones). ``memory`` (AlphaEdit: module → Σ K Kᵀ of earlier edits' keys,
     ``EditResult.memory`` of an earlier call or ``llm_edit.session``) is not modified; the
-    updated memory is returned."""
+    updated memory is returned.
+
+    ``prepared`` (``EditResult.prepared`` of an earlier call with the same method and settings)
+    skips the method's preparation: in a sequence of edits the key statistics, null-space
+    projectors and context prefixes stay the *original* model's. Without it they are measured
+    on the model as it is now, and after an edit of layers 2–4 the statistics of layers 3 and 4
+    (whose keys depend on layer 2) would be recomputed on the edited model."""
     spec = get_method(method)
     requests = [parse_request(r, f"<requests[{i}]>") for i, r in enumerate(requests)]
     if not requests:
@@ -87,7 +95,13 @@ def edit(model, tokenizer, requests: Iterable[EditRequest | Mapping[str, Any]], 
     torch.manual_seed(getattr(config, "seed", 0))
     base_fingerprint = fingerprint(model)
     t0 = time.perf_counter()
-    state = spec.prepare(model, tokenizer, config)
+    if prepared is not None:
+        if prepared.get("_config") != dataclasses.asdict(config):
+            raise ValueError("prepared: it was made for other settings than this call's")
+        state = dict(prepared)
+    else:
+        state = spec.prepare(model, tokenizer, config)
+        state["_config"] = dataclasses.asdict(config)
     prepare_seconds = time.perf_counter() - t0
     state["memory"] = {name: m.clone() for name, m in (memory or {}).items()}
 
@@ -138,7 +152,8 @@ def edit(model, tokenizer, requests: Iterable[EditRequest | Mapping[str, Any]], 
         **run_info(),
     }
     return EditResult(model, WeightDelta.stack(applied, manifest), requests, per_request, applied,
-                      batch_keys if any(batch_keys) else [], state["memory"])
+                      batch_keys if any(batch_keys) else [], state["memory"],
+                      {k: v for k, v in state.items() if k != "memory"})
 
 
 def add_gram(gram: torch.Tensor | None, keys: torch.Tensor) -> torch.Tensor:

@@ -304,7 +304,7 @@ def cmd_edit(args) -> int:
         from .session import SESSION_FILE, EditSession
 
         if (Path(args.session) / SESSION_FILE).exists():
-            session = EditSession.open(args.session, model)
+            session = EditSession.open(args.session, model, tok)
             print(f"session {args.session}: {len(session.applied)} batch(es), {session.facts} fact(s) re-applied")
         else:
             session = EditSession.create(args.session, model, args.method, recipe=args.recipe, sets=args.sets)

@@ -53,6 +53,7 @@ class EditSession:
     def __init__(self, path: Path, model, info: dict, applied: list[WeightDelta], keys: list[dict]):
         self.path, self.model, self.info = path, model, info
         self.applied, self.keys = applied, keys
+        self.prepared: dict | None = None  # the method's statistics etc., from the base model
         self.memory: dict[str, torch.Tensor] = {}
         for batch in keys:
             for name, k in batch.items():
@@ -78,9 +79,11 @@ class EditSession:
         return cls(path, model, info, [], [])
 
     @classmethod
-    def open(cls, path: str | Path, model) -> "EditSession":
+    def open(cls, path: str | Path, model, tok=None) -> "EditSession":
         """Apply the session's batches, in order, to ``model``, which must be the base model the
-        session started from (checked by fingerprint)."""
+        session started from (checked by fingerprint). With ``tok``, the method's preparation
+        (key statistics, projectors, prefixes) runs first, on the base weights, as it did when
+        the session started; without it, it runs at the next edit on the edited weights."""
         path = Path(path)
         file = path / SESSION_FILE
         try:
@@ -98,7 +101,9 @@ class EditSession:
             raise SessionError(f"{path}: the model is not the session's base model (fingerprint "
                                f"{fingerprint(model)[:16]}, the session started from "
                                f"{info['base_model_fingerprint'][:16]}); load the base model, not an edited one")
+        prepared = _prepare(model, tok, info) if tok is not None and info["batches"] else None
         applied, keys = [], []
+        i = 0
         try:
             for i, batch in enumerate(info["batches"]):
                 delta = load_patch(path / batch["patch"])
@@ -110,7 +115,9 @@ class EditSession:
             if isinstance(e, (PatchError, OSError)):
                 raise SessionError(f"{file}: batch {i + 1}: {e}") from None
             raise
-        return cls(path, model, info, applied, keys)
+        session = cls(path, model, info, applied, keys)
+        session.prepared = prepared
+        return session
 
     # -- editing ------------------------------------------------------------------------------
     @property
@@ -122,7 +129,7 @@ class EditSession:
         fails, every batch it applied is reverted and the session files are as before."""
         requests = [parse_request(r, f"<requests[{i}]>") for i, r in enumerate(requests)]
         result = edit(self.model, tok, requests, self.info["method"], recipe=self.info["recipe"],
-                      sets=self.info["sets"], progress=progress, memory=self.memory)
+                      sets=self.info["sets"], progress=progress, memory=self.memory, prepared=self.prepared)
         try:
             keys = result.batch_keys or [{} for _ in result.batches]
             entries, start = [], 0
@@ -146,6 +153,7 @@ class EditSession:
         self.applied += result.batches
         self.keys += keys
         self.memory = result.memory
+        self.prepared = result.prepared
         return result
 
     def undo(self) -> None:
@@ -170,6 +178,21 @@ class EditSession:
     def stacked(self) -> WeightDelta:
         """Every batch as one patch."""
         return WeightDelta.stack(self.applied, {"session": str(self.path), "batches": self.info["batches"]})
+
+
+def _prepare(model, tok, info: dict) -> dict:
+    """The method's preparation on ``model`` (the base weights), as ``api.edit`` does it."""
+    import dataclasses
+
+    from .api import model_recipe_name
+    from .config import load_config
+
+    spec = get_method(info["method"])
+    config, _ = load_config(spec.config, info["method"], recipe=info.get("recipe"),
+                            model_recipe=model_recipe_name(model), sets=list(info["sets"]))
+    state = spec.prepare(model, tok, config)
+    state["_config"] = dataclasses.asdict(config)
+    return state
 
 
 def _light(manifest: dict) -> dict:
