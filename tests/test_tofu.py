@@ -168,5 +168,6 @@ def test_counterfact_suite_from_the_command_line(tmp_path):
                "--out", str(tmp_path / "cf"), home=tmp_path / "home")
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads((tmp_path / "cf" / "report.json").read_text())
-    assert set(report["aggregates"]) == {"efficacy", "generalisation", "specificity", "fluency"}
+    assert set(report["aggregates"]) == {"efficacy", "generalisation", "specificity", "fluency", "perplexity"}
+    assert 1 < report["aggregates"]["perplexity"] < float("inf")  # the collapse detector on generic text
     assert len(report["rows"]) == 3
