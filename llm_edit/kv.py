@@ -122,6 +122,64 @@ def top_states(model, tok, module_name: str, requests: list[EditRequest], contex
     return states.view(len(requests), len(contexts), -1).mean(1)
 
 
+def check_layer_range(config) -> None:
+    """Validate the layer-range keys MEMIT and AlphaEdit share (``layers``, ``auto_layer_count``,
+    ``batch_size``): raises ``ValueError`` naming the key."""
+    if isinstance(config.layers, str):
+        if config.layers != "auto":
+            raise ValueError(f"layers must be a list of block indices or 'auto', got {config.layers!r}")
+    elif not config.layers or any(l < 0 for l in config.layers) or config.layers != sorted(set(config.layers)):
+        raise ValueError(f"layers must be distinct block indices in increasing order, got {config.layers}")
+    if config.auto_layer_count < 1 or config.batch_size < 1:
+        raise ValueError("auto_layer_count >= 1 and batch_size >= 1 are required")
+
+
+def resolve_layers(model, tok, config) -> tuple[list[int], dict | None]:
+    """The edited blocks (``layers: auto``: causal tracing's, ending at the traced peak) and the
+    tracing summary; a block the model lacks raises ``ConfigError``."""
+    from .arch import num_layers
+    from .config import ConfigError
+
+    located, layers = None, config.layers
+    if layers == "auto":
+        from .locate import auto_layers
+
+        layers, located = auto_layers(model, tok, config.auto_layer_count)
+    if layers[-1] >= num_layers(model):
+        raise ConfigError(f"layer {layers[-1]} does not exist: the model has {num_layers(model)} layers")
+    return list(layers), located
+
+
+def spread_over_layers(model, tok, requests: list[EditRequest], contexts: list[str], layers: list[int],
+                       targets: torch.Tensor, bare_key_weight: float | None, solve):
+    """MEMIT's Algorithm 1 (Meng et al. 2023, §4.3), the layer loop MEMIT and AlphaEdit share:
+    for each layer from bottom to top, the keys K and the residual R = (Z − H)/(layers
+    remaining), H the top layer's current states at the subject; ``solve(layer, residuals,
+    keys)`` gives the layer's update as factors (d_out, n), (n, d_in), applied before moving up
+    because the next layer's keys and H depend on it. Every update is taken out again at the end.
+    Returns the factors per weight (in its storage layout) and the keys per module."""
+    from .patch import WeightDelta
+
+    spec = arch_of(model)
+    top = spec.layer(layers[-1])
+    factors, keys_by_module, applied = {}, {}, []
+    try:
+        for i, layer in enumerate(layers):
+            name = spec.mlp_out.format(layer)
+            keys = mean_subject_keys(model, tok, name, requests, contexts, bare_key_weight)
+            residuals = (targets - top_states(model, tok, top, requests, contexts)) / (len(layers) - i)
+            left, right = solve(layer, residuals, keys)
+            if spec.mlp_out_transposed:  # Conv1D stores (in, out)
+                left, right = right.T, left.T
+            factors[name + ".weight"] = (left, right)
+            keys_by_module[name] = keys
+            applied.append(WeightDelta({name + ".weight": (left, right)}).apply(model))
+    finally:
+        for delta in reversed(applied):
+            delta.revert(model)
+    return factors, keys_by_module
+
+
 def check_value_options(config) -> None:
     """Validate the key/value hyper-parameters every locate-then-edit config shares (ROME, MEMIT
     and their erasers): raises ``ValueError`` naming the key."""

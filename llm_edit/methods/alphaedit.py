@@ -29,11 +29,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..arch import arch_of, num_layers
+from ..arch import arch_of
 from ..config import ConfigError
-from ..kv import check_value_options, context_templates, mean_subject_keys, optimise_values, top_states
+from ..kv import check_layer_range, check_value_options, context_templates, optimise_values, resolve_layers, \
+    spread_over_layers
 from ..maths import null_space_projector, null_space_update
-from ..patch import WeightDelta
 from ..stats import second_moment
 
 
@@ -64,13 +64,7 @@ class AlphaEditConfig:
     seed: int = 0
 
     def validate(self) -> None:
-        if isinstance(self.layers, str):
-            if self.layers != "auto":
-                raise ValueError(f"layers must be a list of block indices or 'auto', got {self.layers!r}")
-        elif not self.layers or any(l < 0 for l in self.layers) or self.layers != sorted(set(self.layers)):
-            raise ValueError(f"layers must be distinct block indices in increasing order, got {self.layers}")
-        if self.auto_layer_count < 1 or self.batch_size < 1:
-            raise ValueError("auto_layer_count >= 1 and batch_size >= 1 are required")
+        check_layer_range(self)
         if self.nullspace_scale not in ("absolute", "mean_eigenvalue"):
             raise ValueError(f"nullspace_scale must be 'absolute' or 'mean_eigenvalue', got {self.nullspace_scale!r}")
         if self.nullspace_threshold <= 0 or self.alpha <= 0:
@@ -80,14 +74,7 @@ class AlphaEditConfig:
 
 def prepare(model, tok, config: AlphaEditConfig) -> dict:
     """The layers, the null-space projector of each layer's preserved keys, the context prefixes."""
-    located = None
-    layers = config.layers
-    if layers == "auto":
-        from ..locate import auto_layers
-
-        layers, located = auto_layers(model, tok, config.auto_layer_count)
-    if layers[-1] >= num_layers(model):
-        raise ConfigError(f"layer {layers[-1]} does not exist: the model has {num_layers(model)} layers")
+    layers, located = resolve_layers(model, tok, config)
     spec = arch_of(model)
     projectors, stats = {}, []
     for layer in layers:
@@ -123,24 +110,13 @@ def compute(model, tok, requests, config: AlphaEditConfig, state: dict):
                              nll_stop=config.nll_stop, progress=len(requests) > 1)
     targets = torch.stack([v.initial + v.delta for v in values])
     t1 = time.perf_counter()
-    factors, applied, batch_keys = {}, [], {}
-    try:  # each layer's update is in place while the layers above are computed, then taken out
-        for i, layer in enumerate(layers):
-            name = spec.mlp_out.format(layer)
-            keys = mean_subject_keys(model, tok, name, requests, contexts, config.bare_key_weight)
-            residuals = (targets - top_states(model, tok, top, requests, contexts)) / (len(layers) - i)
-            left, right = null_space_update(residuals, keys, state["projectors"][layer], memory.get(name),
-                                            config.alpha)
-            if spec.mlp_out_transposed:  # Conv1D stores (in, out)
-                left, right = right.T, left.T
-            factors[name + ".weight"] = (left, right)
-            batch_keys[name] = keys
-            delta = WeightDelta({name + ".weight": (left, right)})
-            delta.apply(model)
-            applied.append(delta)
-    finally:
-        for delta in reversed(applied):
-            delta.revert(model)
+
+    def solve(layer, residuals, keys):
+        return null_space_update(residuals, keys, state["projectors"][layer], memory.get(spec.mlp_out.format(layer)),
+                                 config.alpha)
+
+    factors, batch_keys = spread_over_layers(model, tok, requests, contexts, layers, targets,
+                                             config.bare_key_weight, solve)
     state["memory_keys"] = batch_keys
     t2 = time.perf_counter()
     info = [{"objective": "insert", "loss_before": v.nll_before, "loss_after_optimisation": v.nll_after,

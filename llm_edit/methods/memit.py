@@ -27,11 +27,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..arch import arch_of, num_layers
-from ..config import ConfigError
-from ..kv import check_value_options, context_templates, mean_subject_keys, optimise_values, top_states
+from ..arch import arch_of
+from ..kv import check_layer_range, check_value_options, context_templates, optimise_values, resolve_layers, \
+    spread_over_layers
 from ..maths import batch_update
-from ..patch import WeightDelta
 from ..stats import second_moment
 from .erase import EraseOptions, value_objective
 
@@ -60,13 +59,9 @@ class MEMITConfig:
     seed: int = 0
 
     def validate(self) -> None:
-        if isinstance(self.layers, str):
-            if self.layers != "auto":
-                raise ValueError(f"layers must be a list of block indices or 'auto', got {self.layers!r}")
-        elif not self.layers or any(l < 0 for l in self.layers) or self.layers != sorted(set(self.layers)):
-            raise ValueError(f"layers must be distinct block indices in increasing order, got {self.layers}")
-        if self.auto_layer_count < 1 or self.batch_size < 1 or self.mom2_update_weight <= 0:
-            raise ValueError("auto_layer_count >= 1, batch_size >= 1 and mom2_update_weight > 0 are required")
+        check_layer_range(self)
+        if self.mom2_update_weight <= 0:
+            raise ValueError("mom2_update_weight > 0 is required")
         check_value_options(self)
 
 
@@ -81,14 +76,7 @@ class MEMITEraseConfig(EraseOptions, MEMITConfig):
 
 def prepare(model, tok, config: MEMITConfig) -> dict:
     """The layers, C for each of their MLP output projections, and the context prefixes."""
-    located = None
-    layers = config.layers
-    if layers == "auto":
-        from ..locate import auto_layers
-
-        layers, located = auto_layers(model, tok, config.auto_layer_count)
-    if layers[-1] >= num_layers(model):
-        raise ConfigError(f"layer {layers[-1]} does not exist: the model has {num_layers(model)} layers")
+    layers, located = resolve_layers(model, tok, config)
     spec = arch_of(model)
     covs, stats = {}, []
     for layer in layers:
@@ -113,24 +101,13 @@ def compute(model, tok, requests, config: MEMITConfig, state: dict):
                              **value_objective(config, len(requests)))
     targets = torch.stack([v.initial + v.delta for v in values])
     t1 = time.perf_counter()
-    factors, applied = {}, []
-    try:  # each layer's update is in place while the layers above are computed, then taken out
-        for i, layer in enumerate(layers):
-            name = spec.mlp_out.format(layer)
-            keys = mean_subject_keys(model, tok, name, requests, contexts, config.bare_key_weight)
-            residuals = (targets - top_states(model, tok, top, requests, contexts)) / (len(layers) - i)
-            cov = state["covs"][layer]
-            left, right = batch_update(residuals, keys, cov.to(keys.device) if cov is not None else None,
-                                       config.mom2_update_weight)
-            if spec.mlp_out_transposed:  # Conv1D stores (in, out)
-                left, right = right.T, left.T
-            factors[name + ".weight"] = (left, right)
-            delta = WeightDelta({name + ".weight": (left, right)})
-            delta.apply(model)
-            applied.append(delta)
-    finally:
-        for delta in reversed(applied):
-            delta.revert(model)
+
+    def solve(layer, residuals, keys):
+        cov = state["covs"][layer]
+        return batch_update(residuals, keys, cov.to(keys.device) if cov is not None else None,
+                            config.mom2_update_weight)
+
+    factors, _ = spread_over_layers(model, tok, requests, contexts, layers, targets, config.bare_key_weight, solve)
     t2 = time.perf_counter()
     info = [{"objective": value_objective(config, 1)["objective"], "loss_before": v.nll_before,
              "loss_after_optimisation": v.nll_after, "steps": v.steps, "delta_norm": float(v.delta.norm()),
