@@ -24,7 +24,7 @@ against holdout items, PrivLeak against the retain model); extraction strength; 
 (a LoRA copy fine-tuned for ``relearn_steps`` on half the forget items, measured on the other
 half, and the same on retain items: benign relearning); quantization (every linear weight of the
 blocks rounded per group of 32 as GGUF's Q8_0 and Q4_0, through the ``gguf`` package's own
-quantizer, then the direct probe). The utility guard (perplexity on generic text, retain items
+quantizer, then the direct probe; not run on the retain model, whose rows serve as floors only). The utility guard (perplexity on generic text, retain items
 answered) reports "forgot by breaking the model" as such.
 """
 from __future__ import annotations
@@ -275,9 +275,11 @@ def audit(unlearned, original, tok, forget_items: list[ForgetItem], *, retain_it
     retain_items = list(retain_items or [])
     holdout_items = list(holdout_items or [])
     demos = retain_items[: config.icl_examples]
-    models = {"unlearned": unlearned, "original": original}
+    # The original first: the unlearned model's quantization attack needs only the items it forgot.
+    models = {"original": original}
     if retain_model is not None:
         models["retain"] = retain_model
+    models["unlearned"] = unlearned
     text = (Path(__file__).parent / "data" / "generic_text.txt").read_text()
     timings: dict[str, float] = {}
     half = len(forget_items) // 2
@@ -329,19 +331,43 @@ def audit(unlearned, original, tok, forget_items: list[ForgetItem], *, retain_it
         rows[name]["relearn"] = step(name, "relearning attack", relearn_all)
 
         def quant_all():
+            # the unlearned model is scored on the share of its *forgotten* items that return,
+            # so only those are asked again; the original on all (its rate is the column shown)
+            asked = list(range(len(forget_items)))
+            if name == "unlearned":
+                asked = forgotten_items(rows["unlearned"]["probes"], rows["original"]["probes"])
             out = {}
             for kind in ("q8_0", "q4_0"):
+                if not asked:
+                    out[kind] = {"items": [], "rate": None}
+                    continue
                 with quantized(model, kind):
-                    out[kind] = run_probes(model, tok, forget_items, demos, fmt, config, probes=("direct",))["direct"]
+                    result = run_probes(model, tok, [forget_items[i] for i in asked], demos, fmt, config,
+                                        probes=("direct",))["direct"]
+                for r in result["items"]:
+                    r["item"] = asked[r["item"]]
+                out[kind] = result
             return out
 
-        rows[name]["quantized"] = step(name, "quantization attack", quant_all)
-        rows[name]["utility"] = step(name, "utility guard",
-                                     lambda: _utility(model, tok, retain_items, demos, fmt, config, text))
+        if name == "retain":
+            # The retain model is the floor of the recoveries: quantization and the utility guard
+            # compare the unlearned model with the original only, so its rows there would cost
+            # two minutes and inform no verdict.
+            bar.update(2)
+        else:
+            rows[name]["quantized"] = step(name, "quantization attack", quant_all)
+            rows[name]["utility"] = step(name, "utility guard",
+                                         lambda: _utility(model, tok, retain_items, demos, fmt, config, text))
         if cache is not None:
             write_json(cache, rows[name])
     bar.close()
     return _summarise(rows, forget_items, config, retain_report, timings)
+
+
+def forgotten_items(unlearned_probes: dict, original_probes: dict) -> list[int]:
+    """Items the original answers directly and the unlearned model does not."""
+    return [i for i, (a, b) in enumerate(zip(unlearned_probes["direct"]["items"], original_probes["direct"]["items"]))
+            if b["answered"] and not a["answered"]]
 
 
 def _reference_cache(model, tok, fmt, config, forget_items, retain_items, holdout_items, text) -> Path:
@@ -377,13 +403,13 @@ def _summarise(rows, items, config, retain_report, timings) -> dict:
         rr = r["relearn"].get(key) if r else None
         add(key, "answered share", ru, ro, rr, recovery(ru, ro, rr or 0.0), what)
     # quantization: of the items the unlearned model forgot (the original answered them), how many return
-    forgot = [i for i, (a, b) in enumerate(zip(u["probes"]["direct"]["items"], o["probes"]["direct"]["items"]))
-              if b["answered"] and not a["answered"]]
+    forgot = forgotten_items(u["probes"], o["probes"])
     for kind in ("q8_0", "q4_0"):
-        back = [i for i in forgot if u["quantized"][kind]["items"][i]["answered"]]
+        answered_again = {r["item"] for r in u["quantized"][kind]["items"] if r["answered"]}
+        back = [i for i in forgot if i in answered_again]
         share = len(back) / len(forgot) if forgot else None
         add(f"quantized_{kind}", "share of forgotten items that return", share,
-            o["quantized"][kind]["rate"], r["quantized"][kind]["rate"] if r else None, share,
+            o["quantized"][kind]["rate"], None, share,
             f"{len(back)} of {len(forgot)} forgotten items answered again; original column: answered share of the "
             f"quantized original")
     # membership inference and extraction
@@ -403,7 +429,7 @@ def _summarise(rows, items, config, retain_report, timings) -> dict:
         r["mia"]["extraction_strength"] if r else None,
         recovery(u["mia"]["extraction_strength"], o["mia"]["extraction_strength"], es_r))
     # the utility guard
-    util = {"unlearned": u["utility"], "original": o["utility"], "retain": r["utility"] if r else None}
+    util = {"unlearned": u["utility"], "original": o["utility"]}
     ppl_rise = u["utility"]["perplexity"] / o["utility"]["perplexity"] - 1
     kept = None
     if o["utility"].get("retain_answered"):

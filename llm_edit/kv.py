@@ -222,8 +222,10 @@ def optimise_values(model, tok, module_name: str, requests: list[EditRequest], c
     Batched across requests: δ_i only touches request i's prompts, so the summed loss gives
     each δ_i exactly the gradient it gets alone, and every δ_i has its own Adam state (one
     parameter each); a request that has stopped leaves the batch (its δ is frozen, as Adam
-    skips parameters without a gradient). Prompts go through in chunks of at most ``max_rows``
-    sequences, gradients accumulating, so memory stays bounded however many requests there are.
+    skips parameters without a gradient). Every term of the loss is a mean over one request's
+    prompts, so the prompts of all requests are pooled, sorted by length (little padding) and
+    sent in chunks of at most ``max_rows`` sequences, gradients accumulating: memory stays
+    bounded however many requests there are.
     ``ValueResult.nll_before/after`` hold the objective's value before and after.
     """
     if objective not in ("insert", "suppress"):
@@ -237,38 +239,44 @@ def optimise_values(model, tok, module_name: str, requests: list[EditRequest], c
     spec = arch_of(model)
     lm_head = model.get_submodule(spec.lm_head)
     n_ctx, n_ess = len(contexts), len(kl_prompts)
-    encoded = []  # per request: (ids, subject index, target ids) for its rewrite rows then essence rows
-    for r, t in zip(requests, targets):
+    # Every prompt of every request is one row: (request, essence slot or -1, ids, subject index,
+    # target ids). Each loss term is a mean over one request's rows, so rows can be batched in
+    # any grouping; sorting them by length across requests keeps padding small.
+    rows: list[tuple[int, int, list[int], int, list[int]]] = []
+    for i, (r, t) in enumerate(zip(requests, targets)):
         new_ids = target_ids(tok, t)
-        rows = [encode_with_subject(tok, c.replace("{}", r.prompt), r.subject) + (new_ids,) for c in contexts]
-        rows += [encode_with_subject(tok, p, r.subject) + ([],) for p in kl_prompts]
-        encoded.append(rows)
+        for c in contexts:
+            ids, sub = encode_with_subject(tok, c.replace("{}", r.prompt), r.subject)
+            rows.append((i, -1, ids, sub, new_ids))
+        for e, kp in enumerate(kl_prompts):
+            ids, sub = encode_with_subject(tok, kp, r.subject)
+            rows.append((i, e, ids, sub, []))
+    rows.sort(key=lambda row: len(row[2]) + len(row[4]))
     n = len(requests)
-    deltas: list[torch.Tensor | None] = [None] * n  # created where v_init is first seen
-    initial: list[torch.Tensor | None] = [None] * n
-    ess_init: list[torch.Tensor | None] = [None] * n
+    deltas: list[torch.Tensor | None] = [None] * n
+    initial: list[torch.Tensor | None] = [None] * n  # v_init: the value averaged over the rewrite rows
+    ess_init: dict[tuple[int, int], torch.Tensor] = {}  # essence rows' next-token log-probs at δ = 0
 
-    def forward(chunk: list[int]):
-        """Objective (per request), KL (per request) and the object's largest probability."""
-        rows = [row for i in chunk for row in encoded[i]]
-        batch = make_batch(tok.pad_token_id, [r[0] for r in rows], [r[2] for r in rows],
-                           [r[1] for r in rows]).to(device)
-        per = n_ctx + n_ess
-        index = torch.arange(len(rows), device=device)
-        rewrite = (index % per) < n_ctx
+    def forward(chunk: list[tuple]):
+        """Per row: its share of its request's objective (already divided by n_ctx) or of its
+        KL (divided by n_ess), and the log-probability of the whole target."""
+        owner = [row[0] for row in chunk]
+        batch = make_batch(tok.pad_token_id, [row[2] for row in chunk], [row[4] for row in chunk],
+                           [row[3] for row in chunk]).to(device)
+        index = torch.arange(len(chunk), device=device)
 
         def add_delta(output, name):
             if name != module_name:
                 return output
             hidden = output[0] if isinstance(output, tuple) else output
-            at_subject = hidden[index, batch.subject_index]
-            for j, i in enumerate(chunk):
-                if initial[i] is None:
-                    initial[i] = at_subject[j * per:j * per + n_ctx].detach().float().mean(0)
-                    deltas[i] = torch.zeros_like(initial[i], requires_grad=True)
+            if deltas[owner[0]] is None:  # the first pass, at δ = 0: record v_init
+                at_subject = hidden[index, batch.subject_index].detach().float()
+                for b, row in enumerate(chunk):
+                    if row[1] < 0:
+                        initial_sum[row[0]] = initial_sum.get(row[0], 0) + at_subject[b]
+                return output
             hidden = hidden.clone()
-            hidden[index, batch.subject_index] += torch.stack([deltas[i] for i in chunk]).repeat_interleave(
-                per, 0).to(hidden.dtype)
+            hidden[index, batch.subject_index] += torch.stack([deltas[i] for i in owner]).to(hidden.dtype)
             return (hidden,) + tuple(output[1:]) if isinstance(output, tuple) else hidden
 
         # Stop after the final norm and apply the LM head only where a loss is taken: the
@@ -277,78 +285,95 @@ def optimise_values(model, tok, module_name: str, requests: list[EditRequest], c
                    detach=False, stop=True) as tr:
             model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
         final = tr[spec.final_norm].output
+        terms, lp_sum = [None] * len(chunk), [None] * len(chunk)
         t_rows, t_pos = (batch.labels != -100).nonzero(as_tuple=True)
-        logp = torch.log_softmax(lm_head(final[t_rows, t_pos]).float(), dim=-1)
-        picked = logp.gather(-1, batch.labels[t_rows, t_pos].unsqueeze(-1)).squeeze(-1)
-        lp_sum = torch.zeros(len(rows), dtype=picked.dtype, device=device).index_add(0, t_rows, picked)
-        n_tok = torch.bincount(t_rows, minlength=len(rows))
-        ess_rows = index[~rewrite]
-        ess_logp = torch.log_softmax(lm_head(final[ess_rows, batch.subject_index[ess_rows]]).float(), dim=-1)
-        objectives, kls, probs = [], [], []
-        for j, i in enumerate(chunk):
-            mine = slice(j * per, j * per + n_ctx)
-            if objective == "suppress":
-                objectives.append(object_unlikelihood(lp_sum[mine]))
-                probs.append(lp_sum[mine].exp().max().item())
-            else:
-                objectives.append(mean_target_nll(lp_sum[mine], n_tok[mine]))
-                probs.append(None)
-            own = ess_logp[j * n_ess:(j + 1) * n_ess]
-            if ess_init[i] is None:
-                ess_init[i] = own.detach()
-            kls.append(kl_to_initial(own, ess_init[i]) if n_ess else own.new_zeros(()))
-        return objectives, kls, probs
+        if len(t_rows):
+            logp = torch.log_softmax(lm_head(final[t_rows, t_pos]).float(), dim=-1)
+            picked = logp.gather(-1, batch.labels[t_rows, t_pos].unsqueeze(-1)).squeeze(-1)
+            sums = torch.zeros(len(chunk), dtype=picked.dtype, device=device).index_add(0, t_rows, picked)
+            n_tok = torch.bincount(t_rows, minlength=len(chunk))
+            for b in set(t_rows.tolist()):
+                lp_sum[b] = sums[b]
+                terms[b] = (object_unlikelihood(sums[b:b + 1]) if objective == "suppress"
+                            else mean_target_nll(sums[b:b + 1], n_tok[b:b + 1])) / n_ctx
+        ess = [b for b, row in enumerate(chunk) if row[1] >= 0]
+        if ess:
+            where = torch.tensor(ess, device=device)
+            ess_logp = torch.log_softmax(lm_head(final[where, batch.subject_index[where]]).float(), dim=-1)
+            for b, own in zip(ess, ess_logp):
+                key = (chunk[b][0], chunk[b][1])
+                if key not in ess_init:
+                    ess_init[key] = own.detach()
+                terms[b] = kl_to_initial(own[None], ess_init[key][None]) / n_ess
+        return terms, lp_sum
 
-    per_chunk = max(1, max_rows // (n_ctx + n_ess))
+    def chunks(active: set[int]):
+        mine = [row for row in rows if row[0] in active]
+        return [mine[k:k + max_rows] for k in range(0, len(mine), max_rows)]
 
-    def chunks(ids):
-        return [ids[k:k + per_chunk] for k in range(0, len(ids), per_chunk)]
+    def objective_values(active: set[int]):
+        """The objective of each active request at the current δ (no gradient)."""
+        values, probs = {i: 0.0 for i in active}, {i: 0.0 for i in active}
+        with torch.no_grad():
+            for chunk in chunks(active):
+                terms, lp_sum = forward(chunk)
+                for row, term, lp in zip(chunk, terms, lp_sum):
+                    if row[1] < 0:
+                        values[row[0]] += term.item()
+                        probs[row[0]] = max(probs[row[0]], lp.exp().item())
+        return values, probs
 
     before, after = [0.0] * n, [0.0] * n
     taken, done = [0] * n, [False] * n
     with frozen(model):
-        with torch.no_grad():
-            for chunk in chunks(list(range(n))):
-                objectives, _, _ = forward(chunk)
-                for i, value in zip(chunk, objectives):
-                    before[i] = value.item()
+        initial_sum: dict[int, torch.Tensor] = {}
+        values, _ = objective_values(set(range(n)))  # at δ = 0, recording v_init and the essence rows
+        for i in range(n):
+            before[i] = values[i]
+            initial[i] = initial_sum[i] / n_ctx
+            deltas[i] = torch.zeros_like(initial[i], requires_grad=True)
         opt = torch.optim.Adam(deltas, lr=lr)
         max_norms = [clamp_norm_factor * v.norm() for v in initial]
         from tqdm.auto import tqdm
 
         bar = tqdm(total=steps, desc=f"optimising {n} values", unit="step", disable=not progress, leave=False)
         for _ in range(steps):
-            active = [i for i in range(n) if not done[i]]
+            active = {i for i in range(n) if not done[i]}
             bar.set_postfix(active=len(active))
             if not active:
                 break
             opt.zero_grad(set_to_none=True)
-            stepped = []
+            values, probs = {i: 0.0 for i in active}, {i: 0.0 for i in active}
             for chunk in chunks(active):
-                objectives, kls, probs = forward(chunk)
-                losses = []
-                for i, value, kl, prob in zip(chunk, objectives, kls, probs):
-                    if (value.item() < nll_stop) if prob is None else (prob < stop_prob):
-                        done[i], after[i] = True, value.item()
-                        continue
+                terms, lp_sum = forward(chunk)
+                for row, term, lp in zip(chunk, terms, lp_sum):
+                    if row[1] < 0:
+                        values[row[0]] += term.item()
+                        probs[row[0]] = max(probs[row[0]], lp.exp().item())
+                loss = torch.stack([term * (1.0 if row[1] < 0 else kl_factor) for row, term in zip(chunk, terms)]).sum()
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"value optimisation diverged (loss={loss.item()})")
+                loss.backward()
+            stepped = []
+            for i in sorted(active):
+                if (values[i] < nll_stop) if objective == "insert" else (probs[i] < stop_prob):
+                    # stopped at this δ: drop the gradient its rows left, so Adam leaves it as it is
+                    done[i], after[i], deltas[i].grad = True, values[i], None
+                else:
                     stepped.append(i)
-                    losses.append(value + kl_factor * kl + weight_decay * relative_weight_decay(deltas[i], initial[i]))
-                if losses:
-                    loss = torch.stack(losses).sum()
-                    if not torch.isfinite(loss):
-                        raise FloatingPointError(f"value optimisation diverged (loss={loss.item()})")
-                    loss.backward()
-            opt.step()  # requests that stopped have no gradient: Adam leaves them as they are
+            if stepped:
+                torch.stack([relative_weight_decay(deltas[i], initial[i]) for i in stepped]).sum().mul(
+                    weight_decay).backward()
+            opt.step()
             with torch.no_grad():
                 for i in stepped:
                     taken[i] += 1
                     clamp_norm(deltas[i], float(max_norms[i]))
             bar.update(1)
         bar.close()
-        unfinished = [i for i in range(n) if not done[i]]
-        with torch.no_grad():
-            for chunk in chunks(unfinished):
-                objectives, _, _ = forward(chunk)
-                for i, value in zip(chunk, objectives):
-                    after[i] = value.item()
+        unfinished = {i for i in range(n) if not done[i]}
+        if unfinished:
+            values, _ = objective_values(unfinished)
+            for i in unfinished:
+                after[i] = values[i]
     return [ValueResult(deltas[i].detach(), initial[i], before[i], after[i], taken[i]) for i in range(n)]

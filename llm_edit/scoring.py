@@ -111,16 +111,13 @@ def _score_shared_prompts(model, pad: int, unique, batch_size: int, bar) -> dict
     sorted by length so padding stays small, ``batch_size`` at a time on top of a copy of the
     prompts' cache narrowed to each answer's prompt."""
     import copy
-    import inspect
 
     device = next(model.parameters()).device
     groups: dict[tuple, list[tuple]] = {}
     for p, a in unique:
         groups.setdefault(p, []).append(a)
     prompts = sorted(groups, key=lambda p: (len(p), p))
-    params = inspect.signature(model.forward).parameters
-    last_only = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
-    cache_arg = "cache" if "cache" in params else "past_key_values"  # renamed in transformers 5.2x
+    last_only, cache_arg = _forward_options(model)
     done = {}
     start = 0
     while start < len(prompts):
@@ -137,7 +134,7 @@ def _score_shared_prompts(model, pad: int, unique, batch_size: int, bar) -> dict
         out = model(input_ids=prompt_ids, attention_mask=prompt_mask,
                     position_ids=(prompt_mask.cumsum(-1) - 1).clamp(min=0), use_cache=True, **last_only)
         first = out.logits[:, -1]  # left padding: the last column predicts every answer's first token
-        prompt_cache = out.get("cache", None) or out.get("past_key_values", None)
+        prompt_cache = _cache_of(out)
         if not hasattr(prompt_cache, "batch_select_indices"):
             raise _NoSharableCache
         rows = sorted(((g, a) for g, p in enumerate(chunk) for a in groups[p]), key=lambda r: (len(r[1]), r))
@@ -160,25 +157,51 @@ def _score_shared_prompts(model, pad: int, unique, batch_size: int, bar) -> dict
     return done
 
 
+def _forward_options(model) -> tuple[dict, str]:
+    """``logits_to_keep=1`` where the model takes it, and the name of its cache argument
+    (``past_key_values``, renamed ``cache`` in later transformers)."""
+    import inspect
+
+    params = inspect.signature(model.forward).parameters
+    return ({"logits_to_keep": 1} if "logits_to_keep" in params else {},
+            "cache" if "cache" in params else "past_key_values")
+
+
+def _cache_of(output):
+    cache = output.get("cache", None)
+    return cache if cache is not None else output.get("past_key_values", None)
+
+
 @torch.no_grad()
 def generate(model, tok, prompts: Sequence[Sequence[int]], *, max_new_tokens: int = 200,
              stop_strings: Sequence[str] = (), batch_size: int = 16, progress: bool = False,
              desc: str = "generating") -> list[str]:
     """Greedy continuations of token-id prompts, batched with left padding (sorted by length so
     rows of a batch have similar prompts). A row ends at EOS or at the first stop string, which
-    is cut from the returned text; the batch ends when every row has."""
-    from tqdm.auto import tqdm
-    from transformers import StoppingCriteria, StoppingCriteriaList
+    is cut from the returned text.
 
-    device = next(model.parameters()).device
+    The decoding loop is ours rather than ``model.generate``'s for two savings that leave the
+    greedy tokens as they are: the prefix that every prompt of a batch shares (a chat template's
+    system turn, the same in-context examples) goes through the model once, and a row leaves
+    the batch as soon as it has ended, so a batch costs its rows' own lengths, not 
+    ``max_new_tokens`` whenever one row rambles."""
+    from tqdm.auto import tqdm
+
     pad = _pad_id(tok)
     eos = {t for t in (tok.eos_token_id, getattr(model.generation_config, "eos_token_id", None)) if t is not None
            and not isinstance(t, list)}
     if isinstance(getattr(model.generation_config, "eos_token_id", None), list):
         eos |= set(model.generation_config.eos_token_id)
     stop_strings = [s for s in stop_strings if s]
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-    out: list[str | None] = [None] * len(prompts)
+    # A stop string is found in the step that completes it, so each step decodes only the newest
+    # tokens: enough of them to hold the longest stop string, not the whole answer so far.
+    window = 4 + max((len(tok(s, add_special_tokens=False)["input_ids"]) for s in stop_strings), default=0)
+
+    def ended(row: list[int]) -> bool:
+        if row[-1] in eos or len(row) >= max_new_tokens:
+            return True
+        return bool(stop_strings) and any(s in tok.decode(row[-window:], skip_special_tokens=True)
+                                          for s in stop_strings)
 
     def cut(row: list[int]) -> str:
         end = next((k for k, t in enumerate(row) if t in eos), len(row))
@@ -186,38 +209,76 @@ def generate(model, tok, prompts: Sequence[Sequence[int]], *, max_new_tokens: in
         hits = [text.find(s) for s in stop_strings if s in text]
         return text[: min(hits)] if hits else text
 
-    # A stop string is found in the step that completes it, so each step decodes only the newest
-    # tokens: enough of them to hold the longest stop string, not the whole answer so far.
-    window = 4 + max((len(tok(s, add_special_tokens=False)["input_ids"]) for s in stop_strings), default=0)
-
-    class StopStrings(StoppingCriteria):
-        """Per row: done once its new tokens hold a stop string (generate then pads the row)."""
-
-        def __init__(self, width: int, rows: int):
-            self.width = width
-            self.done = [False] * rows
-
-        def __call__(self, input_ids, scores, **kwargs) -> torch.Tensor:
-            recent = input_ids[:, max(self.width, input_ids.shape[1] - window):].tolist()
-            for b, row in enumerate(recent):
-                if not self.done[b]:
-                    text = tok.decode(row, skip_special_tokens=True)
-                    self.done[b] = any(s in text for s in stop_strings)
-            return torch.tensor(self.done, dtype=torch.bool, device=input_ids.device)
-
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    out: list[str | None] = [None] * len(prompts)
     bar = tqdm(total=len(prompts), desc=desc, unit="answer", disable=not progress, leave=False)
     for i in range(0, len(order), batch_size):
         idx = order[i:i + batch_size]
-        chunk = [list(prompts[j]) for j in idx]
-        width = max(len(x) for x in chunk)
-        input_ids = torch.tensor([[pad] * (width - len(x)) + x for x in chunk], device=device)
-        mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in chunk], device=device)
-        criteria = StoppingCriteriaList([StopStrings(width, len(chunk))]) if stop_strings else None
-        gen = model.generate(input_ids=input_ids, attention_mask=mask, do_sample=False, top_p=None, top_k=None,
-                             temperature=None, max_new_tokens=max_new_tokens, pad_token_id=pad,
-                             stopping_criteria=criteria)
-        for j, row in zip(idx, gen[:, width:].tolist()):
+        rows = _greedy_batch(model, [list(prompts[j]) for j in idx], pad, max_new_tokens, ended)
+        for j, row in zip(idx, rows):
             out[j] = cut(row)
         bar.update(len(idx))
     bar.close()
     return out  # type: ignore[return-value]
+
+
+def _shared_prefix(prompts: list[list[int]]) -> int:
+    """Length of the prefix all prompts share, leaving each at least one token of its own."""
+    n = min(len(p) for p in prompts) - 1
+    first = prompts[0]
+    for k in range(max(n, 0)):
+        if any(p[k] != first[k] for p in prompts):
+            return k
+    return max(n, 0)
+
+
+def _greedy_batch(model, prompts: list[list[int]], pad: int, max_new_tokens: int, ended) -> list[list[int]]:
+    """Greedy tokens for one batch: the shared prefix once, then the rest of each prompt
+    left-padded after it (position ids skip the padding), then one token per live row per step;
+    rows for which ``ended(tokens)`` holds leave the batch."""
+    device = next(model.parameters()).device
+    last_only, cache_arg = _forward_options(model)
+    n = len(prompts)
+    shared, cache = _shared_prefix(prompts), None
+    if shared >= 8:  # below that the extra pass costs more than it saves
+        prefix = torch.tensor([prompts[0][:shared]], device=device)
+        cache = _cache_of(model(input_ids=prefix, use_cache=True))
+        if hasattr(cache, "batch_repeat_interleave"):
+            cache.batch_repeat_interleave(n)
+        else:
+            shared, cache = 0, None
+    else:
+        shared = 0
+    rest = [p[shared:] for p in prompts]
+    width = max(len(r) for r in rest)
+    ids = torch.tensor([[pad] * (width - len(r)) + r for r in rest], device=device)
+    mask = torch.tensor([[1] * shared + [0] * (width - len(r)) + [1] * len(r) for r in rest], device=device)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    logits_out = model(input_ids=ids, attention_mask=mask, position_ids=positions[:, shared:], use_cache=True,
+                       **{cache_arg: cache}, **last_only)
+    cache = _cache_of(logits_out)
+    next_tokens = logits_out.logits[:, -1].argmax(-1)
+    position = positions[:, -1] + 1
+    generated: list[list[int]] = [[] for _ in range(n)]
+    live = list(range(n))  # the prompt each row of the batch belongs to
+    narrowable = hasattr(cache, "batch_select_indices")
+    finished = [False] * n
+    while True:
+        for k, token in zip(live, next_tokens.tolist()):
+            if not finished[k]:
+                generated[k].append(token)
+                finished[k] = ended(generated[k])
+        if all(finished[k] for k in live):
+            return generated
+        if narrowable and any(finished[k] for k in live):
+            keep = [r for r, k in enumerate(live) if not finished[k]]
+            select = torch.tensor(keep, device=device)
+            cache.batch_select_indices(select)
+            mask, position, next_tokens = mask[select], position[select], next_tokens[select]
+            live = [live[r] for r in keep]
+        mask = torch.cat([mask, mask.new_ones(len(live), 1)], 1)
+        step = model(input_ids=next_tokens[:, None], attention_mask=mask, position_ids=position[:, None],
+                     use_cache=True, **{cache_arg: cache})
+        cache = _cache_of(step)
+        next_tokens = step.logits[:, -1].argmax(-1)
+        position = position + 1

@@ -55,6 +55,41 @@ def test_generation_is_the_same_batched_and_alone(tiny, model_type):
     assert all(t for t in together)
 
 
+def _hf_greedy(model, tok, prompt, max_new_tokens, stop):
+    """The reference: transformers' own greedy decoding of one unpadded prompt, cut at ``stop``."""
+    import torch
+
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    out = model.generate(input_ids=torch.tensor([prompt]), do_sample=False, max_new_tokens=max_new_tokens,
+                         pad_token_id=pad)
+    return tok.decode(out[0, len(prompt):], skip_special_tokens=True).split(stop)[0]
+
+
+@pytest.mark.parametrize("model_type", list(__import__("llm_edit.models", fromlist=["TINY_CONFIGS"]).TINY_CONFIGS))
+def test_shared_prefix_and_early_rows_give_transformers_greedy_tokens(tiny, model_type):
+    """A batch whose prompts share a long prefix (run once) and whose rows end at different
+    steps (they leave the batch) decodes exactly what ``model.generate`` does for each alone."""
+    model, tok = tiny(model_type)
+    demos = "Question: who wrote Hamlet?\nAnswer: Shakespeare\n\nQuestion: where is Rome?\nAnswer: Italy\n\n"
+    prompts = [tok(demos + q)["input_ids"] for q in
+               ["Question: who wrote Faust?\nAnswer:", "Question: what is the capital of France?\nAnswer:", "Q"]]
+    assert min(len(p) for p in prompts) > 20
+    for stop in ("e", "\n"):  # "e" ends rows early at different steps
+        got = generate(model, tok, prompts, max_new_tokens=10, batch_size=3, stop_strings=[stop])
+        assert got == [_hf_greedy(model, tok, p, 10, stop) for p in prompts]
+
+
+def test_generation_without_a_narrowable_cache_is_unchanged(tiny, monkeypatch):
+    from transformers.cache_utils import Cache
+
+    model, tok = tiny("llama")
+    prompts = [tok("The same long opening of every prompt here, then " + t)["input_ids"] for t in ["a", "bb cc", "d"]]
+    before = generate(model, tok, prompts, max_new_tokens=10, batch_size=3, stop_strings=["e"])
+    monkeypatch.delattr(Cache, "batch_select_indices")
+    monkeypatch.delattr(Cache, "batch_repeat_interleave")
+    assert generate(model, tok, prompts, max_new_tokens=10, batch_size=3, stop_strings=["e"]) == before
+
+
 def test_stop_strings_cut_the_answer(tiny):
     model, tok = tiny("llama")
     prompt = tok("The Eiffel Tower is in")["input_ids"]

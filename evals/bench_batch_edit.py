@@ -1,0 +1,89 @@
+"""Throughput and memory of one batch edit (MEMIT, AlphaEdit): facts per second, where the time
+goes, and the process's peak resident memory.
+
+    python evals/bench_batch_edit.py --limit 100 --methods memit,alphaedit --out evals/results/bench_batch_edit_100.json
+    python evals/bench_batch_edit.py --limit 10 --methods memit --set v_steps=1 --out /tmp/rss10.json   # memory only
+
+The first ``--limit`` CounterFact records are edited in one batch on the default model, then
+reverted (checked bit for bit). Time is split into the context prefixes (generated once per
+model), the rest of the preparation (key statistics, read from the cache when present), the
+value optimisation and the layer loop (keys, residuals and solves). Run one process per
+measurement when comparing peak memory: ``ru_maxrss`` is the whole process's high-water mark.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import resource
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from llm_edit import edit, load_model, read_requests  # noqa: E402
+from llm_edit.config import load_config  # noqa: E402
+from llm_edit.io import run_info, write_json  # noqa: E402
+from llm_edit.kv import context_templates  # noqa: E402
+from llm_edit.methods import get_method  # noqa: E402
+from llm_edit.api import model_recipe_name  # noqa: E402
+from llm_edit.models import fingerprint  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def bench(model, tok, requests, method, sets) -> dict:
+    base = fingerprint(model)
+    sets = list(sets) + [f"batch_size={len(requests)}"]
+    config, _ = load_config(get_method(method).config, method, model_recipe=model_recipe_name(model), sets=sets)
+    t0 = time.perf_counter()
+    context_templates(model, tok, config.context_lengths, config.contexts_per_length, config.seed)
+    prefix_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    result = edit(model, tok, requests, method, sets=sets)
+    edit_s = time.perf_counter() - t0
+    info = result.per_request[0]
+    result.revert()
+    value_s, solve_s = info["value_seconds_batch"], info["solve_seconds_batch"]
+    steps = [r["steps"] for r in result.per_request]
+    return {"method": method, "facts": len(requests), "sets": sets, "facts_per_second": round(len(requests) / edit_s, 4),
+            "seconds": {"context_prefixes": round(prefix_s, 1), "edit": round(edit_s, 1),
+                        "value_optimisation": value_s, "keys_residuals_solve": solve_s,
+                        "preparation_and_rest": round(edit_s - value_s - solve_s, 1)},
+            "value_steps": {"mean": round(sum(steps) / len(steps), 2), "max": max(steps)},
+            "peak_rss_mib_so_far": round(peak_rss_mib(), 1), "reverts_bit_exact": fingerprint(model) == base,
+            "hyperparameters": result.manifest["hyperparameters"]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="llama")
+    ap.add_argument("--facts", default=str(ROOT.parent / "shared/data/counterfact/counterfact-edit-1k.json"))
+    ap.add_argument("--limit", type=int, default=100)
+    ap.add_argument("--methods", default="memit,alphaedit")
+    ap.add_argument("--set", dest="sets", action="append", default=[])
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args()
+
+    model, tok = load_model(args.model)
+    requests = read_requests(args.facts)[: args.limit]
+    rss_loaded = peak_rss_mib()
+    runs = []
+    for method in args.methods.split(","):
+        run = bench(model, tok, requests, method, args.sets)
+        print(f"{method}: {run['facts_per_second']} facts/s; {run['seconds']}; peak RSS {run['peak_rss_mib_so_far']} MiB")
+        runs.append(run)
+    write_json(Path(args.out), {"runs": runs, "peak_rss_mib": round(peak_rss_mib(), 1),
+                                "peak_rss_mib_after_loading": round(rss_loaded, 1), "n_facts": len(requests),
+                                "facts_sha256": hashlib.sha256(Path(args.facts).read_bytes()).hexdigest(),
+                                "threads": torch.get_num_threads(), "command": " ".join(sys.argv), **run_info()})
+
+
+if __name__ == "__main__":
+    main()
