@@ -5,6 +5,7 @@ goes, and the process's peak resident memory.
     python evals/bench_batch_edit.py --limit 10 --methods memit --set v_steps=1 --out /tmp/rss10.json   # memory only
 
 The first ``--limit`` CounterFact records are edited in one batch on the default model, then
+scored (CounterFact's efficacy, generalisation, specificity: the edit must still work) and
 reverted (checked bit for bit). Time is split into the context prefixes (generated once per
 model), the rest of the preparation (key statistics, read from the cache when present), the
 value optimisation and the layer loop (keys, residuals and solves). Run one process per
@@ -27,6 +28,7 @@ from llm_edit import edit, load_model, read_requests  # noqa: E402
 from llm_edit.config import load_config  # noqa: E402
 from llm_edit.io import run_info, write_json  # noqa: E402
 from llm_edit.kv import context_templates  # noqa: E402
+from llm_edit.metrics import edit_table, summarise  # noqa: E402
 from llm_edit.methods import get_method  # noqa: E402
 from llm_edit.api import model_recipe_name  # noqa: E402
 from llm_edit.models import fingerprint  # noqa: E402
@@ -49,10 +51,14 @@ def bench(model, tok, requests, method, sets) -> dict:
     result = edit(model, tok, requests, method, sets=sets)
     edit_s = time.perf_counter() - t0
     info = result.per_request[0]
+    t0 = time.perf_counter()
+    after = summarise(edit_table(model, tok, requests))  # the edit still has to work
+    eval_s = time.perf_counter() - t0
     result.revert()
     value_s, solve_s = info["value_seconds_batch"], info["solve_seconds_batch"]
     steps = [r["steps"] for r in result.per_request]
     return {"method": method, "facts": len(requests), "sets": sets, "facts_per_second": round(len(requests) / edit_s, 4),
+            "after": after, "eval_seconds": round(eval_s, 1),
             "seconds": {"context_prefixes": round(prefix_s, 1), "edit": round(edit_s, 1),
                         "value_optimisation": value_s, "keys_residuals_solve": solve_s,
                         "preparation_and_rest": round(edit_s - value_s - solve_s, 1)},
@@ -77,7 +83,8 @@ def main() -> None:
     runs = []
     for method in args.methods.split(","):
         run = bench(model, tok, requests, method, args.sets)
-        print(f"{method}: {run['facts_per_second']} facts/s; {run['seconds']}; peak RSS {run['peak_rss_mib_so_far']} MiB")
+        print(f"{method}: {run['facts_per_second']} facts/s; {run['seconds']}; {run['after']}; "
+              f"peak RSS {run['peak_rss_mib_so_far']} MiB")
         runs.append(run)
     write_json(Path(args.out), {"runs": runs, "peak_rss_mib": round(peak_rss_mib(), 1),
                                 "peak_rss_mib_after_loading": round(rss_loaded, 1), "n_facts": len(requests),

@@ -117,7 +117,7 @@ def _score_shared_prompts(model, pad: int, unique, batch_size: int, bar) -> dict
     for p, a in unique:
         groups.setdefault(p, []).append(a)
     prompts = sorted(groups, key=lambda p: (len(p), p))
-    last_only, cache_arg = _forward_options(model)
+    last_only, cache_arg = forward_options(model)
     done = {}
     start = 0
     while start < len(prompts):
@@ -134,7 +134,7 @@ def _score_shared_prompts(model, pad: int, unique, batch_size: int, bar) -> dict
         out = model(input_ids=prompt_ids, attention_mask=prompt_mask,
                     position_ids=(prompt_mask.cumsum(-1) - 1).clamp(min=0), use_cache=True, **last_only)
         first = out.logits[:, -1]  # left padding: the last column predicts every answer's first token
-        prompt_cache = _cache_of(out)
+        prompt_cache = cache_of(out)
         if not hasattr(prompt_cache, "batch_select_indices"):
             raise _NoSharableCache
         rows = sorted(((g, a) for g, p in enumerate(chunk) for a in groups[p]), key=lambda r: (len(r[1]), r))
@@ -157,7 +157,7 @@ def _score_shared_prompts(model, pad: int, unique, batch_size: int, bar) -> dict
     return done
 
 
-def _forward_options(model) -> tuple[dict, str]:
+def forward_options(model) -> tuple[dict, str]:
     """``logits_to_keep=1`` where the model takes it, and the name of its cache argument
     (``past_key_values``, renamed ``cache`` in later transformers)."""
     import inspect
@@ -167,7 +167,7 @@ def _forward_options(model) -> tuple[dict, str]:
             "cache" if "cache" in params else "past_key_values")
 
 
-def _cache_of(output):
+def cache_of(output):
     cache = output.get("cache", None)
     return cache if cache is not None else output.get("past_key_values", None)
 
@@ -237,12 +237,12 @@ def _greedy_batch(model, prompts: list[list[int]], pad: int, max_new_tokens: int
     left-padded after it (position ids skip the padding), then one token per live row per step;
     rows for which ``ended(tokens)`` holds leave the batch."""
     device = next(model.parameters()).device
-    last_only, cache_arg = _forward_options(model)
+    last_only, cache_arg = forward_options(model)
     n = len(prompts)
     shared, cache = _shared_prefix(prompts), None
     if shared >= 8:  # below that the extra pass costs more than it saves
         prefix = torch.tensor([prompts[0][:shared]], device=device)
-        cache = _cache_of(model(input_ids=prefix, use_cache=True))
+        cache = cache_of(model(input_ids=prefix, use_cache=True))
         if hasattr(cache, "batch_repeat_interleave"):
             cache.batch_repeat_interleave(n)
         else:
@@ -256,7 +256,7 @@ def _greedy_batch(model, prompts: list[list[int]], pad: int, max_new_tokens: int
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     logits_out = model(input_ids=ids, attention_mask=mask, position_ids=positions[:, shared:], use_cache=True,
                        **{cache_arg: cache}, **last_only)
-    cache = _cache_of(logits_out)
+    cache = cache_of(logits_out)
     next_tokens = logits_out.logits[:, -1].argmax(-1)
     position = positions[:, -1] + 1
     generated: list[list[int]] = [[] for _ in range(n)]
@@ -279,6 +279,6 @@ def _greedy_batch(model, prompts: list[list[int]], pad: int, max_new_tokens: int
         mask = torch.cat([mask, mask.new_ones(len(live), 1)], 1)
         step = model(input_ids=next_tokens[:, None], attention_mask=mask, position_ids=position[:, None],
                      use_cache=True, **{cache_arg: cache})
-        cache = _cache_of(step)
+        cache = cache_of(step)
         next_tokens = step.logits[:, -1].argmax(-1)
         position = position + 1

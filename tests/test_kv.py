@@ -29,3 +29,40 @@ def test_batched_values_equal_one_at_a_time(tiny, objective, max_rows):
         # the same sums in another order: float rounding only, which ten Adam steps amplify a little
         assert torch.allclose(a.delta, b.delta, atol=1e-3)
         assert abs(a.nll_after - b.nll_after) < 1e-4
+
+
+@pytest.mark.parametrize("model_type", ["llama", "gpt2", "gemma", "gpt_neox"])
+def test_objective_matches_a_plain_forward_of_each_whole_prompt(tiny, model_type):
+    """The prompts run split at the subject (prefix cached, the rest with δ); at δ = 0 the
+    objective must equal the mean target NLL of plain, unsplit, unpadded forwards."""
+    from llm_edit.text import encode_with_subject, target_ids
+
+    model, tok = tiny(model_type)
+    requests = [parse_request(r) for r in REQUESTS]
+    contexts = context_templates(model, tok, [3, 6], 2, 0)
+    name = arch_of(model).mlp_out.format(1)
+    got = optimise_values(model, tok, name, requests, contexts, steps=0, lr=0.5, kl_factor=0.0625,
+                          weight_decay=0.1, clamp_norm_factor=4.0, kl_prompts=["{} is a"], nll_stop=0.0, max_rows=5)
+    for request, result in zip(requests, got):
+        new = target_ids(tok, request.target_new)
+        nll = []
+        for c in contexts:
+            ids, _ = encode_with_subject(tok, c.replace("{}", request.prompt), request.subject)
+            with torch.no_grad():
+                logits = model(input_ids=torch.tensor([ids + new[:-1]])).logits[0]
+            logp = torch.log_softmax(logits.double(), -1)
+            nll.append(-sum(logp[len(ids) - 1 + j, t].item() for j, t in enumerate(new)) / len(new))
+        assert result.nll_before == pytest.approx(sum(nll) / len(nll), abs=1e-4)
+
+
+def test_rebuilding_prefixes_each_step_gives_the_cached_result(tiny):
+    model, tok = tiny("llama")
+    requests = [parse_request(r) for r in REQUESTS]
+    contexts = context_templates(model, tok, [3], 2, 0)
+    name = arch_of(model).mlp_out.format(1)
+    kw = dict(steps=6, lr=0.5, kl_factor=0.0625, weight_decay=0.1, clamp_norm_factor=4.0, kl_prompts=["{} is a"],
+              nll_stop=8.4, max_rows=4)
+    cached = optimise_values(model, tok, name, requests, contexts, **kw)
+    rebuilt = optimise_values(model, tok, name, requests, contexts, prefix_cache_bytes=0, **kw)
+    for a, b in zip(cached, rebuilt):
+        assert a.steps == b.steps and torch.allclose(a.delta, b.delta, atol=1e-5)
