@@ -397,11 +397,15 @@ def optimise_values(model, tok, module_name: str, requests: list[EditRequest], c
             if out is not None:
                 yield out
 
-    def objective_values(active: set[int]):
+    def objective_values(active: set[int], desc: str):
         """The objective of each active request at the current δ (no gradient)."""
+        from tqdm.auto import tqdm
+
         values, probs = {i: 0.0 for i in active}, {i: 0.0 for i in active}
         with torch.no_grad():
-            for rows_here, terms, lp_sum in passes(active):
+            # minutes for a batch of a thousand: a bar over its chunks
+            for rows_here, terms, lp_sum in tqdm(passes(active), total=len(fixed_chunks), desc=desc, unit="chunk",
+                                                 disable=not progress, leave=False):
                 for row, term, lp in zip(rows_here, terms, lp_sum):
                     if row[1] < 0:
                         values[row[0]] += term.item()
@@ -412,7 +416,7 @@ def optimise_values(model, tok, module_name: str, requests: list[EditRequest], c
     taken, done = [0] * n, [False] * n
     with frozen(model):
         initial_sum: dict[int, torch.Tensor] = {}
-        values, _ = objective_values(set(range(n)))  # at δ = 0, recording v_init and the essence rows
+        values, _ = objective_values(set(range(n)), f"measuring {n} values")  # at δ = 0: v_init, essence rows
         for i in range(n):
             before[i] = values[i]
             initial[i] = initial_sum[i] / n_ctx
@@ -458,7 +462,7 @@ def optimise_values(model, tok, module_name: str, requests: list[EditRequest], c
         bar.close()
         unfinished = {i for i in range(n) if not done[i]}
         if unfinished:
-            values, _ = objective_values(unfinished)
+            values, _ = objective_values(unfinished, f"scoring {len(unfinished)} unfinished values")
             for i in unfinished:
                 after[i] = values[i]
     return [ValueResult(deltas[i].detach(), initial[i], before[i], after[i], taken[i]) for i in range(n)]
