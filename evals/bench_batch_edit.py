@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import os
 import resource
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -40,7 +42,41 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def bench(model, tok, requests, method, sets) -> dict:
+class PhaseMemory:
+    """The resident memory each phase of an edit peaks at, sampled every 20 ms by a thread: the
+    process's high-water mark alone cannot say which phase grows with the batch. Phases are
+    named by wrapping the method module's calls of the shared value/layer functions."""
+
+    def __init__(self):
+        self.phase, self.peaks, self._stop = "loading", {}, threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def _sample(self):
+        page = os.sysconf("SC_PAGE_SIZE")
+        while not self._stop.wait(0.02):
+            with open("/proc/self/statm") as f:
+                rss = int(f.read().split()[1]) * page / 2**20
+            self.peaks[self.phase] = max(self.peaks.get(self.phase, 0.0), round(rss, 1))
+
+    def wrap(self, module, name: str, phase: str):
+        inner = getattr(module, name)
+
+        def wrapped(*args, **kwargs):
+            outer, self.phase = self.phase, phase
+            try:
+                return inner(*args, **kwargs)
+            finally:
+                self.phase = outer
+        setattr(module, name, wrapped)
+
+    def stop(self) -> dict:
+        self._stop.set()
+        self._thread.join()
+        return dict(self.peaks)
+
+
+def bench(model, tok, requests, method, sets, memory: PhaseMemory) -> dict:
     base = fingerprint(model)
     sets = list(sets) + [f"batch_size={len(requests)}"]
     config, _ = load_config(get_method(method).config, method, model_recipe=model_recipe_name(model), sets=sets)
@@ -48,13 +84,16 @@ def bench(model, tok, requests, method, sets) -> dict:
     context_templates(model, tok, config.context_lengths, config.contexts_per_length, config.seed)
     prefix_s = time.perf_counter() - t0
     t0 = time.perf_counter()
+    memory.phase = f"{method}: preparation"
     result = edit(model, tok, requests, method, sets=sets)
+    memory.phase = f"{method}: scoring"
     edit_s = time.perf_counter() - t0
     info = result.per_request[0]
     t0 = time.perf_counter()
     after = summarise(edit_table(model, tok, requests))  # the edit still has to work
     eval_s = time.perf_counter() - t0
     result.revert()
+    memory.phase = "between methods"
     value_s, solve_s = info["value_seconds_batch"], info["solve_seconds_batch"]
     steps = [r["steps"] for r in result.per_request]
     return {"method": method, "facts": len(requests), "sets": sets, "facts_per_second": round(len(requests) / edit_s, 4),
@@ -77,16 +116,27 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
 
+    memory = PhaseMemory()
+    import llm_edit.methods.alphaedit
+    import llm_edit.methods.memit
+
+    for module in (llm_edit.methods.memit, llm_edit.methods.alphaedit):
+        memory.wrap(module, "optimise_values", f"{module.__name__.rsplit('.', 1)[1]}: value optimisation")
+        memory.wrap(module, "spread_over_layers", f"{module.__name__.rsplit('.', 1)[1]}: keys, residuals, solves")
     model, tok = load_model(args.model)
+    memory.phase = "loaded"
     requests = read_requests(args.facts)[: args.limit]
     rss_loaded = peak_rss_mib()
     runs = []
     for method in args.methods.split(","):
-        run = bench(model, tok, requests, method, args.sets)
+        run = bench(model, tok, requests, method, args.sets, memory)
         print(f"{method}: {run['facts_per_second']} facts/s; {run['seconds']}; {run['after']}; "
               f"peak RSS {run['peak_rss_mib_so_far']} MiB")
         runs.append(run)
+    phases = memory.stop()
+    print("peak RSS by phase (MiB):", phases)
     write_json(Path(args.out), {"runs": runs, "peak_rss_mib": round(peak_rss_mib(), 1),
+                                "peak_rss_mib_by_phase": phases,
                                 "peak_rss_mib_after_loading": round(rss_loaded, 1), "n_facts": len(requests),
                                 "facts_sha256": hashlib.sha256(Path(args.facts).read_bytes()).hexdigest(),
                                 "threads": torch.get_num_threads(), "command": " ".join(sys.argv), **run_info()})

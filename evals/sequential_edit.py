@@ -38,11 +38,24 @@ def measure(model, tok, requests) -> dict:
     return dict(scores, perplexity=generic_perplexity(model, tok), eval_seconds=round(time.perf_counter() - t0, 2))
 
 
-def run_method(model, tok, method, requests, batch_size, sets) -> dict:
+def run_method(model, tok, method, requests, batch_size, sets, on_point=lambda run: None) -> dict:
+    """Edit ``requests`` batch after batch, measuring after each; ``on_point`` gets the run so far
+    (``"complete": False``) after every measurement, so an interrupted run still leaves a curve."""
     base = fingerprint(model)
     sets = list(sets) + ([f"batch_size={batch_size}"] if method != "rome" else [])
     curve = [dict(measure(model, tok, requests[:batch_size]), edits=0)]
-    results, memory, prepared, timing = [], None, None, {"edit_seconds": 0.0, "value_seconds": 0.0, "solve_seconds": 0.0}
+    results, memory, prepared = [], None, None
+    timing = {"edit_seconds": 0.0, "value_seconds": 0.0, "solve_seconds": 0.0}
+
+    def summary(complete: bool) -> dict:
+        edited = curve[-1]["edits"]
+        return {"method": method, "complete": complete, "curve": curve,
+                "hyperparameters": results[0].manifest["hyperparameters"] if results else None,
+                "recipe": results[0].manifest["recipe"] if results else None,
+                "timing": {k: round(v, 1) for k, v in timing.items()},
+                "facts_per_second": round(edited / timing["edit_seconds"], 4) if edited else None,
+                "perplexity_increase": round(curve[-1]["perplexity"] / curve[0]["perplexity"] - 1, 4)}
+
     try:
         for start in range(0, len(requests), batch_size):
             batch = requests[start:start + batch_size]
@@ -62,17 +75,12 @@ def run_method(model, tok, method, requests, batch_size, sets) -> dict:
             print(f"{method}: {len(edited)} edits, efficacy {point['efficacy']:.3f}, generalisation "
                   f"{point['generalisation']:.3f}, specificity {point['specificity']:.3f}, "
                   f"perplexity {point['perplexity']:.2f}", flush=True)
+            on_point(summary(complete=False))
     finally:
         for result in reversed(results):
             result.revert()
     assert fingerprint(model) == base, "reverting the edits did not restore the original weights"
-    n = len(requests)
-    return {"method": method, "curve": curve, "hyperparameters": results[0].manifest["hyperparameters"],
-            "recipe": results[0].manifest["recipe"],
-            "timing": {k: round(v, 1) for k, v in timing.items()},
-            "facts_per_second": round(n / timing["edit_seconds"], 4),
-            "perplexity_increase": round(curve[-1]["perplexity"] / curve[0]["perplexity"] - 1, 4),
-            "reverts_bit_exact": True}
+    return dict(summary(complete=True), reverts_bit_exact=True)
 
 
 def plot(runs, path: Path, title: str) -> None:
@@ -87,7 +95,7 @@ def plot(runs, path: Path, title: str) -> None:
     for ax, (key, label) in zip(axes, panels):
         for run in runs:
             xs = [p["edits"] for p in run["curve"]]
-            ax.plot(xs, [p[key] for p in run["curve"]], marker="o", ms=3, label=run["method"])
+            ax.plot(xs, [p[key] for p in run["curve"]], marker="o", ms=3, label=run["method"] + ("" if run.get("complete", True) else " (unfinished)"))
         ax.set_title(label)
         ax.set_xlabel("facts edited")
         if key != "perplexity":
@@ -117,16 +125,21 @@ def main() -> None:
     model, tok = load_model(args.model, device=args.device)
     runs = []
     t0 = time.perf_counter()
-    for method in args.methods.split(","):
-        runs.append(run_method(model, tok, method, requests, args.batch_size, args.sets))
     out = Path(args.out)
-    report = {"model": args.model, "facts": args.facts, "facts_sha256": facts_sha, "limit": args.limit,
-              "batch_size": args.batch_size, "runs": runs, "seconds": round(time.perf_counter() - t0, 1),
-              "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-              "command": " ".join(sys.argv), **run_info()}
-    write_json(out.with_suffix(".json"), report)
-    plot(runs, out.with_suffix(".png"), f"{args.model}: {len(requests)} CounterFact edits in batches of "
-                                        f"{args.batch_size}")
+    title = f"{args.model}: {len(requests)} CounterFact edits in batches of {args.batch_size}"
+
+    def write(runs_now) -> None:
+        report = {"model": args.model, "facts": args.facts, "facts_sha256": facts_sha, "limit": args.limit,
+                  "batch_size": args.batch_size, "runs": runs_now, "seconds": round(time.perf_counter() - t0, 1),
+                  "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+                  "command": " ".join(sys.argv), **run_info()}
+        write_json(out.with_suffix(".json"), report)
+        plot(runs_now, out.with_suffix(".png"), title)
+
+    for method in args.methods.split(","):
+        runs.append(run_method(model, tok, method, requests, args.batch_size, args.sets,
+                               on_point=lambda partial: write(runs + [partial])))
+        write(runs)
     for run in runs:
         last = run["curve"][-1]
         print(f"{run['method']:<10} efficacy {last['efficacy']:.3f}  generalisation {last['generalisation']:.3f}  "

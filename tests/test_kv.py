@@ -62,7 +62,32 @@ def test_rebuilding_prefixes_each_step_gives_the_cached_result(tiny):
     name = arch_of(model).mlp_out.format(1)
     kw = dict(steps=6, lr=0.5, kl_factor=0.0625, weight_decay=0.1, clamp_norm_factor=4.0, kl_prompts=["{} is a"],
               nll_stop=8.4, max_rows=4)
-    cached = optimise_values(model, tok, name, requests, contexts, **kw)
+    # with no budget each request is a group of its own, its prefixes rebuilt every step
     rebuilt = optimise_values(model, tok, name, requests, contexts, prefix_cache_bytes=0, **kw)
+    cached = [optimise_values(model, tok, name, [r], contexts, **kw)[0] for r in requests]
     for a, b in zip(cached, rebuilt):
         assert a.steps == b.steps and torch.allclose(a.delta, b.delta, atol=1e-5)
+
+
+def test_requests_go_in_groups_that_fit_the_cache_budget(tiny):
+    """A budget that holds about two requests' prefixes splits three requests into two groups;
+    the results come back in request order, each what the request gets alone."""
+    from llm_edit.kv import _PADDING_ALLOWANCE, _cache_bytes_per_token, _groups_within, _value_rows
+
+    model, tok = tiny("llama")
+    requests = [parse_request(r) for r in REQUESTS]
+    contexts = context_templates(model, tok, [3], 2, 0)
+    rows_of = [_value_rows(tok, r, r.target_new, contexts, ["{} is a"]) for r in requests]
+    per_token = _cache_bytes_per_token(model)
+    need = [_PADDING_ALLOWANCE * per_token * sum(row[3] for row in rows) for rows in rows_of]
+    budget = int(need[0] + need[1]) + 1
+    assert _groups_within(rows_of, per_token, budget) == [[0, 1], [2]]
+    assert _groups_within(rows_of, per_token, 2**40) == [[0, 1, 2]]
+    assert _groups_within(rows_of, None, 0) == [[0, 1, 2]]  # no measurable cache: one group
+    name = arch_of(model).mlp_out.format(1)
+    kw = dict(steps=6, lr=0.5, kl_factor=0.0625, weight_decay=0.1, clamp_norm_factor=4.0, kl_prompts=["{} is a"],
+              nll_stop=8.4)
+    grouped = optimise_values(model, tok, name, requests, contexts, prefix_cache_bytes=budget, **kw)
+    alone = [optimise_values(model, tok, name, [r], contexts, **kw)[0] for r in requests]
+    for a, b in zip(grouped, alone):
+        assert a.steps == b.steps and torch.allclose(a.delta, b.delta, atol=1e-3)
