@@ -391,7 +391,6 @@ def _summarise(rows, items, config, retain_report, timings) -> dict:
         table.append({"probe": probe, "kind": kind, "unlearned": value_u, "original": value_o, "retain": value_r,
                       "recovery": rec, "verdict": verdict(rec, config), "note": note})
 
-    floor_direct = r["probes"]["direct"]["rate"] if r else 0.0
     for p in PROBES:
         ru, ro = u["probes"][p]["rate"], o["probes"][p]["rate"]
         rr = r["probes"][p]["rate"] if r else None

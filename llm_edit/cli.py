@@ -588,7 +588,7 @@ def _tofu_task(args):
 
 
 def cmd_eval(args) -> int:
-    from .io import atomic_directory, write_json
+    from .io import atomic_directory
 
     _check_out(args)
     if args.suite == "counterfact":

@@ -17,7 +17,7 @@ from .arch import arch_of
 from .facts import EditRequest
 from .hooks import Trace
 from .maths import clamp_norm, kl_to_initial, mean_target_nll, object_unlikelihood, relative_weight_decay
-from .text import encode_with_subject, make_batch, target_ids
+from .text import encode_with_subject, make_batch, pad_id, target_ids
 
 
 @contextlib.contextmanager
@@ -392,7 +392,7 @@ def _optimise_group(model, tok, module_name: str, rows: list[_Row], n: int, *, n
     # A row is split at the subject's last token, where δ enters: the part before it never
     # changes (``_PromptChunk``). Sorting by the changing part keeps its padding small.
     rows.sort(key=lambda row: (len(row[2]) + len(row[4]) - row[3], row[3]))
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    pad = pad_id(tok)
     fixed_chunks = [_PromptChunk(rows[k:k + max_rows], pad, device) for k in range(0, len(rows), max_rows)]
     cache_room = [prefix_cache_bytes]
     deltas: list[torch.Tensor | None] = [None] * n

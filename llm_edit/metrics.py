@@ -23,7 +23,7 @@ import torch
 
 from .facts import EditRequest
 from .maths import ngram_entropy
-from .text import make_batch, target_ids, token_logprobs
+from .text import make_batch, pad_id, target_ids, token_logprobs
 
 
 def target_logprob(model, tok, prompts: list[str], targets: list[str], batch_size: int = 32) -> torch.Tensor:
@@ -124,7 +124,7 @@ def answer_probability(model, tok, items, fmt, *, max_length: int = 256, batch_s
     from .forget_data import collate, encode
 
     device = next(model.parameters()).device
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    pad = pad_id(tok)
     out = []
     for i in range(0, len(items), batch_size):
         batch = collate([encode(tok, x, fmt, max_length) for x in items[i:i + batch_size]], pad).to(device)
@@ -142,7 +142,7 @@ def greedy_answers(model, tok, items, fmt, *, prompts: list[str] | None = None, 
     from .forget_data import prompt_ids
 
     device = next(model.parameters()).device
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    pad = pad_id(tok)
     ids = []
     for j, item in enumerate(items):
         if item.kind == "text":
@@ -189,8 +189,7 @@ def perplexity(model, tok, text: str, *, window: int = 256, batch_size: int = 8)
     total, count = 0.0, 0
     for i in range(0, len(chunks), batch_size):
         part = chunks[i:i + batch_size]
-        batch = make_batch(tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
-                           [c[:1] for c in part], [c[1:] for c in part]).to(device)
+        batch = make_batch(pad_id(tok), [c[:1] for c in part], [c[1:] for c in part]).to(device)
         logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
         logp, n = token_logprobs(logits, batch.labels)
         total -= float(logp.sum())

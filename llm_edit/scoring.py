@@ -19,6 +19,8 @@ from typing import Sequence
 
 import torch
 
+from .text import pad_id
+
 
 @dataclass(frozen=True)
 class TokenScores:
@@ -36,10 +38,6 @@ class TokenScores:
     @classmethod
     def from_dict(cls, d: dict) -> "TokenScores":
         return cls(tuple(d["logp"]), tuple(bool(h) for h in d["hit"]), tuple(d["mu"]), tuple(d["sigma"]))
-
-
-def _pad_id(tok) -> int:
-    return tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
 
 
 @torch.no_grad()
@@ -61,10 +59,10 @@ def score_pairs(model, tok, pairs: Sequence[tuple[Sequence[int], Sequence[int]]]
     bar = tqdm(total=len(unique), desc=desc, unit="seq", disable=not progress, leave=False)
     try:
         score = _score_shared_prompts if share_prompts else _score_whole_sequences
-        done = score(model, _pad_id(tok), unique, batch_size, bar)
+        done = score(model, pad_id(tok), unique, batch_size, bar)
     except _NoSharableCache:  # a model whose cache cannot be narrowed per row: whole sequences
         bar.reset()
-        done = _score_whole_sequences(model, _pad_id(tok), unique, batch_size, bar)
+        done = _score_whole_sequences(model, pad_id(tok), unique, batch_size, bar)
     bar.close()
     return [done[k] for k in keys]
 
@@ -187,7 +185,7 @@ def generate(model, tok, prompts: Sequence[Sequence[int]], *, max_new_tokens: in
     ``max_new_tokens`` whenever one row rambles."""
     from tqdm.auto import tqdm
 
-    pad = _pad_id(tok)
+    pad = pad_id(tok)
     eos = {t for t in (tok.eos_token_id, getattr(model.generation_config, "eos_token_id", None)) if t is not None
            and not isinstance(t, list)}
     if isinstance(getattr(model.generation_config, "eos_token_id", None), list):

@@ -60,6 +60,12 @@ def target_ids(tok, target: str) -> list[int]:
     return list(ids)
 
 
+
+def pad_id(tok) -> int:
+    """The id batches are padded with: the tokenizer's pad token, else its EOS (many causal LMs,
+    Llama and GPT-2 among them, ship without a pad token; padded positions are masked anyway)."""
+    return tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+
 @dataclass
 class Batch:
     """A right-padded batch of prompt(+target) sequences.

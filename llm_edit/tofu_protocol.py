@@ -21,7 +21,6 @@ import dataclasses
 import hashlib
 import json
 import time
-from pathlib import Path
 
 from .tofu import EvalSettings, TofuTask, attach_reference, evaluate_tofu, items
 

@@ -34,7 +34,7 @@ import torch
 from . import losses
 from .config import ConfigError
 from .forget_data import ForgetItem, Formatting, TrainBatch, collate, encode
-from .text import token_logprobs
+from .text import pad_id, token_logprobs
 
 
 @dataclass
@@ -186,7 +186,7 @@ class Trainer:
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
         self.desc = desc or f"{unlearner.name} unlearning"
         self.fmt = Formatting(config.use_chat_template, config.system_prompt)
-        self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        self.pad_id = pad_id(tok)
         device = next(model.parameters()).device
         self.accelerator = accelerator or Accelerator(cpu=device.type == "cpu")
         self.device = self.accelerator.device

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from llm_edit.scoring import generate, score_pairs
+from llm_edit.text import pad_id
 
 
 def _pairs(tok):
@@ -59,7 +60,7 @@ def _hf_greedy(model, tok, prompt, max_new_tokens, stop):
     """The reference: transformers' own greedy decoding of one unpadded prompt, cut at ``stop``."""
     import torch
 
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    pad = pad_id(tok)
     out = model.generate(input_ids=torch.tensor([prompt]), do_sample=False, max_new_tokens=max_new_tokens,
                          pad_token_id=pad)
     return tok.decode(out[0, len(prompt):], skip_special_tokens=True).split(stop)[0]
