@@ -4,13 +4,16 @@ far, and perplexity on a fixed generic text as a collapse detector).
 
     python evals/sequential_edit.py --limit 1000 --batch-size 100          # the issue's setting (GPU)
     python evals/sequential_edit.py --limit 40 --batch-size 10 --out evals/results/sequential_40
+    python evals/sequential_edit.py --limit 1000 --batch-size 100 --resume # go on after an interruption
 
 Each method starts from the original weights (the previous method's edits are reverted, bit for
 bit, and checked). MEMIT and AlphaEdit take each batch as one batch edit; ROME edits the facts
 of a batch one after another (it has no batch form). AlphaEdit carries its memory of earlier
-keys from batch to batch, as an editing session does. Writes OUT.json (every measurement, the
-hyper-parameters, timings split into value optimisation and solve, peak memory, data hash) and
-OUT.png (efficacy, generalisation, specificity and perplexity against the number of edits).
+keys from batch to batch. Each method edits through an editing session (``llm_edit.session``, in
+OUT.sessions/METHOD) saved batch by batch, so ``--resume`` continues an interrupted run. Writes
+OUT.json (every measurement, the hyper-parameters, timings split into value optimisation and
+solve, peak memory, data hash) after every batch, and OUT.png (efficacy, generalisation,
+specificity and perplexity against the number of edits).
 """
 from __future__ import annotations
 
@@ -18,16 +21,18 @@ import argparse
 import hashlib
 import json
 import resource
+import shutil
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from llm_edit import edit, load_model, read_requests  # noqa: E402
+from llm_edit import load_model, read_requests  # noqa: E402
 from llm_edit.io import run_info, write_json  # noqa: E402
 from llm_edit.metrics import edit_table, generic_perplexity, summarise  # noqa: E402
 from llm_edit.models import fingerprint  # noqa: E402
+from llm_edit.session import EditSession  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -38,34 +43,54 @@ def measure(model, tok, requests) -> dict:
     return dict(scores, perplexity=generic_perplexity(model, tok), eval_seconds=round(time.perf_counter() - t0, 2))
 
 
-def run_method(model, tok, method, requests, batch_size, sets, on_point=lambda run: None) -> dict:
-    """Edit ``requests`` batch after batch, measuring after each; ``on_point`` gets the run so far
-    (``"complete": False``) after every measurement, so an interrupted run still leaves a curve."""
+def run_method(model, tok, method, requests, batch_size, sets, session_dir: Path, resume_from: dict | None = None,
+               on_point=lambda run: None) -> dict:
+    """Edit ``requests`` batch after batch in an editing session kept in ``session_dir``, measuring
+    after each batch; ``on_point`` gets the run so far (``"complete": False``) after every
+    measurement, so an interrupted run still leaves a curve.
+
+    With ``resume_from`` (that unfinished run, read back from the report) the session is opened
+    instead of created: its batches are applied again, AlphaEdit's memory is rebuilt from their
+    keys, and editing goes on after the last measured batch. A batch that landed in the session
+    but was not measured before the interruption is undone and made again."""
     base = fingerprint(model)
-    sets = list(sets) + ([f"batch_size={batch_size}"] if method != "rome" else [])
-    curve = [dict(measure(model, tok, requests[:batch_size]), edits=0)]
-    results, memory, prepared = [], None, None
     timing = {"edit_seconds": 0.0, "value_seconds": 0.0, "solve_seconds": 0.0}
+    if resume_from is not None:
+        session = EditSession.open(session_dir, model, tok)
+        curve = list(resume_from["curve"])
+        timing.update(resume_from["timing"])
+        while session.facts > curve[-1]["edits"]:
+            session.undo()
+        if session.facts != curve[-1]["edits"]:
+            session.revert_all()
+            raise SystemExit(f"{session_dir}: the session holds {session.facts} facts but the report measured "
+                             f"{curve[-1]['edits']}; start this method again without --resume")
+        hyperparameters, recipe = resume_from["hyperparameters"], resume_from["recipe"]
+        print(f"{method}: resuming after {session.facts} edits", flush=True)
+    else:
+        if session_dir.exists():
+            shutil.rmtree(session_dir)
+        session = EditSession.create(session_dir, model, method, sets=sets,
+                                     batch_size=batch_size if method != "rome" else None)
+        curve = [dict(measure(model, tok, requests[:batch_size]), edits=0)]
+        hyperparameters = recipe = None
 
     def summary(complete: bool) -> dict:
         edited = curve[-1]["edits"]
-        return {"method": method, "complete": complete, "curve": curve,
-                "hyperparameters": results[0].manifest["hyperparameters"] if results else None,
-                "recipe": results[0].manifest["recipe"] if results else None,
+        return {"method": method, "complete": complete, "curve": curve, "session": str(session_dir),
+                "hyperparameters": hyperparameters, "recipe": recipe,
                 "timing": {k: round(v, 1) for k, v in timing.items()},
                 "facts_per_second": round(edited / timing["edit_seconds"], 4) if edited else None,
                 "perplexity_increase": round(curve[-1]["perplexity"] / curve[0]["perplexity"] - 1, 4)}
 
     try:
-        for start in range(0, len(requests), batch_size):
+        for start in range(session.facts, len(requests), batch_size):
             batch = requests[start:start + batch_size]
             t0 = time.perf_counter()
             # statistics, projectors and prefixes stay the original model's (prepared once)
-            result = edit(model, tok, batch, method, sets=sets, memory=memory, prepared=prepared, progress=False)
-            prepared = result.prepared
+            result = session.edit(tok, batch, progress=False)
             timing["edit_seconds"] += time.perf_counter() - t0
-            memory = result.memory or None
-            results.append(result)
+            hyperparameters, recipe = result.manifest["hyperparameters"], result.manifest["recipe"]
             for info in result.per_request[:1] if method != "rome" else result.per_request:
                 timing["value_seconds"] += info.get("value_seconds_batch", info.get("value_seconds", 0.0))
                 timing["solve_seconds"] += info.get("solve_seconds_batch", info.get("solve_seconds", 0.0))
@@ -77,8 +102,7 @@ def run_method(model, tok, method, requests, batch_size, sets, on_point=lambda r
                   f"perplexity {point['perplexity']:.2f}", flush=True)
             on_point(summary(complete=False))
     finally:
-        for result in reversed(results):
-            result.revert()
+        session.revert_all()
     assert fingerprint(model) == base, "reverting the edits did not restore the original weights"
     return dict(summary(complete=True), reverts_bit_exact=True)
 
@@ -108,6 +132,18 @@ def plot(runs, path: Path, title: str) -> None:
     plt.close(fig)
 
 
+def earlier_runs(path: Path, args, facts_sha: str) -> dict:
+    """The runs of an earlier report, by method, after checking it measured the same thing."""
+    try:
+        report = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    for key, value in (("model", args.model), ("facts_sha256", facts_sha), ("batch_size", args.batch_size)):
+        if report.get(key) != value:
+            raise SystemExit(f"{path}: cannot resume: its {key} is {report.get(key)!r}, this run's is {value!r}")
+    return {run["method"]: run for run in report["runs"]}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="llama")
@@ -118,14 +154,20 @@ def main() -> None:
     ap.add_argument("--set", dest="sets", action="append", default=[], help="KEY=VALUE for every method")
     ap.add_argument("--device", default=None)
     ap.add_argument("--out", default=str(ROOT / "evals/results/sequential_edit"))
+    ap.add_argument("--sessions", default=None,
+                    help="directory for the editing sessions, one per method (default: OUT.sessions)")
+    ap.add_argument("--resume", action="store_true",
+                    help="go on from OUT.json: finished methods are kept, an unfinished one continues from its session")
     args = ap.parse_args()
 
     requests = read_requests(args.facts, limit=args.limit)
     facts_sha = hashlib.sha256("".join(json.dumps(r.to_dict(), sort_keys=True) for r in requests).encode()).hexdigest()
+    out = Path(args.out)
+    sessions = Path(args.sessions) if args.sessions else out.with_suffix(".sessions")
+    earlier = earlier_runs(out.with_suffix(".json"), args, facts_sha) if args.resume else {}
     model, tok = load_model(args.model, device=args.device)
     runs = []
     t0 = time.perf_counter()
-    out = Path(args.out)
     title = f"{args.model}: {len(requests)} CounterFact edits in batches of {args.batch_size}"
 
     def write(runs_now) -> None:
@@ -137,8 +179,13 @@ def main() -> None:
         plot(runs_now, out.with_suffix(".png"), title)
 
     for method in args.methods.split(","):
-        runs.append(run_method(model, tok, method, requests, args.batch_size, args.sets,
-                               on_point=lambda partial: write(runs + [partial])))
+        before = earlier.get(method)
+        if before is not None and before.get("complete"):
+            print(f"{method}: kept from {out.with_suffix('.json')} ({before['curve'][-1]['edits']} edits)")
+            runs.append(before)
+            continue
+        runs.append(run_method(model, tok, method, requests, args.batch_size, args.sets, sessions / method,
+                               resume_from=before, on_point=lambda partial: write(runs + [partial])))
         write(runs)
     for run in runs:
         last = run["curve"][-1]

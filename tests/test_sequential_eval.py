@@ -1,0 +1,55 @@
+"""evals/sequential_edit.py on a tiny model: an interrupted run resumes from its editing session
+and ends where an uninterrupted run ends."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(*args, home):
+    env = dict(os.environ, LLM_EDIT_HOME=str(home), OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    return subprocess.run([sys.executable, str(ROOT / "evals/sequential_edit.py"), "--model", "tiny-llama",
+                           "--set", "v_steps=3", "--set", "stats_tokens=2000", *args],
+                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+
+
+def test_an_interrupted_run_resumes_and_matches_an_uninterrupted_one(tmp_path):
+    facts = tmp_path / "facts.jsonl"
+    subjects = ["Eiffel Tower", "Louvre", "Colosseum", "Big Ben"]
+    facts.write_text("".join(json.dumps({"prompt": "{} is in", "subject": s, "target_new": "Rome", "target_true": "Paris",
+                                         "paraphrase_prompts": [f"{s} lies in"],
+                                         "neighborhood": [{"prompt": "Notre Dame is in", "target": "Paris"}]}) + "\n"
+                         for s in subjects))
+    common = ["--facts", str(facts), "--limit", "4", "--batch-size", "2", "--methods", "alphaedit"]
+    whole = tmp_path / "whole"
+    done = run(*common, "--out", str(whole), home=tmp_path / "home")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(whole.with_suffix(".json").read_text())
+    [complete] = report["runs"]
+    assert complete["complete"] and [p["edits"] for p in complete["curve"]] == [0, 2, 4]
+    assert whole.with_suffix(".png").exists()
+    sessions = whole.with_suffix(".sessions") / "alphaedit"
+    assert len(json.loads((sessions / "session.json").read_text())["batches"]) == 2
+
+    # Interrupted after the second batch landed in the session but before it was measured: the
+    # report has one batch, the session two. Resuming undoes the unmeasured batch and redoes it.
+    cut = dict(complete, complete=False, curve=complete["curve"][:2])
+    whole.with_suffix(".json").write_text(json.dumps(dict(report, runs=[cut])))
+    done = run(*common, "--out", str(whole), "--resume", home=tmp_path / "home")
+    assert done.returncode == 0, done.stderr
+    assert "resuming after 2 edits" in done.stdout
+    [resumed] = json.loads(whole.with_suffix(".json").read_text())["runs"]
+    assert resumed["complete"] and resumed["reverts_bit_exact"]
+    for a, b in zip(resumed["curve"], complete["curve"]):
+        for key in ("edits", "efficacy", "generalisation", "specificity", "perplexity"):
+            assert a[key] == b[key], (key, a, b)
+
+    # a finished method is kept as it is
+    done = run(*common, "--out", str(whole), "--resume", home=tmp_path / "home")
+    assert done.returncode == 0 and "kept from" in done.stdout
+    # a report of other facts is not resumed
+    done = run(*common[:3], "3", *common[4:], "--out", str(whole), "--resume", home=tmp_path / "home")
+    assert done.returncode != 0 and "cannot resume" in done.stderr
