@@ -5,6 +5,7 @@ far, and perplexity on a fixed generic text as a collapse detector).
     python evals/sequential_edit.py --limit 1000 --batch-size 100          # the setting (GPU)
     python evals/sequential_edit.py --limit 40 --batch-size 10 --out evals/results/sequential_40
     python evals/sequential_edit.py --limit 1000 --batch-size 100 --resume # go on after an interruption
+    python evals/sequential_edit.py --limit 1000 --batch-size 100 --resume --rerun alphaedit  # new recipe
 
 Each method starts from the original weights (the previous method's edits are reverted, bit for
 bit, and checked). MEMIT and AlphaEdit take each batch as one batch edit; ROME edits the facts
@@ -141,7 +142,8 @@ def earlier_runs(path: Path, args, facts_sha: str) -> dict:
     for key, value in (("model", args.model), ("facts_sha256", facts_sha), ("batch_size", args.batch_size)):
         if report.get(key) != value:
             raise SystemExit(f"{path}: cannot resume: its {key} is {report.get(key)!r}, this run's is {value!r}")
-    return {run["method"]: run for run in report["runs"]}
+    measured_by = {"command": report.get("command"), "created": report.get("created")}
+    return {run["method"]: dict(run, measured_by=run.get("measured_by", measured_by)) for run in report["runs"]}
 
 
 def main() -> None:
@@ -158,7 +160,15 @@ def main() -> None:
                     help="directory for the editing sessions, one per method (default: OUT.sessions)")
     ap.add_argument("--resume", action="store_true",
                     help="go on from OUT.json: finished methods are kept, an unfinished one continues from its session")
+    ap.add_argument("--rerun", default="",
+                    help="with --resume: run these methods again from scratch (a new recipe, say); every other "
+                         "run of the report is kept as it is, finished or not")
     args = ap.parse_args()
+    methods, rerun = args.methods.split(","), set(filter(None, args.rerun.split(",")))
+    if rerun and not args.resume:
+        ap.error("--rerun goes with --resume (without it every method runs from scratch anyway)")
+    if rerun - set(methods):
+        ap.error(f"--rerun {args.rerun}: not among --methods {args.methods}")
 
     requests = read_requests(args.facts, limit=args.limit)
     facts_sha = hashlib.sha256("".join(json.dumps(r.to_dict(), sort_keys=True) for r in requests).encode()).hexdigest()
@@ -178,10 +188,11 @@ def main() -> None:
         write_json(out.with_suffix(".json"), report)
         plot(runs_now, out.with_suffix(".png"), title)
 
-    for method in args.methods.split(","):
-        before = earlier.get(method)
-        if before is not None and before.get("complete"):
-            print(f"{method}: kept from {out.with_suffix('.json')} ({before['curve'][-1]['edits']} edits)")
+    for method in methods:
+        before = None if method in rerun else earlier.get(method)
+        if before is not None and (before.get("complete") or rerun):
+            state = "" if before.get("complete") else ", unfinished"
+            print(f"{method}: kept from {out.with_suffix('.json')} ({before['curve'][-1]['edits']} edits{state})")
             runs.append(before)
             continue
         runs.append(run_method(model, tok, method, requests, args.batch_size, args.sets, sessions / method,

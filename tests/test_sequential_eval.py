@@ -53,3 +53,19 @@ def test_an_interrupted_run_resumes_and_matches_an_uninterrupted_one(tmp_path):
     # a report of other facts is not resumed
     done = run(*common[:3], "3", *common[4:], "--out", str(whole), "--resume", home=tmp_path / "home")
     assert done.returncode != 0 and "cannot resume" in done.stderr
+
+    # --rerun: the named method runs again from scratch, the report's other runs stay as they are,
+    # an unfinished one too (its session may be long gone)
+    other = dict(complete, method="memit", complete=False, curve=complete["curve"][:2], session="gone")
+    whole.with_suffix(".json").write_text(json.dumps(dict(report, runs=[other, complete])))
+    done = run(*common[:-1], "memit,alphaedit", "--out", str(whole), "--resume", "--rerun", "alphaedit",
+               home=tmp_path / "home")
+    assert done.returncode == 0, done.stderr
+    assert "memit: kept from" in done.stdout and "unfinished" in done.stdout and "alphaedit: kept" not in done.stdout
+    kept, again = json.loads(whole.with_suffix(".json").read_text())["runs"]
+    assert kept["method"] == "memit" and not kept["complete"] and kept["curve"] == other["curve"]
+    assert kept["measured_by"]["command"] == report["command"]
+    assert again["method"] == "alphaedit" and again["complete"] and "measured_by" not in again
+    assert [p["efficacy"] for p in again["curve"]] == [p["efficacy"] for p in complete["curve"]]
+    done = run(*common, "--out", str(whole), "--rerun", "alphaedit", home=tmp_path / "home")
+    assert done.returncode != 0 and "--rerun goes with --resume" in done.stderr
