@@ -188,7 +188,10 @@ def main() -> None:
         write_json(out.with_suffix(".json"), report)
         plot(runs_now, out.with_suffix(".png"), title)
 
-    for method in methods:
+    for i, method in enumerate(methods):
+        # the report's runs of the methods still to come stay in every write, so an interruption
+        # never drops a run that was measured before
+        later = [earlier[m] for m in methods[i + 1:] if m in earlier]
         before = None if method in rerun else earlier.get(method)
         if before is not None and (before.get("complete") or rerun):
             state = "" if before.get("complete") else ", unfinished"
@@ -196,8 +199,8 @@ def main() -> None:
             runs.append(before)
             continue
         runs.append(run_method(model, tok, method, requests, args.batch_size, args.sets, sessions / method,
-                               resume_from=before, on_point=lambda partial: write(runs + [partial])))
-        write(runs)
+                               resume_from=before, on_point=lambda partial: write(runs + [partial] + later)))
+        write(runs + later)
     for run in runs:
         last = run["curve"][-1]
         print(f"{run['method']:<10} efficacy {last['efficacy']:.3f}  generalisation {last['generalisation']:.3f}  "

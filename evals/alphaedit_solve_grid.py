@@ -1,0 +1,164 @@
+"""AlphaEdit's solve compared on fixed values: which ridge α, null-space threshold and memory
+weight keep sequential edits without costing the model elsewhere.
+
+    python evals/alphaedit_solve_grid.py --batches 3 --grid alpha=30,15 --grid memory_weight=1,10
+
+The value optimisation is 90% of an AlphaEdit batch and does not depend on the solve, so the
+values (the target states z_i at the top edited layer) of the first ``--batches`` batches are
+optimised once, with the recipe's settings (and ``--set`` overrides), and cached. Every setting
+of the grid then replays the batches in order: keys and residuals measured on the model as the
+earlier batches left it, the update solved with that setting, the batch's keys added to the
+memory; after each batch the efficacy, generalisation and specificity of every batch so far
+(each batch on its own, so decay shows) and perplexity on the generic text.
+
+Approximation: all the batches' values are optimised on the original model, where a true
+sequential run optimises batch b's values on the model after batches 1..b-1 (evals/
+sequential_edit.py does that). The difference is what batch b's subjects' states moved under
+the earlier edits; use this script to rank settings, sequential_edit.py to measure one.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import itertools
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from llm_edit import load_model, read_requests  # noqa: E402
+from llm_edit.api import add_gram, model_recipe_name  # noqa: E402
+from llm_edit.arch import arch_of  # noqa: E402
+from llm_edit.config import load_config, parse_set  # noqa: E402
+from llm_edit.io import run_info, write_json  # noqa: E402
+from llm_edit.kv import optimise_values, spread_over_layers  # noqa: E402
+from llm_edit.maths import null_space_projector, null_space_update  # noqa: E402
+from llm_edit.methods.alphaedit import AlphaEditConfig, prepare  # noqa: E402
+from llm_edit.metrics import edit_table, generic_perplexity, summarise  # noqa: E402
+from llm_edit.models import cache_home, fingerprint  # noqa: E402
+from llm_edit.patch import WeightDelta  # noqa: E402
+from llm_edit.stats import second_moment  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+SOLVE_KEYS = ("alpha", "nullspace_threshold", "memory_weight")  # memory_weight: w·K_pK_pᵀ (the paper: w = 1)
+
+
+def batch_values(model, tok, config, state, batch, cache: Path) -> torch.Tensor:
+    """The batch's target states z_i = h_i + δ_i at the top layer, optimised once and cached."""
+    if cache.exists():
+        return torch.load(cache, weights_only=True)
+    spec = arch_of(model)
+    values = optimise_values(model, tok, spec.layer(state["layer"][-1]), batch, state["contexts"],
+                             steps=config.v_steps, lr=config.v_lr, kl_factor=config.kl_factor,
+                             weight_decay=config.v_weight_decay, clamp_norm_factor=config.clamp_norm_factor,
+                             kl_prompts=config.kl_prompts, nll_stop=config.nll_stop, progress=True)
+    targets = torch.stack([v.initial + v.delta for v in values])
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(targets, cache)
+    return targets
+
+
+def replay(model, tok, config, state, batches, targets, setting, projectors_by_threshold) -> list[dict]:
+    """Apply the batches in order with one solve setting; measure after each; revert."""
+    spec = arch_of(model)
+    alpha = setting.get("alpha", config.alpha)
+    weight = setting.get("memory_weight", 1.0)
+    projectors = projectors_by_threshold[setting.get("nullspace_threshold", config.nullspace_threshold)]
+    memory, applied, curve = {}, [], []
+    try:
+        for b, (batch, z) in enumerate(zip(batches, targets)):
+            def solve(layer, residuals, keys):
+                previous = memory.get(spec.mlp_out.format(layer))
+                return null_space_update(residuals, keys, projectors[layer],
+                                         None if previous is None else weight * previous, alpha)
+
+            factors, keys = spread_over_layers(model, tok, batch, state["contexts"], state["layer"], z,
+                                               config.bare_key_weight, solve)
+            applied.append(WeightDelta(factors).apply(model))
+            for name, k in keys.items():
+                memory[name] = add_gram(memory.get(name), k)
+            table = edit_table(model, tok, [r for part in batches[:b + 1] for r in part])
+            size = len(batch)
+            per_batch = [summarise([row for row in table if row["request"] // size == j]) for j in range(b + 1)]
+            overall = summarise(table)
+            point = dict(overall, edits=sum(len(p) for p in batches[:b + 1]), perplexity=generic_perplexity(model, tok),
+                         efficacy_by_batch=[p["efficacy"] for p in per_batch],
+                         update_norm=sum(float(d.dense(n).norm()) for d in applied[-1:] for n in d.factors))
+            curve.append(point)
+            print(f"  {setting}: {point['edits']} edits, efficacy {point['efficacy']:.3f} "
+                  f"(by batch {[round(e, 2) for e in point['efficacy_by_batch']]}), generalisation "
+                  f"{point['generalisation']:.3f}, specificity {point['specificity']:.3f}, "
+                  f"perplexity {point['perplexity']:.2f}", flush=True)
+    finally:
+        for delta in reversed(applied):
+            delta.revert(model)
+    return curve
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="llama")
+    ap.add_argument("--facts", default=str(ROOT.parent / "shared/data/counterfact/counterfact-edit-1k.json"))
+    ap.add_argument("--batches", type=int, default=3)
+    ap.add_argument("--batch-size", type=int, default=100)
+    ap.add_argument("--set", dest="sets", action="append", default=[],
+                    help="KEY=VALUE for the value optimisation (the recipe's otherwise)")
+    ap.add_argument("--grid", action="append", default=[],
+                    help=f"KEY=V1,V2,... over the solve's settings {SOLVE_KEYS}; the grid is their product")
+    ap.add_argument("--out", default=str(ROOT / "evals/results/alphaedit_solve_grid.json"))
+    args = ap.parse_args()
+
+    grid = {}
+    for item in args.grid:
+        key, _, values = item.partition("=")
+        if key not in SOLVE_KEYS:
+            raise SystemExit(f"--grid {item}: {key!r} is not one of {SOLVE_KEYS}")
+        grid[key] = [float(v) for v in values.split(",")]
+    parse_set(args.sets)  # fails on a malformed item before the model loads
+    requests = read_requests(args.facts, limit=args.batches * args.batch_size)
+    batches = [requests[i:i + args.batch_size] for i in range(0, len(requests), args.batch_size)]
+    model, tok = load_model(args.model)
+    base = fingerprint(model)
+    config, recipe = load_config(AlphaEditConfig, "alphaedit", model_recipe=model_recipe_name(model), sets=args.sets)
+    t0 = time.perf_counter()
+    state = prepare(model, tok, config)
+    value_key = hashlib.sha256(json.dumps([base, str(args.facts), args.batch_size, args.sets,
+                                           {k: getattr(config, k) for k in config.__dataclass_fields__
+                                            if k not in SOLVE_KEYS}], sort_keys=True, default=str).encode()).hexdigest()[:16]
+    cache = cache_home() / "cache" / "solve_grid" / value_key
+    t1 = time.perf_counter()
+    targets = [batch_values(model, tok, config, state, batch, cache / f"batch{b:03d}.pt") for b, batch in enumerate(batches)]
+    t2 = time.perf_counter()
+
+    spec = arch_of(model)
+    projectors_by_threshold = {config.nullspace_threshold: state["projectors"]}
+    for threshold in grid.get("nullspace_threshold", []):
+        projectors_by_threshold.setdefault(threshold, {
+            layer: null_space_projector(second_moment(model, tok, spec.mlp_out.format(layer), corpus=config.stats_corpus,
+                                                      n_tokens=config.stats_tokens, seq_len=config.stats_seq_len,
+                                                      seed=config.seed)[0], threshold)
+            for layer in state["layer"]})
+    settings = [dict(zip(grid, combo)) for combo in itertools.product(*grid.values())] or [{}]
+    runs = []
+    for setting in settings:
+        t = time.perf_counter()
+        curve = replay(model, tok, config, state, batches, targets, setting, projectors_by_threshold)
+        runs.append({"setting": setting, "curve": curve, "seconds": round(time.perf_counter() - t, 1)})
+        write_json(Path(args.out), {"facts": args.facts, "batches": args.batches, "batch_size": args.batch_size,
+                                    "recipe": str(recipe), "sets": args.sets, "value_cache": str(cache),
+                                    "prepare_seconds": round(t1 - t0, 1), "value_seconds": round(t2 - t1, 1),
+                                    "runs": runs, "command": " ".join(sys.argv), **run_info()})
+    assert fingerprint(model) == base, "replaying the grid did not restore the original weights"
+    for run in runs:
+        last = run["curve"][-1]
+        print(f"{json.dumps(run['setting']):<60} efficacy {last['efficacy']:.3f}  generalisation "
+              f"{last['generalisation']:.3f}  specificity {last['specificity']:.3f}  perplexity "
+              f"{last['perplexity']:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,44 @@
+"""evals/alphaedit_solve_grid.py on a tiny model: every setting replays the same batches, the
+values are optimised once, and the model ends as it started."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(*args, home):
+    env = dict(os.environ, LLM_EDIT_HOME=str(home), OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    return subprocess.run([sys.executable, str(ROOT / "evals/alphaedit_solve_grid.py"), "--model", "tiny-llama",
+                           "--set", "v_steps=3", "--set", "stats_tokens=2000", *args],
+                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+
+
+def test_grid_replays_each_setting_on_cached_values(tmp_path):
+    facts = tmp_path / "facts.jsonl"
+    subjects = ["Eiffel Tower", "Louvre", "Colosseum", "Big Ben"]
+    facts.write_text("".join(json.dumps({"prompt": "{} is in", "subject": s, "target_new": "Rome", "target_true": "Paris",
+                                         "paraphrase_prompts": [f"{s} lies in"],
+                                         "neighborhood": [{"prompt": "Notre Dame is in", "target": "Paris"}]}) + "\n"
+                         for s in subjects))
+    out = tmp_path / "grid.json"
+    common = ["--facts", str(facts), "--batches", "2", "--batch-size", "2", "--out", str(out)]
+    done = run(*common, "--grid", "alpha=0.1,1000", "--grid", "nullspace_threshold=0.5", home=tmp_path / "home")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(out.read_text())
+    assert [r["setting"] for r in report["runs"]] == [{"alpha": 0.1, "nullspace_threshold": 0.5},
+                                                      {"alpha": 1000.0, "nullspace_threshold": 0.5}]
+    for r in report["runs"]:
+        assert [p["edits"] for p in r["curve"]] == [2, 4] and len(r["curve"][-1]["efficacy_by_batch"]) == 2
+    small, large = (r["curve"][0]["update_norm"] for r in report["runs"])
+    assert large < small  # the ridge term shrinks the update
+    cached = list((tmp_path / "home" / "cache" / "solve_grid").glob("*/batch*.pt"))
+    assert len(cached) == 2
+    again = run(*common, "--grid", "alpha=1000", home=tmp_path / "home")  # the values come from the cache
+    assert again.returncode == 0, again.stderr
+    assert "optimising" not in again.stderr
+
+    bad = run(*common, "--grid", "alhpa=1", home=tmp_path / "home")
+    assert bad.returncode != 0 and "'alhpa' is not one of" in bad.stderr
