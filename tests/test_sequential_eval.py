@@ -1,28 +1,16 @@
 """evals/sequential_edit.py on a tiny model: an interrupted run resumes from its editing session
 and ends where an uninterrupted run ends."""
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import run_eval, write_city_facts
 
 
 def run(*args, home):
-    env = dict(os.environ, LLM_EDIT_HOME=str(home), OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-    return subprocess.run([sys.executable, str(ROOT / "evals/sequential_edit.py"), "--model", "tiny-llama",
-                           "--set", "v_steps=3", "--set", "stats_tokens=2000", *args],
-                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+    return run_eval("sequential_edit.py", *args, home=home)
 
 
 def test_an_interrupted_run_resumes_and_matches_an_uninterrupted_one(tmp_path):
-    facts = tmp_path / "facts.jsonl"
-    subjects = ["Eiffel Tower", "Louvre", "Colosseum", "Big Ben"]
-    facts.write_text("".join(json.dumps({"prompt": "{} is in", "subject": s, "target_new": "Rome", "target_true": "Paris",
-                                         "paraphrase_prompts": [f"{s} lies in"],
-                                         "neighborhood": [{"prompt": "Notre Dame is in", "target": "Paris"}]}) + "\n"
-                         for s in subjects))
+    facts = write_city_facts(tmp_path / "facts.jsonl")
     common = ["--facts", str(facts), "--limit", "4", "--batch-size", "2", "--methods", "alphaedit"]
     whole = tmp_path / "whole"
     done = run(*common, "--out", str(whole), home=tmp_path / "home")

@@ -1,28 +1,16 @@
 """evals/alphaedit_solve_grid.py on a tiny model: every setting replays the same batches, the
 values are optimised once, and the model ends as it started."""
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import run_eval, write_city_facts
 
 
 def run(*args, home):
-    env = dict(os.environ, LLM_EDIT_HOME=str(home), OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-    return subprocess.run([sys.executable, str(ROOT / "evals/alphaedit_solve_grid.py"), "--model", "tiny-llama",
-                           "--set", "v_steps=3", "--set", "stats_tokens=2000", *args],
-                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+    return run_eval("alphaedit_solve_grid.py", *args, home=home)
 
 
 def test_grid_replays_each_setting_on_cached_values(tmp_path):
-    facts = tmp_path / "facts.jsonl"
-    subjects = ["Eiffel Tower", "Louvre", "Colosseum", "Big Ben"]
-    facts.write_text("".join(json.dumps({"prompt": "{} is in", "subject": s, "target_new": "Rome", "target_true": "Paris",
-                                         "paraphrase_prompts": [f"{s} lies in"],
-                                         "neighborhood": [{"prompt": "Notre Dame is in", "target": "Paris"}]}) + "\n"
-                         for s in subjects))
+    facts = write_city_facts(tmp_path / "facts.jsonl")
     out = tmp_path / "grid.json"
     common = ["--facts", str(facts), "--batches", "2", "--batch-size", "2", "--out", str(out)]
     done = run(*common, "--grid", "alpha=0.1,1000", "--grid", "nullspace_threshold=0.5", home=tmp_path / "home")
