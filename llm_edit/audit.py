@@ -419,7 +419,7 @@ def _summarise(rows, items, config, retain_report, timings) -> dict:
         au, ao = u["mia"]["auc_min_k_plus_plus"], o["mia"]["auc_min_k_plus_plus"]
         floor = ref_auc if ref_auc is not None else 0.5
         add("mia_min_k_plus_plus", "membership AUC", au, ao, ref_auc, recovery(au, ao, floor),
-            f"PrivLeak vs retain: {M.privleak(au, ref_auc):.1f}" if ref_auc else "floor: AUC 0.5 (no retain reference)")
+            f"PrivLeak (Min-K%++, open-unlearning's sign: < 0 still looks trained on) vs retain: {M.privleak(au, ref_auc):.1f}" if ref_auc else "floor: AUC 0.5 (no retain reference)")
         add("mia_loss", "membership AUC", u["mia"]["auc_loss"], o["mia"]["auc_loss"],
             r["mia"]["auc_loss"] if r else None,
             recovery(u["mia"]["auc_loss"], o["mia"]["auc_loss"], r["mia"]["auc_loss"] if r else 0.5))

@@ -1,7 +1,7 @@
 """Reports people read: the TOFU table (Markdown) and its plots (PNG), written atomically.
 
-``tofu_table`` puts one model per row, with TOFU's Table 1 columns plus MUSE's PrivLeak;
-``plot_truth_ratios`` shows each model's forget truth-ratio distribution against the retain
+``tofu_table`` puts one model per row, with TOFU's Table 1 columns plus MUSE's PrivLeak
+(open-unlearning's sign, on Min-K% and Min-K%++); ``plot_truth_ratios`` shows each model's forget truth-ratio distribution against the retain
 model's (what forget quality tests); ``plot_quality_utility`` places models on TOFU's
 forget-quality / model-utility plane (top right is best).
 """
@@ -18,7 +18,8 @@ COLUMNS = [  # (header, how to read it from aggregates)
     ("forget truth ratio", lambda a: a.get("forget_truth_ratio")),
     ("forget prob.", lambda a: a.get("forget_probability")),
     ("forget ROUGE-L", lambda a: a.get("forget_rouge")),
-    ("PrivLeak (Min-K%++)", lambda a: (a.get("privleak") or {}).get("value")),
+    ("PrivLeak (Min-K%)", lambda a: (a.get("privleak") or {}).get("value")),
+    ("PrivLeak (Min-K%++)", lambda a: (a.get("privleak") or {}).get("min_k_plus_plus")),
     ("extraction strength", lambda a: a.get("extraction_strength")),
     ("retain prob.", lambda a: a.get("retain_probability")),
     ("retain ROUGE-L", lambda a: a.get("retain_rouge")),

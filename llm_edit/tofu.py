@@ -178,6 +178,7 @@ def evaluate_tofu(model, tok, task: TofuTask, settings: EvalSettings | None = No
     if use_cache and cache.is_file():
         report = json.loads(cache.read_text())
         report["cached"] = str(cache)
+        report["conventions"] = M.CONVENTIONS  # a report cached by an older release keeps today's definitions
         if name:
             report["model"] = name
         return report
@@ -317,9 +318,11 @@ def attach_reference(report: dict, retain_report: dict, source: str) -> dict:
                              "retain_forget_truth_ratio": retain_report["aggregates"]["forget_truth_ratio"]}
     if agg.get("mia_auc") and retain_report["aggregates"].get("mia_auc"):
         ref = retain_report["aggregates"]["mia_auc"]
-        agg["privleak"] = {"value": M.privleak(agg["mia_auc"]["min_k_plus_plus"], ref["min_k_plus_plus"]),
-                           "status": "ok", "attack": "min_k_plus_plus",
-                           "per_attack": {a: M.privleak(agg["mia_auc"][a], ref[a]) for a in ref}}
+        per_attack = {a: M.privleak(agg["mia_auc"][a], ref[a]) for a in ref}
+        # the headline is open-unlearning's (Min-K%), so a number copied from a paper that used it compares
+        agg["privleak"] = {"value": per_attack["min_k"], "status": "ok", "attack": "min_k",
+                           "min_k_plus_plus": per_attack["min_k_plus_plus"], "per_attack": per_attack,
+                           "definition": M.CONVENTIONS["privleak"]}
     report["reference"] = {"source": source, "model": retain_report.get("model"),
                            "model_fingerprint": retain_report.get("model_fingerprint")}
     return report

@@ -32,9 +32,11 @@ CONVENTIONS = {
     "mia": "scores are non-membership scores (higher: looks unseen); membership AUC = P(a holdout item "
            "scores higher than a forget item), 1.0: the forget set is still recognisably trained on, "
            "0.5: indistinguishable from unseen data",
-    "privleak": "(AUC_model - AUC_retain) / AUC_retain * 100 with membership AUCs; the same as "
-                "((1 - AUC) - (1 - AUC_retain)) / (1 - AUC_retain) * 100 in open-unlearning's "
-                "convention (AUC with the forget set as the positive class of a non-membership score)",
+    "privleak": "open-unlearning's and MUSE's: ((1 - AUC) - (1 - AUC_retain)) / (1 - AUC_retain) * 100 with "
+                "the membership AUCs above (1e-10 added to the denominator, as open-unlearning); negative: the "
+                "forget set still looks trained on (under-unlearning), positive: it looks less seen than unseen "
+                "data (over-unlearning); the headline is on Min-K% (open-unlearning's), Min-K%++ and every attack "
+                "are reported beside it",
     "min_k": "k = 0.4 (the lowest 40% of answer tokens); Min-K%++ floors the variance at 1e-6",
     "answer_tokens_mia_memorisation": "MIA scores, extraction strength and exact memorisation read the "
                                       "answer tokens without the EOS (as open-unlearning); probabilities "
@@ -173,10 +175,15 @@ def membership_auc(forget_scores: Sequence[float], holdout_scores: Sequence[floa
 
 
 def privleak(auc_model: float, auc_retain: float) -> float:
-    """PrivLeak (MUSE, Shi et al. 2024, §3.1): (AUC_model − AUC_retain) / AUC_retain × 100 with
-    membership AUCs. 0: leaks as much as the retain model; > 0: the forget set still looks
-    trained on (under-unlearning); < 0: it looks *less* seen than unseen data (over-unlearning)."""
-    return (auc_model - auc_retain) / auc_retain * 100.0
+    """PrivLeak (MUSE, Shi et al. 2024, §3.1), with open-unlearning's sign and value: MUSE's AUC is
+    ours mirrored (1 − AUC: a forget set that still looks trained on scores near 0), so
+    PrivLeak = ((1 − AUC) − (1 − AUC_retain)) / (1 − AUC_retain) × 100, computed in that order
+    with open-unlearning's 1e-10 in the denominator so both give the same float. 0: leaks as much
+    as the retain model; < 0: the forget set still looks trained on (under-unlearning); > 0: it
+    looks *less* seen than unseen data (over-unlearning). At AUC_retain = 0.5 it is
+    (0.5 − AUC) × 200. Deviation: none (open-unlearning's ``privleak`` handler, MUSE's Table 3 sign)."""
+    score, ref = 1.0 - auc_model, 1.0 - auc_retain
+    return (score - ref) / (ref + 1e-10) * 100.0
 
 
 # -- memorisation ----------------------------------------------------------------------------------

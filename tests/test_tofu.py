@@ -73,6 +73,19 @@ def test_evaluation_report(tiny, task):
     assert report["aggregates"]["privleak"]["value"] == pytest.approx(0.0)
 
 
+def test_privleak_is_reported_on_min_k_and_min_k_plus_plus():
+    # hand-made reports: only what attach_reference reads
+    def report(aucs, ratios):
+        return {"task": {"sha256": {"forget_eval": "same"}}, "items": {"forget": [{"truth_ratio": r} for r in ratios]},
+                "aggregates": {"forget_truth_ratio": 0.5, "mia_auc": aucs}}
+    mine = report({"loss": 0.8, "zlib": 0.75, "min_k": 0.9, "min_k_plus_plus": 0.7}, [0.5, 0.6])
+    retain = report({"loss": 0.5, "zlib": 0.5, "min_k": 0.5, "min_k_plus_plus": 0.15}, [0.9, 1.1])
+    pl = attach_reference(mine, retain, "retain.json")["aggregates"]["privleak"]
+    assert pl["attack"] == "min_k" and pl["value"] == pytest.approx(-80.0)  # (0.1 - 0.5) / 0.5 x 100
+    assert pl["min_k_plus_plus"] == pytest.approx((0.3 - 0.85) / 0.85 * 100)
+    assert pl["per_attack"]["loss"] == pytest.approx(-60.0) and pl["per_attack"]["zlib"] == pytest.approx(-50.0)
+
+
 def test_evaluations_are_cached_per_model_and_settings(tiny, task):
     model, tok = tiny("llama")
     first = evaluate_tofu(model, tok, task, SETTINGS, progress=False)

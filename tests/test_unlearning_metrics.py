@@ -63,10 +63,18 @@ def test_membership_auc_counts_ties_as_half():
     assert M.membership_auc([5, 6], [1, 2]) == 0.0
 
 
-def test_privleak():
-    assert M.privleak(0.9, 0.5) == pytest.approx(80.0)
+def test_privleak_has_open_unlearnings_sign_and_value():
+    # open-unlearning: score = 1 - AUC, ref = 1 - AUC_ref, (score - ref) / (ref + 1e-10) * 100
+    assert M.privleak(0.9, 0.5) == pytest.approx(-80.0)  # (0.1 - 0.5) / 0.5: still looks trained on
     assert M.privleak(0.5, 0.5) == 0.0
-    assert M.privleak(0.25, 0.5) == pytest.approx(-50.0)
+    assert M.privleak(0.25, 0.5) == pytest.approx(50.0)  # (0.75 - 0.5) / 0.5: over-unlearned
+    # the case: at AUC_ref = 0.5 the old formula gave -1.875 here, open-unlearning +1.875
+    assert M.privleak(0.490625, 0.5) == pytest.approx(1.875)
+    assert M.privleak(0.15, 0.6) == pytest.approx(112.5)  # (0.85 - 0.4) / 0.4
+    assert M.privleak(0.7, 0.15) == pytest.approx(-64.70588, rel=1e-6)  # (0.3 - 0.85) / 0.85
+    # the same float as open-unlearning's expression, operation for operation
+    for auc, ref in [(0.9, 0.5), (0.123, 0.456), (0.15, 0.6), (0.0, 1.0)]:
+        assert M.privleak(auc, ref) == ((1 - auc) - (1 - ref)) / ((1 - ref) + 1e-10) * 100
 
 
 def test_memorisation():
