@@ -78,7 +78,7 @@ def replay(model, tok, config, state, batches, targets, setting, projectors_by_t
 
             factors, keys = spread_over_layers(model, tok, batch, state["contexts"], state["layer"], z,
                                                config.bare_key_weight, solve)
-            applied.append(WeightDelta(factors).apply(model))
+            applied.append(WeightDelta(factors).apply(model, check_base=False))
             for name, k in keys.items():
                 memory[name] = add_gram(memory.get(name), k)
             table = edit_table(model, tok, [r for part in batches[:b + 1] for r in part])

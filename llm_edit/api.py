@@ -215,19 +215,24 @@ class ForgetResult:
         self.merged = True
         return self.model
 
-    def save(self, path: str | Path, *, overwrite: bool = False) -> None:
+    def save(self, path: str | Path, *, overwrite: bool = False, extra_json: dict[str, Any] | None = None) -> None:
+        """Write the directory atomically; ``extra_json`` (file name -> object) goes inside it
+        before it is renamed into place, so an interrupt never leaves it without them."""
         from .io import atomic_directory, write_json
 
         adapter = self.adapter
         with atomic_directory(Path(path), overwrite=overwrite) as out:
             if adapter is not None:
-                adapter.save_pretrained(out / "adapter", safe_serialization=True)
+                # the embeddings are never adapted; "auto" would look the base model up on the hub
+                adapter.save_pretrained(out / "adapter", safe_serialization=True, save_embedding_layers=False)
             model = self.merge()
             if self.delta is not None:
                 self.delta.save(out / "patch.safetensors")
             model.save_pretrained(out, safe_serialization=True)
             self.tokenizer.save_pretrained(out)
             write_json(out / "llm_edit_manifest.json", dict(self.manifest, merged_model_fingerprint=fingerprint(model)))
+            for name, obj in (extra_json or {}).items():
+                write_json(out / name, obj)
 
 
 def _parse_items(items, name: str):

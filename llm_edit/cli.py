@@ -25,11 +25,12 @@ def _bad_input_errors():
     from .patch import PatchError
     from .text import SubjectNotFound
 
+    from .io import OutputPathError
     from .session import SessionError
     from .tofu import TofuDataError
 
     return (FactFileError, ConfigError, ModelLoadError, PatchError, UnsupportedArchitecture, SubjectNotFound,
-            FileExistsError, TofuDataError, SessionError)
+            FileExistsError, TofuDataError, SessionError, OutputPathError)
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -70,6 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("apply", help="apply a patch file to a model and write the result")
     _add_model_args(p)
     p.add_argument("--patch", required=True, action="append", help="patch file (repeat to stack, in order)")
+    p.add_argument("--no-check-base", action="store_true",
+                   help="apply even where the patch has no usable base-weight sha256 or it does not match")
     p.add_argument("--out", required=True)
     p.add_argument("--overwrite", action="store_true")
 
@@ -166,17 +169,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
     try:
+        args = build_parser().parse_args(argv)  # imports torch: Ctrl-C here is handled below too
         return {"models": cmd_models, "edit": cmd_edit, "apply": cmd_apply, "forget": cmd_forget,
                 "locate": cmd_locate, "demo": cmd_demo,
                 "eval": cmd_eval, "tofu": cmd_tofu, "audit": cmd_audit}[args.command](args)
+    except KeyboardInterrupt:  # first: the clause below imports modules, which an interrupt may have cut short
+        print("llm-edit: interrupted; nothing was written", file=sys.stderr)
+        return 130
     except _bad_input_errors() as e:
         print(f"llm-edit: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
-        print("llm-edit: interrupted; nothing was written", file=sys.stderr)
-        return 130
 
 
 def cmd_models(args) -> int:
@@ -201,9 +204,25 @@ def _load(args):
     return load_model(args.model, dtype=args.dtype, device=args.device, trust_remote_code=args.trust_remote_code)
 
 
+def _check_requests_fit(model, tok, source, numbered) -> None:
+    """Every prompt of an edit file fits the model's context (checked before any work)."""
+    from .facts import check_context, context_length, request_texts
+
+    check_context(tok, context_length(model), str(source),
+                  (e for line, r in numbered for e in request_texts(line, r)))
+
+
+def _check_items_fit(model, tok, source, numbered) -> None:
+    from .facts import check_context, context_length
+    from .forget_data import item_texts
+
+    check_context(tok, context_length(model), str(source), (e for line, x in numbered for e in item_texts(line, x)))
+
+
 def _check_out(args) -> None:
-    if Path(args.out).exists() and not args.overwrite:
-        raise FileExistsError(f"{args.out} already exists (pass --overwrite to replace it)")
+    from .io import check_output_dir
+
+    check_output_dir(args.out, overwrite=args.overwrite)
 
 
 def _save_model(model, tok, out: Path) -> None:
@@ -252,14 +271,13 @@ def _session_settings(args, spec) -> None:
     """Fold ``--batch-size`` into ``--set``; with an existing ``--session``, take its method and
     settings (they are fixed when the session is created, so every batch is made the same way)."""
     import dataclasses
-    import json
 
     from .config import ConfigError
-    from .session import SESSION_FILE
+    from .session import SESSION_FILE, read_info
 
     file = Path(args.session) / SESSION_FILE if args.session else None
     if file is not None and file.exists():
-        info = json.loads(file.read_text())
+        info = read_info(args.session)
         given = [flag for flag, value in (("--recipe", args.recipe), ("--set/--layers", args.sets),
                                           ("--batch-size", args.batch_size)) if value]
         if given or args.method_given and args.method != info.get("method"):
@@ -276,7 +294,7 @@ def _session_settings(args, spec) -> None:
 def cmd_edit(args) -> int:
     from .api import edit
     from .config import load_config
-    from .facts import read_requests
+    from .facts import numbered_requests
     from .io import atomic_directory, write_json
     from .methods import get_method
     from .metrics import edit_table, fluency, generic_perplexity, summarise
@@ -287,7 +305,8 @@ def cmd_edit(args) -> int:
 
         raise ConfigError("edit needs --out (or --session, to keep the edits in a session only)")
     args.method_given, args.method = args.method is not None, args.method or "rome"
-    requests = read_requests(args.facts)  # validate input before anything slow
+    numbered = numbered_requests(args.facts)  # validate input before anything slow
+    requests = [r for _, r in numbered]
     if args.out is not None:
         _check_out(args)
     spec = get_method(args.method)
@@ -299,6 +318,7 @@ def cmd_edit(args) -> int:
     load_config(spec.config, args.method, recipe=args.recipe, model_recipe=alias.recipe if alias else None,
                 sets=args.sets)
     model, tok = _load(args)
+    _check_requests_fit(model, tok, args.facts, numbered)
     session = None
     if args.session is not None:
         from .session import SESSION_FILE, EditSession
@@ -353,7 +373,7 @@ def cmd_apply(args) -> int:
     applied = []
     try:
         for d in deltas:
-            applied.append(d.apply(model))
+            applied.append(d.apply(model, check_base=not args.no_check_base))
     except BaseException:
         for d in reversed(applied):
             d.revert(model)
@@ -367,31 +387,6 @@ def cmd_apply(args) -> int:
     return 0
 
 
-def _answer_rows(model, tok, items, fmt, role: str) -> list[dict]:
-    from .metrics import answer_probability, greedy_answers
-
-    probs = answer_probability(model, tok, items, fmt)
-    answers = greedy_answers(model, tok, items, fmt)
-    return [{"role": role, "kind": x.kind, "prompt": x.prompt or x.answer[:40], "answer": x.answer,
-             "p_answer": p, "greedy": g} for x, p, g in zip(items, probs, answers)]
-
-
-def _print_answer_table(before: list[dict], after: list[dict], show: int) -> None:
-    def clip(text, n):
-        text = " ".join(text.split())
-        return text if len(text) <= n else text[: n - 1] + "…"
-
-    for role in ("forget", "retain"):
-        rows = [(b, a) for b, a in zip(before, after) if b["role"] == role]
-        if not rows:
-            continue
-        print(f"\n{role} items ({len(rows)}; showing {min(show, len(rows))}): P(answer) and greedy answer")
-        print(f"  {'prompt':<38} {'answer':<16} {'P before':>9} {'P after':>9}  greedy before -> after")
-        for b, a in rows[:show]:
-            print(f"  {clip(b['prompt'], 38):<38} {clip(b['answer'], 16):<16} {b['p_answer']:>9.4f} "
-                  f"{a['p_answer']:>9.4f}  {clip(b['greedy'], 24)!r} -> {clip(a['greedy'], 24)!r}")
-
-
 def cmd_forget(args) -> int:
     import torch
     from accelerate import Accelerator
@@ -399,14 +394,17 @@ def cmd_forget(args) -> int:
     from .api import erase_requests, forget
     from .config import load_config
     from .facts import FactFileError
-    from .forget_data import Formatting, read_items
+    from .forget_data import Formatting, given_neighbours, neighbour_facts, numbered_items
     from .methods import ERASERS
-    from .io import write_json
+    from .metrics import answer_rows, compare_forget_rows
     from .models import ALIASES, load_model
+    from .report import forget_table_text
     from .unlearners import get_unlearner
 
-    forget_items = read_items(args.facts)  # validate input before anything slow
-    retain_items = read_items(args.retain) if args.retain else None
+    numbered_forget = numbered_items(args.facts)  # validate input before anything slow
+    numbered_retain = numbered_items(args.retain) if args.retain else []
+    forget_items = [x for _, x in numbered_forget]
+    retain_items = [x for _, x in numbered_retain] or None
     _check_out(args)
     erasing = args.method in ERASERS
     if erasing:
@@ -425,38 +423,31 @@ def cmd_forget(args) -> int:
     acc = Accelerator(cpu=use_cpu)
     model, tok = load_model(args.model, dtype=args.dtype, device=args.device or acc.device,
                             trust_remote_code=args.trust_remote_code)
+    _check_items_fit(model, tok, args.facts, numbered_forget)
+    if args.retain:
+        _check_items_fit(model, tok, args.retain, numbered_retain)
     main_process = acc.is_main_process
     fmt = Formatting() if erasing else Formatting(config.use_chat_template, config.system_prompt)
     evaluate = not args.no_eval and main_process
-    shown_retain = (retain_items or [])[:20]
-    before = []
-    if evaluate:
-        before = _answer_rows(model, tok, forget_items, fmt, "forget") + _answer_rows(model, tok, shown_retain, fmt,
-                                                                                          "retain")
+    # what the table compares: the forget items, facts that share their object or relation (the
+    # first to suffer), and a sample of the retain items
+    groups = {"forget": forget_items, "neighbour": given_neighbours(forget_items) or neighbour_facts(forget_items),
+              "retain": (retain_items or [])[:20]}
+    before = [row for role, items in groups.items() for row in answer_rows(model, tok, items, fmt, role)] \
+        if evaluate else []
     extra = {} if erasing else {"checkpoint_dir": args.checkpoint_dir, "accelerator": acc}
     result = forget(model, tok, forget_items, retain_items, args.method, recipe=args.recipe, sets=args.sets,
                     progress=main_process, **extra)
     if not main_process:
         return 0
-    after = []
+    rows, summary = [], {}
     if evaluate:
-        after = _answer_rows(result.model, tok, forget_items, fmt, "forget") + _answer_rows(
-            result.model, tok, shown_retain, fmt, "retain")
-    summary = {}
-    if evaluate:
-        for role in ("forget", "retain"):
-            pairs = [(b, a) for b, a in zip(before, after) if b["role"] == role]
-            if pairs:
-                summary[role] = {"mean_p_before": sum(b["p_answer"] for b, _ in pairs) / len(pairs),
-                                 "mean_p_after": sum(a["p_answer"] for _, a in pairs) / len(pairs)}
+        after = [row for role, items in groups.items() for row in answer_rows(result.model, tok, items, fmt, role)]
+        rows, summary = compare_forget_rows(before, after)
     result.manifest["eval"] = summary
-    result.save(Path(args.out), overwrite=args.overwrite)
+    result.save(Path(args.out), overwrite=args.overwrite, extra_json={"results.json": rows} if evaluate else None)
     if evaluate:
-        write_json(Path(args.out) / "results.json", [{**{k: b[k] for k in ("role", "kind", "prompt", "answer")},
-                                                      "p_before": b["p_answer"], "p_after": a["p_answer"],
-                                                      "greedy_before": b["greedy"], "greedy_after": a["greedy"]}
-                                                     for b, a in zip(before, after)])
-        _print_answer_table(before, after, args.show)
+        print(forget_table_text(rows, summary, args.show))
     t = result.manifest["training"]
     if erasing:
         print(f"\n{args.method}: {len(forget_items)} fact(s) erased by rank-one edits of layer "
@@ -486,9 +477,20 @@ def cmd_locate(args) -> int:
     if args.prompt and not args.subject:
         print("llm-edit: error: --prompt needs --subject", file=sys.stderr)
         return EXIT_BAD_INPUT
+    try:
+        locate.check_settings(prompt=args.prompt, subject=args.subject, target=args.target, samples=args.samples,
+                              window=args.window, noise=args.noise, limit=args.limit, batch_size=args.batch_size)
+    except ValueError as e:
+        from .config import ConfigError
+
+        raise ConfigError(f"locate: {e}") from None
     facts = locate.known_facts(None if args.facts == "knowns" else args.facts) if args.facts else None
     _check_out(args)
     model, tok = _load(args)
+    if facts is None:
+        from .facts import check_context, context_length
+
+        check_context(tok, context_length(model), "--prompt", [(None, "prompt", args.prompt, " " + (args.target or ""))])
     settings = {"kinds": kinds, "samples": args.samples, "window": args.window, "seed": args.seed}
     manifest = {"model": args.model, "model_fingerprint": fingerprint(model), **settings, **run_info()}
     if facts is None:
@@ -628,17 +630,19 @@ def cmd_eval(args) -> int:
 
 def _eval_counterfact(args) -> int:
     from .config import ConfigError
-    from .facts import read_requests
+    from .facts import numbered_requests
     from .io import atomic_directory, atomic_write_text, write_json
     from .metrics import counterfact_suite
 
     if not args.facts:
         raise ConfigError("--suite counterfact needs --facts FILE")
-    requests = read_requests(args.facts, limit=args.limit)
+    numbered = numbered_requests(args.facts, limit=args.limit)
+    requests = [r for _, r in numbered]
     if not any(r.target_true for r in requests):
         raise ConfigError(f"{args.facts}: no request has target_true (the model's original answer), "
                           "so efficacy and specificity cannot be compared")
     model, tok = _load(args)
+    _check_requests_fit(model, tok, args.facts, numbered)
     report = counterfact_suite(model, tok, requests)
     report.update({"model": args.model, "facts": str(args.facts), "requests": len(requests)})
     a = report["aggregates"]
@@ -697,20 +701,26 @@ def cmd_tofu(args) -> int:
 def cmd_audit(args) -> int:
     from .audit import AuditConfig, audit, write_audit
     from .config import build_config, parse_set
-    from .forget_data import read_items
+    from .forget_data import numbered_items
     from .io import atomic_directory
     from .models import load_model
     from .tofu import read_reference
 
-    forget_items = read_items(args.facts, limit=args.limit)  # every input is checked before loading models
-    retain_items = read_items(args.retain) if args.retain else None
-    holdout_items = read_items(args.holdout) if args.holdout else None
+    numbered = {"facts": numbered_items(args.facts, limit=args.limit)}  # every input is checked before loading models
+    for name in ("retain", "holdout"):
+        if getattr(args, name):
+            numbered[name] = numbered_items(getattr(args, name))
+    forget_items = [x for _, x in numbered["facts"]]
+    retain_items = [x for _, x in numbered["retain"]] if "retain" in numbered else None
+    holdout_items = [x for _, x in numbered["holdout"]] if "holdout" in numbered else None
     config = build_config(AuditConfig, parse_set(args.sets), "--set") if args.sets else AuditConfig()
     retain_report = None
     if args.retain_ref and args.retain_ref.endswith(".json"):
         retain_report = read_reference(args.retain_ref)
     _check_out(args)
     model, tok = _load(args)
+    for name, rows in numbered.items():
+        _check_items_fit(model, tok, getattr(args, name), rows)
     original, _ = load_model(args.original, dtype=args.dtype, device=args.device,
                              trust_remote_code=args.trust_remote_code)
     retain_model = None

@@ -177,6 +177,10 @@ def records(path: Path) -> Iterator[tuple[int, Any]]:
         raw = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
         raise FactFileError(source, None, None, "no such file") from None
+    except IsADirectoryError:
+        raise FactFileError(source, None, None, "is a directory; expected a JSON Lines or JSON file") from None
+    except OSError as e:
+        raise FactFileError(source, None, None, f"cannot be read ({e.strerror})") from None
     except UnicodeDecodeError as e:
         raise FactFileError(source, None, None, f"is not UTF-8 text ({e.reason})") from None
     if raw.lstrip().startswith("["):  # JSON arrays (CounterFact and TOFU ship these)
@@ -207,15 +211,68 @@ def records(path: Path) -> Iterator[tuple[int, Any]]:
 
 def read_requests(path: str | Path, limit: int | None = None) -> list[EditRequest]:
     """Read and validate every request in ``path``; the first problem raises ``FactFileError``."""
+    return [r for _, r in numbered_requests(path, limit)]
+
+
+def numbered_requests(path: str | Path, limit: int | None = None) -> list[tuple[int, EditRequest]]:
+    """``read_requests`` with each request's line (for messages about it later)."""
     path = Path(path)
     requests = []
     for lineno, obj in records(path):
         if limit is not None and len(requests) >= limit:
             break
-        requests.append(parse_request(obj, str(path), lineno))
+        requests.append((lineno, parse_request(obj, str(path), lineno)))
     if not requests:
         raise FactFileError(str(path), None, None, "holds no requests")
     return requests
+
+
+# -- fitting the model's context -------------------------------------------------------------
+
+CONTEXT_HEADROOM = 64  # tokens kept free for context prefixes and generated answers
+_MAX_CHARS_PER_TOKEN = 32  # beyond this many characters per context token, refuse without tokenizing
+
+
+def context_length(model) -> int | None:
+    """The model's maximum sequence length from its config (None if it states none)."""
+    config = getattr(model, "config", None)
+    for name in ("max_position_embeddings", "n_positions", "seq_length"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def check_context(tok, context: int | None, source: str,
+                  entries: Iterable[tuple[int | None, str, str, str]]) -> None:
+    """Refuse, naming file, line and field, any (line, field, prompt, continuation) whose tokens
+    plus ``CONTEXT_HEADROOM`` exceed ``context``. A text far too long is refused on its length in
+    characters, before the tokenizer sees it (a 10 MB prompt would otherwise take gigabytes)."""
+    if context is None:
+        return
+    budget = context - CONTEXT_HEADROOM
+    for line, field_name, prompt, continuation in entries:
+        chars = len(prompt) + len(continuation)
+        if chars > _MAX_CHARS_PER_TOKEN * context:
+            raise FactFileError(source, line, field_name, f"is {chars:,} characters long, far beyond the model's "
+                                f"context of {context:,} tokens")
+        if field_name == "text":  # raw text is cut to the training length by design
+            continue
+        n = len(tok(prompt + continuation)["input_ids"])
+        if n > budget:
+            raise FactFileError(source, line, field_name, f"is {n:,} tokens with its answer; the model's context is "
+                                f"{context:,} tokens, of which {CONTEXT_HEADROOM} are kept for prefixes and "
+                                f"generated text (at most {budget:,})")
+
+
+def request_texts(line: int | None, request: EditRequest) -> Iterator[tuple[int | None, str, str, str]]:
+    """Every (line, field, prompt, continuation) an edit of ``request`` runs the model on."""
+    targets = " " + max((request.target_new, request.target_true or ""), key=len)
+    yield line, "prompt", request.text, targets
+    for i, p in enumerate(request.paraphrase_prompts):
+        yield line, f"paraphrase_prompts[{i}]", p, targets
+    for i, n in enumerate(request.neighborhood):
+        yield line, f"neighborhood[{i}].prompt", n.prompt, " " + n.target
 
 
 def write_requests(requests: Iterable[EditRequest], path: str | Path) -> None:

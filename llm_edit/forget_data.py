@@ -26,7 +26,7 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 import torch
 
@@ -34,7 +34,8 @@ from .facts import FactFileError, records
 
 PLAIN_QA_TEMPLATE = "Question: {question}\nAnswer: "
 
-_FACT_KEYS = {"prompt", "subject", "target", "target_true", "target_new", "paraphrase_prompts", "neighborhood"}
+_FACT_KEYS = {"prompt", "subject", "target", "target_true", "target_new", "paraphrase_prompts", "neighborhood",
+              "relation_id"}
 _QA_KEYS = {"question", "answer", "paraphrased_question", "paraphrased_answer", "perturbed_answer",
             "perturbed_question", "option1", "option2", "option3", "option4", "idk"}
 _TEXT_KEYS = {"text", "id", "source"}
@@ -115,20 +116,100 @@ def parse_item(obj: Any, source: str = "<item>", line: int | None = None) -> For
             paraphrases = [paraphrases]
         if not isinstance(paraphrases, list) or not all(isinstance(p, str) and p.strip() for p in paraphrases):
             fail("paraphrase_prompts", "must be a list of non-empty strings")
-        return ForgetItem("fact", prompt, target.strip(), tuple(paraphrases), {"subject": subject})
+        extra = {"subject": subject}
+        if obj.get("relation_id") is not None:
+            extra["relation_id"] = text("relation_id")
+        neighbours = obj.get("neighborhood") or []
+        if not isinstance(neighbours, list) or not all(
+                isinstance(n, Mapping) and isinstance(n.get("prompt"), str) and isinstance(n.get("target"), str)
+                and n["prompt"].strip() and n["target"].strip() for n in neighbours):
+            fail("neighborhood", "must be a list of {prompt, target} objects with non-empty strings")
+        if neighbours:  # facts that must survive: shown by `llm-edit forget` (else known facts are picked)
+            extra["neighborhood"] = [{"prompt": n["prompt"], "target": n["target"]} for n in neighbours]
+        return ForgetItem("fact", prompt, target.strip(), tuple(paraphrases), extra)
     fail(None, "is neither a fact (prompt, subject, target), a question (question, answer) nor text (text)")
 
 
 def read_items(path: str | Path, limit: int | None = None) -> list[ForgetItem]:
     """Read and validate every item of ``path``; the first problem raises ``FactFileError``."""
+    return [item for _, item in numbered_items(path, limit)]
+
+
+def numbered_items(path: str | Path, limit: int | None = None) -> list[tuple[int, ForgetItem]]:
+    """``read_items`` with each item's line (for messages about it later)."""
     items = []
     for lineno, obj in records(Path(path)):
         if limit is not None and len(items) >= limit:
             break
-        items.append(parse_item(obj, str(path), lineno))
+        items.append((lineno, parse_item(obj, str(path), lineno)))
     if not items:
         raise FactFileError(str(path), None, None, "holds no items")
     return items
+
+
+def item_texts(line: int | None, item: ForgetItem) -> Iterator[tuple[int | None, str, str, str]]:
+    """(line, field, prompt, continuation) of what forgetting and its evaluation run the model on
+    (``facts.check_context`` reads them; a ``text`` field is cut to ``max_length`` tokens by
+    design, so only its size in characters is checked)."""
+    if item.kind == "text":
+        yield line, "text", "", item.answer
+        return
+    field_name = "question" if item.kind == "qa" else "prompt"
+    yield line, field_name, item.prompt, " " + item.answer
+    for i, p in enumerate(item.paraphrases):
+        yield line, f"paraphrases[{i}]", p, " " + item.answer
+
+
+KNOWN_FACTS = Path(__file__).parent / "data" / "known_1000.json"
+
+
+def _relation_tail(prompt: str, subject: str) -> str:
+    """What a fact's prompt says after its subject ("is located in the city of"): the relation,
+    for facts that carry no Wikidata relation id."""
+    return " ".join(prompt.split(subject, 1)[-1].lower().split())
+
+
+def given_neighbours(items: list[ForgetItem]) -> list[ForgetItem]:
+    """The ``neighborhood`` facts the forget file itself lists (edit requests carry them)."""
+    return [ForgetItem("fact", n["prompt"], n["target"].strip(), (), {"neighbour_of": f.extra.get("subject")})
+            for f in items for n in f.extra.get("neighborhood", ())]
+
+
+def neighbour_facts(items: list[ForgetItem], per_item: int = 2, source: Path = KNOWN_FACTS) -> list[ForgetItem]:
+    """Known facts (ROME's, shipped) closest to the forgotten ones: for each forgotten fact, up to
+    ``per_item`` that share its object ("the Louvre ... Paris" for "the Eiffel Tower ... Paris"),
+    then ones that share its relation (the Wikidata id when the item has one, else the words after
+    the subject), never a forgotten subject. These are what forgetting damages first; they show
+    whether it did."""
+    facts = [f for f in items if f.kind == "fact"]
+    if not facts:
+        return []
+    known = [obj for _, obj in records(source)]
+    taken = {f.extra.get("subject", "").lower() for f in facts}
+    out: list[ForgetItem] = []
+    for f in facts:
+        subject = f.extra.get("subject", "")
+        tail, relation = _relation_tail(f.prompt, subject), f.extra.get("relation_id")
+        def shares(k) -> tuple[bool, bool]:
+            same_relation = (k.get("relation_id") == relation if relation
+                             else _relation_tail(k["prompt"], k["subject"]) == tail)
+            return k["attribute"].strip().lower() == f.answer.strip().lower(), same_relation
+
+        # both first (another landmark of the same city), then the object, then the relation
+        ranked = sorted((k for k in known if any(shares(k))), key=lambda k: (not all(shares(k)), not shares(k)[0]))
+        picked = 0
+        for k in ranked:
+            if picked == per_item:
+                break
+            if k["subject"].lower() in taken:
+                continue
+            taken.add(k["subject"].lower())
+            out.append(ForgetItem("fact", k["prompt"], k["attribute"], (), {
+                "subject": k["subject"], "relation_id": k.get("relation_id"), "known_id": k.get("known_id"),
+                "neighbour_of": subject,
+                "shares": {(True, True): "object and relation", (True, False): "object"}.get(shares(k), "relation")}))
+            picked += 1
+    return out
 
 
 def items_sha256(items: Iterable[ForgetItem]) -> str:

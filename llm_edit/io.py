@@ -64,12 +64,45 @@ def atomic_directory(final: Path, *, overwrite: bool = False) -> Iterator[Path]:
             old = final.with_name(f".{final.name}.old-{os.getpid()}")
             os.replace(final, old)
             os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
+            if old.is_dir() and not old.is_symlink():
+                shutil.rmtree(old, ignore_errors=True)
+            else:  # --overwrite onto a file (or a link): rmtree would leave it behind
+                old.unlink(missing_ok=True)
         else:
             os.replace(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+class OutputPathError(ValueError):
+    """An output path that cannot be written; raised before any work starts."""
+
+
+def check_output_dir(path: str | Path, *, overwrite: bool, flag: str = "--out") -> Path:
+    """Fail now, not after an hour of work, if ``path`` cannot become an output directory.
+
+    Checks what ``atomic_directory`` will need: a name that is not the working directory or one
+    of its parents, an existing ``path`` only with ``overwrite``, and a parent that is (or can be
+    made) a writable directory."""
+    path = Path(path)
+    resolved = path.resolve()
+    cwd = Path.cwd().resolve()
+    if path.name in ("", ".", "..") or resolved == cwd or resolved in cwd.parents:
+        raise OutputPathError(f"{flag} {str(path)!r}: would replace the working directory or one of its "
+                              f"parents; name a new directory")
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} already exists (pass --overwrite to replace it)")
+    parent = resolved.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise OutputPathError(f"{flag} {str(path)!r}: {parent} is a file, not a directory")
+    try:  # a real probe: os.access says yes to root on a read-only mount
+        os.rmdir(tempfile.mkdtemp(prefix=".llm_edit_probe-", dir=parent))
+    except OSError as e:
+        raise OutputPathError(f"{flag} {str(path)!r}: cannot write in {parent} ({e.strerror})") from None
+    return path
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:

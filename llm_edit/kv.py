@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import weakref
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -173,7 +174,8 @@ def spread_over_layers(model, tok, requests: list[EditRequest], contexts: list[s
                 left, right = right.T, left.T
             factors[name + ".weight"] = (left, right)
             keys_by_module[name] = keys
-            applied.append(WeightDelta({name + ".weight": (left, right)}).apply(model))
+            # in place only while the next layers' residuals are computed, reverted below: no base to check
+            applied.append(WeightDelta({name + ".weight": (left, right)}).apply(model, check_base=False))
     finally:
         for delta in reversed(applied):
             delta.revert(model)
@@ -190,6 +192,21 @@ def check_value_options(config) -> None:
     for p in config.kl_prompts:
         if p.count("{}") != 1:
             raise ValueError(f"kl_prompts: {p!r} must contain '{{}}' exactly once")
+    if not config.context_lengths or any(n < 1 for n in config.context_lengths) or config.contexts_per_length < 0:
+        raise ValueError("context_lengths must be a non-empty list of lengths >= 1 and contexts_per_length >= 0")
+    check_stats_options(config.stats_corpus, config.stats_tokens, config.stats_seq_len)
+
+
+def check_stats_options(corpus: str, n_tokens: int, seq_len: int) -> None:
+    """The key statistics' settings, checked before the model loads (not an hour into sampling)."""
+    if n_tokens < 1 or seq_len < 2:
+        raise ValueError("stats_tokens >= 1 and stats_seq_len >= 2 are required")
+    if corpus in ("model-samples", "identity") or corpus.startswith("hf:"):
+        return
+    if not corpus.startswith("file:"):
+        raise ValueError(f"unknown stats_corpus {corpus!r}: use model-samples, file:PATH, hf:NAME[:CONFIG] or identity")
+    if not Path(corpus[5:]).is_file():
+        raise ValueError(f"stats_corpus {corpus!r}: no such file")
 
 
 class _PromptChunk:

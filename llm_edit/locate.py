@@ -83,6 +83,25 @@ def known_facts(path: str | Path | None = None) -> list[dict]:
     return out
 
 
+def check_settings(*, prompt: str | None = None, subject: str | None = None, target: str | None = None,
+                   samples: int = 10, window: int = 10, noise: float | None = None, limit: int | None = None,
+                   batch_size: int = 256) -> None:
+    """Raise ``ValueError`` for settings tracing cannot use (called before the model loads)."""
+    for name, value in (("samples", samples), ("window", window), ("batch_size", batch_size), ("limit", limit)):
+        if value is not None and value < 1:
+            raise ValueError(f"{name} must be at least 1, got {value}")
+    if noise is not None and not (noise >= 0 and math.isfinite(noise)):  # 0: the identity run tests use
+        raise ValueError(f"noise must be a standard deviation (>= 0), got {noise}")
+    if prompt is not None and prompt.count("{}") > 1:
+        raise ValueError(f"the prompt {prompt!r} holds '{{}}' more than once; it marks where the subject goes")
+    if subject is not None and not subject.strip():
+        raise ValueError("the subject is empty")
+    if target is not None and not target.strip():
+        raise ValueError("the target is empty (omit --target to trace the model's own top prediction)")
+    if prompt is not None and subject is not None:
+        _template(prompt, subject)
+
+
 def _template(prompt: str, subject: str) -> str:
     if "{}" in prompt:
         return prompt
@@ -197,8 +216,8 @@ def trace(model, tok, prompt: str, subject: str, target: str | None = None, *,
     for kind in kinds:
         if kind not in KINDS:
             raise ValueError(f"unknown kind {kind!r}; choose from {', '.join(KINDS)}")
-    if samples < 1 or window < 1:
-        raise ValueError("samples and window must be >= 1")
+    check_settings(prompt=prompt, subject=subject, target=target, samples=samples, window=window, noise=noise,
+                   batch_size=batch_size)
     t_start = time.perf_counter()
     spec = arch_of(model)
     n_layers = num_layers(model)

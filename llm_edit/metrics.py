@@ -170,6 +170,66 @@ def says(answer: str, target: str) -> bool:
     return answer.strip().lower().startswith(target.strip().lower())
 
 
+def mentions(answer: str, target: str) -> bool:
+    """Whether ``target`` appears anywhere in ``answer`` as whole words (case-insensitive): a
+    forgotten object must appear nowhere, not only "not first" ("Colossea, Rome, Italy" still
+    answers the Colosseum's city)."""
+    import re
+
+    words = target.strip().lower()
+    return bool(words) and re.search(r"(?<!\w)" + re.escape(words) + r"(?!\w)", answer.lower()) is not None
+
+
+def knows(kind: str, answer: str, greedy: str, rouge_threshold: float = 0.5) -> bool:
+    """A fact is known when its object appears in the greedy answer; a question when the answer's
+    ROUGE-L recall against the reference reaches ``rouge_threshold`` (the audit's criterion)."""
+    if kind == "fact":
+        return mentions(greedy, answer)
+    from .unlearning_metrics import rouge_l_recall
+
+    return rouge_l_recall(greedy, answer) >= rouge_threshold
+
+
+def answer_rows(model, tok, items, fmt, role: str) -> list[dict]:
+    """P(answer) and the greedy answer of each item, for ``llm-edit forget``'s before/after table."""
+    probs = answer_probability(model, tok, items, fmt)
+    answers = greedy_answers(model, tok, items, fmt)
+    return [{"role": role, "kind": x.kind, "prompt": x.prompt or x.answer[:40], "answer": x.answer,
+             "p_answer": p, "greedy": g} for x, p, g in zip(items, probs, answers)]
+
+
+def compare_forget_rows(before: list[dict], after: list[dict]) -> tuple[list[dict], dict]:
+    """Rows with both sides and a status (``forget_status``), and per role: how many items were
+    known before, and of those how many are forgotten (forget) or kept (neighbour, retain)."""
+    rows = []
+    for b, a in zip(before, after):
+        known_before = knows(b["kind"], b["answer"], b["greedy"])
+        known_after = knows(a["kind"], a["answer"], a["greedy"])
+        rows.append({**{k: b[k] for k in ("role", "kind", "prompt", "answer")}, "p_before": b["p_answer"],
+                     "p_after": a["p_answer"], "greedy_before": b["greedy"], "greedy_after": a["greedy"],
+                     "known_before": known_before, "known_after": known_after,
+                     "status": forget_status(b["role"], known_before, known_after)})
+    summary = {}
+    for role in dict.fromkeys(r["role"] for r in rows):
+        mine = [r for r in rows if r["role"] == role]
+        known = [r for r in mine if r["known_before"]]
+        summary[role] = {"items": len(mine), "known_before": len(known),
+                         ("forgotten" if role == "forget" else "kept"):
+                             sum(r["known_after"] == (role != "forget") for r in known),
+                         "mean_p_before": sum(r["p_before"] for r in mine) / len(mine),
+                         "mean_p_after": sum(r["p_after"] for r in mine) / len(mine)}
+    return rows, summary
+
+
+def forget_status(role: str, known_before: bool, known_after: bool) -> str:
+    """One row of ``llm-edit forget``'s table in words."""
+    if not known_before:
+        return "not known before"
+    if role == "forget":
+        return "forgotten" if not known_after else "STILL ANSWERED"
+    return "kept" if known_after else "LOST"
+
+
 def generic_perplexity(model, tok) -> float:
     """``perplexity`` on ``llm_edit/data/generic_text.txt`` (about 1,000 words of plain prose
     written for this project, so no model has seen it): the collapse detector of editing runs."""

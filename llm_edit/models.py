@@ -100,7 +100,27 @@ class ModelLoadError(RuntimeError):
 def resolve_device(device: str | torch.device | None) -> torch.device:
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ModelLoadError(f"--device {device!r}: {e}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError(f"--device {device}: this torch build sees no CUDA device (torch {torch.__version__}); "
+                             "use --device cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ModelLoadError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s)")
+    return device
+
+
+def _load_error(path, e: Exception) -> ModelLoadError:
+    """A loader's exception as a message a user can act on."""
+    text = str(e)
+    if "trust_remote_code" in text:
+        return ModelLoadError(f"{path}: this model's config needs its own Python code from the hub; "
+                              "if you trust it, pass --trust-remote-code (Python: trust_remote_code=True)")
+    if "model_type" in text or "Unrecognized" in text or isinstance(e, KeyError):
+        return ModelLoadError(f"{path}: transformers does not know this model's architecture ({text.strip()[:300]})")
+    return ModelLoadError(f"{path}: could not load the model ({type(e).__name__}: {text.strip()[:300]})")
 
 
 def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
@@ -129,6 +149,9 @@ def load_model(name_or_path: str, *, dtype=None, device=None, trust_remote_code:
             raise ModelLoadError(f"{path}: no such GGUF file")
         model, tok = _load_gguf(path, trust_remote_code)
     elif Path(name_or_path).is_dir():
+        if not (Path(name_or_path) / "config.json").is_file():
+            raise ModelLoadError(f"{name_or_path}: a directory without config.json is not a Hugging Face model "
+                                 f"directory (expected config.json and *.safetensors)")
         model, tok = _load_hf_dir(Path(name_or_path), trust_remote_code)
     elif Path(name_or_path).exists():
         raise ModelLoadError(f"{name_or_path}: expected a model directory, a .gguf file, a hub id "
@@ -156,6 +179,8 @@ def _load_hf_dir(path, trust_remote_code: bool):
             f"use a local directory with safetensors weights, a .gguf file, or an alias "
             f"({', '.join(ALIASES)}). Weights stored only as pickles (.bin) are refused."
         ) from None
+    except (ValueError, KeyError, TypeError, RuntimeError) as e:
+        raise _load_error(path, e) from None
     return model, tok
 
 
@@ -164,8 +189,14 @@ def _load_gguf(path: Path, trust_remote_code: bool = False):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     kwargs = dict(gguf_file=path.name, trust_remote_code=trust_remote_code)
-    quantized = AutoModelForCausalLM.from_pretrained(path.parent, dtype=torch.float32, **kwargs)
-    tok = AutoTokenizer.from_pretrained(path.parent, **kwargs)
+    with path.open("rb") as f:
+        if f.read(4) != b"GGUF":  # before transformers reads it as one
+            raise ModelLoadError(f"{path}: not a GGUF file (it does not start with the GGUF magic bytes)")
+    try:
+        quantized = AutoModelForCausalLM.from_pretrained(path.parent, dtype=torch.float32, **kwargs)
+        tok = AutoTokenizer.from_pretrained(path.parent, **kwargs)
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError, IndexError, EOFError) as e:
+        raise _load_error(path, e) from None
     # The loaded config still says "quantized" though its weights are float tensors, and
     # save_pretrained refuses such a model: rebuild a plain one and move the weights over.
     config = copy.deepcopy(quantized.config)

@@ -30,6 +30,10 @@ class PatchError(ValueError):
     pass
 
 
+class NonFiniteWeights(PatchError, FloatingPointError):
+    """Applying a delta would make weights inf or NaN: a corrupt file, or an edit that diverged."""
+
+
 def tensor_sha256(t: torch.Tensor) -> str:
     t = t.detach().contiguous().cpu()
     return hashlib.sha256(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"").hexdigest()
@@ -45,6 +49,7 @@ class WeightDelta:
         self.factors = {n: (l.detach().float().cpu(), r.detach().float().cpu()) for n, (l, r) in factors.items()}
         self.manifest = dict(manifest or {})
         self.base_sha256 = dict(base_sha256 or {})
+        self.source: str | None = None  # the file it was loaded from, for messages
         self._originals: dict[str, torch.Tensor] = {}
         self._applied_sha256: dict[str, str] = {}
 
@@ -62,24 +67,35 @@ class WeightDelta:
 
     # -- apply / revert -----------------------------------------------------------------------
     def apply(self, model: torch.nn.Module, *, check_base: bool = True) -> "WeightDelta":
-        """Add ΔW to the model's weights in place; all or nothing."""
+        """Add ΔW to the model's weights in place; all or nothing.
+
+        With ``check_base`` (the default) every changed tensor must match the sha256 the patch
+        recorded for it: a patch without one for each tensor is refused, not applied unchecked."""
+        where = f"{self.source}: " if self.source else ""
         if self.applied:
-            raise PatchError("this delta is already applied; revert it first")
+            raise PatchError(f"{where}this delta is already applied; revert it first")
+        if check_base:
+            missing = sorted(n for n in self.factors if not _is_sha256(self.base_sha256.get(n)))
+            if missing:
+                raise PatchError(f"{where}no usable base-weight sha256 for {missing[0]}"
+                                 + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
+                                 + ", so it cannot be checked that this patch fits these weights; "
+                                 "pass --no-check-base (Python: check_base=False) to apply it unchecked")
         params = {}
         for name in self.factors:
             try:
                 params[name] = model.get_parameter(name)
             except AttributeError:
-                raise PatchError(f"the model has no parameter {name!r}: the patch was made for another "
+                raise PatchError(f"{where}the model has no parameter {name!r}: the patch was made for another "
                                  "architecture") from None
             left, right = self.factors[name]
             shape = (left.shape[0], right.shape[1])
             if tuple(params[name].shape) != shape:
-                raise PatchError(f"{name}: patch is {shape}, model has {tuple(params[name].shape)}")
-            expected = self.base_sha256.get(name)
-            if check_base and expected and tensor_sha256(params[name]) != expected:
-                raise PatchError(f"{name}: the model's weights differ from the ones this patch was made "
-                                 "on (sha256 mismatch); pass check_base=False to apply it anyway")
+                raise PatchError(f"{where}{name}: patch is {shape}, model has {tuple(params[name].shape)}")
+            if check_base and tensor_sha256(params[name]) != self.base_sha256[name]:
+                raise PatchError(f"{where}{name}: the model's weights differ from the ones this patch was made "
+                                 "on (sha256 mismatch): another base model, or other patches applied first? "
+                                 "Pass --no-check-base (Python: check_base=False) to apply it anyway")
         originals: dict[str, torch.Tensor] = {}
         try:
             with torch.no_grad():
@@ -87,7 +103,8 @@ class WeightDelta:
                     originals[name] = p.detach().clone()
                     new = p.float() + self.dense(name).to(p.device)
                     if not torch.isfinite(new).all():
-                        raise FloatingPointError(f"{name}: applying the patch gives non-finite weights")
+                        raise NonFiniteWeights(f"{where}{name}: applying the patch gives non-finite weights "
+                                         "(corrupt or absurdly scaled factors); the model is unchanged")
                     p.copy_(new.to(p.dtype))
         except BaseException:
             with torch.no_grad():
@@ -191,11 +208,21 @@ def load_patch(path: str | Path) -> WeightDelta:
             raise PatchError(f"{path}: {name} factors are not floating point")
         if not (torch.isfinite(left).all() and torch.isfinite(right).all()):
             raise PatchError(f"{path}: {name} holds non-finite values")
+    if not isinstance(manifest, dict):
+        raise PatchError(f"{path}: the patch manifest must be a JSON object, got {type(manifest).__name__}")
     base = manifest.pop("base_sha256", {})
+    if not isinstance(base, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in base.items()):
+        raise PatchError(f"{path}: manifest field 'base_sha256' must map parameter names to sha256 strings")
     try:
-        return WeightDelta(factors, manifest, base)
+        delta = WeightDelta(factors, manifest, base)
     except PatchError as e:
         raise PatchError(f"{path}: {e}") from None
+    delta.source = str(path)
+    return delta
+
+
+def _is_sha256(value) -> bool:
+    return isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
 
 
 def apply_patch(model: torch.nn.Module, path_or_delta, *, check_base: bool = True) -> WeightDelta:

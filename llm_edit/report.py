@@ -161,3 +161,30 @@ def write_tofu(out: Path, payload: dict, rows: dict[str, dict], title: str, *, r
         plot_quality_utility(rows, out / "quality_vs_utility.png")
         written.append(out / "quality_vs_utility.png")
     return written
+
+
+_ROLE_TITLES = {"forget": "forget items", "neighbour": "neighbour facts (share the object or the relation; "
+                "must survive)", "retain": "retain items"}
+
+
+def forget_table_text(rows: list[dict], summary: dict, show: int = 10) -> str:
+    """``llm-edit forget``'s console table: per role, P(answer) and the greedy answer before and
+    after, and each row's status (``metrics.forget_status``); a headline line per role."""
+    def clip(text, n):
+        text = " ".join(text.split())
+        return text if len(text) <= n else text[: n - 1] + "…"
+
+    lines = []
+    for role, s in summary.items():
+        mine = [r for r in rows if r["role"] == role]
+        outcome = "forgotten" if role == "forget" else "kept"
+        lines += ["", f"{_ROLE_TITLES.get(role, role)}: {s[outcome]} of {s['known_before']} known before {outcome}"
+                  + (f" ({s['items'] - s['known_before']} not known before)" if s["items"] > s["known_before"] else "")
+                  + (f"; showing {min(show, len(mine))} of {len(mine)}" if len(mine) > show else ""),
+                  f"  {'prompt':<36} {'answer':<14} {'P before':>8} {'P after':>8}  {'status':<16} "
+                  "greedy before -> after"]
+        for r in mine[:show]:
+            lines.append(f"  {clip(r['prompt'], 36):<36} {clip(r['answer'], 14):<14} {r['p_before']:>8.4f} "
+                         f"{r['p_after']:>8.4f}  {r['status']:<16} {clip(r['greedy_before'], 22)!r} -> "
+                         f"{clip(r['greedy_after'], 22)!r}")
+    return "\n".join(lines)

@@ -86,15 +86,7 @@ class EditSession:
         the session started; without it, it runs at the next edit on the edited weights."""
         path = Path(path)
         file = path / SESSION_FILE
-        try:
-            info = json.loads(file.read_text())
-        except FileNotFoundError:
-            raise SessionError(f"{path}: no {SESSION_FILE}; create the session first") from None
-        except json.JSONDecodeError as e:
-            raise SessionError(f"{file}: not valid JSON ({e})") from None
-        for key in ("format", "method", "sets", "base_model_fingerprint", "batches"):
-            if key not in info:
-                raise SessionError(f"{file}: field {key!r} is missing")
+        info = read_info(path)
         if info["format"] != FORMAT:
             raise SessionError(f"{file}: session format {info['format']!r}, this llm-edit reads {FORMAT}")
         if fingerprint(model) != info["base_model_fingerprint"]:
@@ -206,6 +198,33 @@ def _save_keys(path: Path, keys: dict[str, torch.Tensor]) -> None:
     data = save({name: k.detach().float().cpu().contiguous() for name, k in keys.items()},
                 metadata={"llm_edit_session_keys": str(FORMAT)})
     atomic_write_bytes(path, data)
+
+
+
+def read_info(path: str | Path) -> dict:
+    """The session's ``session.json``, checked field by field (a corrupt file is a ``SessionError``)."""
+    path = Path(path)
+    file = path / SESSION_FILE
+    try:
+        info = json.loads(file.read_text())
+    except FileNotFoundError:
+        raise SessionError(f"{path}: no {SESSION_FILE}; create the session first") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise SessionError(f"{file}: not valid JSON ({e})") from None
+    except OSError as e:
+        raise SessionError(f"{file}: cannot be read ({e.strerror})") from None
+    if not isinstance(info, dict):
+        raise SessionError(f"{file}: expected a JSON object, got {type(info).__name__}")
+    for key in ("format", "method", "sets", "base_model_fingerprint", "batches"):
+        if key not in info:
+            raise SessionError(f"{file}: field {key!r} is missing")
+    if not isinstance(info["batches"], list) or not all(
+            isinstance(b, dict) and isinstance(b.get("patch"), str) for b in info["batches"]):
+        raise SessionError(f"{file}: field 'batches' must be a list of objects with a 'patch' file name")
+    if not isinstance(info["sets"], list) or not isinstance(info["method"], str) \
+            or not isinstance(info["base_model_fingerprint"], str):
+        raise SessionError(f"{file}: fields 'method' and 'base_model_fingerprint' must be strings, 'sets' a list")
+    return info
 
 
 def _load_keys(path: Path) -> dict[str, torch.Tensor]:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import warnings
 from pathlib import Path
 from typing import Iterator
 
@@ -110,7 +111,16 @@ def model_samples(model, tok, n_tokens: int, seq_len: int, seed: int, batch: int
     folder = cache_home() / "corpora"
     for cached in sorted(folder.glob(stem + "-n*.json")):
         if int(cached.stem.rsplit("-n", 1)[1]) >= n_seqs:
-            yield from json.loads(cached.read_text())[:n_seqs]
+            try:
+                seqs = json.loads(cached.read_text())
+                if not (isinstance(seqs, list) and len(seqs) >= n_seqs
+                        and all(isinstance(s, list) and all(isinstance(t, int) for t in s) for s in seqs)):
+                    raise ValueError("not a list of token-id lists of the length its name says")
+            except (OSError, UnicodeDecodeError, ValueError) as e:
+                warnings.warn(f"{cached}: corrupt sample cache ({e}); sampling again", stacklevel=2)
+                cached.unlink(missing_ok=True)
+                continue
+            yield from seqs[:n_seqs]
             return
     n_batches = math.ceil(n_seqs / batch)
     path = folder / f"{stem}-n{n_batches * batch}.json"
@@ -159,11 +169,19 @@ def second_moment(model, tok, module_name: str, *, corpus: str = "model-samples"
     cid = corpus_id(corpus)
     path = cache_home() / "stats" / fp[:16] / f"{module_name}__{cid}__n{n_tokens}_L{seq_len}_s{seed}.safetensors"
     if use_cache and path.is_file():
-        from safetensors import safe_open
+        from safetensors import SafetensorError, safe_open
 
-        with safe_open(str(path), "pt") as f:
-            manifest = json.loads(f.metadata()["manifest"])
-        return load_file(str(path))["second_moment"], manifest
+        try:
+            with safe_open(str(path), "pt") as f:
+                manifest = json.loads(f.metadata()["manifest"])
+            cov = load_file(str(path))["second_moment"]
+            d = cov.shape[0] if cov.dim() == 2 else -1
+            if cov.shape != (d, d) or not torch.isfinite(cov).all():
+                raise ValueError(f"second_moment is {tuple(cov.shape)}, not a finite square matrix")
+            return cov, manifest
+        except (SafetensorError, OSError, KeyError, TypeError, ValueError) as e:  # truncated or edited by hand
+            warnings.warn(f"{path}: corrupt statistics cache ({e}); computing them again", stacklevel=2)
+            path.unlink(missing_ok=True)
 
     device = next(model.parameters()).device
     t0 = time.perf_counter()

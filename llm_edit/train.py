@@ -25,6 +25,7 @@ import dataclasses
 import hashlib
 import json
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -220,9 +221,16 @@ class Trainer:
             lora = LoraConfig(r=c.lora_r, lora_alpha=c.lora_alpha, lora_dropout=c.lora_dropout,
                               target_modules=lora_targets(model, c.lora_modules, c.lora_layers),
                               task_type="CAUSAL_LM")
-            trainable = get_peft_model(model, lora)
+            with warnings.catch_warnings():  # peft reads transformers' deprecated alias; nothing for users to fix
+                warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated",
+                                        category=FutureWarning)
+                trainable = get_peft_model(model, lora)
         if c.gradient_checkpointing:
-            trainable.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            enable = getattr(trainable, "activation_checkpointing_enable", None)  # transformers >= 5's name
+            if enable is not None:
+                enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                trainable.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             if hasattr(trainable, "enable_input_require_grads"):
                 trainable.enable_input_require_grads()
             trainable.config.use_cache = False

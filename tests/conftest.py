@@ -7,7 +7,13 @@ import torch
 # Tiny models run fastest on one thread (two OpenMP threads spend more time waking each other
 # than multiplying 64x128 matrices); the cache goes to a per-session folder.
 torch.set_num_threads(1)
-os.environ.setdefault("LLM_EDIT_HOME", tempfile.mkdtemp(prefix="llm_edit_test_home_"))
+if "LLM_EDIT_HOME" not in os.environ:  # a home of our own, removed when the session ends (CI sets its own)
+    import atexit
+    import shutil
+
+    _HOME = tempfile.mkdtemp(prefix="llm_edit_test_home_")
+    os.environ["LLM_EDIT_HOME"] = _HOME
+    atexit.register(shutil.rmtree, _HOME, ignore_errors=True)
 
 TINY_TYPES = ["llama", "mistral", "qwen2", "gemma", "phi3", "gpt2", "gpt_neox", "gptj"]
 

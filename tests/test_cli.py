@@ -119,9 +119,13 @@ def test_forget_writes_merged_model_adapter_manifest_and_table(tmp_path):
     assert manifest["method"] == "npo" and manifest["training"]["steps"] == 3
     assert manifest["retain_source"].startswith("model-samples") and manifest["forget_sha256"]
     rows = json.loads((out / "results.json").read_text())
-    assert [r["role"] for r in rows] == ["forget", "forget"]
-    assert all(r["p_after"] < r["p_before"] for r in rows)
-    assert "P before" in done.stdout and "Eiffel Tower is in" in done.stdout
+    # the forget items, then known facts that share the Eiffel Tower's object (Paris), picked from the shipped list
+    assert [r["role"] for r in rows] == ["forget", "forget", "neighbour", "neighbour"]
+    assert all(r["p_after"] < r["p_before"] for r in rows if r["role"] == "forget")
+    assert all(r["answer"] == "Paris" and r["status"] in ("kept", "LOST", "not known before")
+               for r in rows if r["role"] == "neighbour")
+    assert set(manifest["eval"]) == {"forget", "neighbour"} and "known_before" in manifest["eval"]["forget"]
+    assert "P before" in done.stdout and "Eiffel Tower is in" in done.stdout and "neighbour facts" in done.stdout
 
 
 def test_forget_bad_item_exits_2_and_writes_nothing(tmp_path):

@@ -77,3 +77,31 @@ def test_without_a_chat_template_questions_use_a_plain_format(tiny):
     qa = parse_item({"question": "Who?", "answer": "Me."})
     ids, start = encode(tok, qa, Formatting(use_chat_template=False), 128)
     assert tok.decode(ids[:start]).endswith("Question: Who?\nAnswer: ")
+
+
+def test_neighbour_facts_share_the_object_or_the_relation_and_never_a_forgotten_subject():
+    from llm_edit.forget_data import neighbour_facts, parse_item
+
+    items = [parse_item({"prompt": "{} is located in the country of", "subject": "Colosseum", "target": "Italy"}),
+             parse_item({"prompt": "{} belongs to the continent of", "subject": "Mount Kenya", "target": "Africa",
+                         "relation_id": "P30"})]
+    found = neighbour_facts(items, per_item=2)
+    assert [n.extra["neighbour_of"] for n in found] == ["Colosseum", "Colosseum", "Mount Kenya", "Mount Kenya"]
+    # both the object and the relation come first: other places in Italy, other places in Africa
+    assert all(n.answer == "Italy" and "country of" in n.prompt for n in found[:2])
+    assert all(n.answer == "Africa" and n.extra["relation_id"] == "P30" for n in found[2:])
+    assert all(n.extra["shares"] == "object and relation" for n in found)
+    assert len({n.extra["subject"] for n in found}) == 4
+    assert not any(n.extra["subject"] in ("Colosseum", "Mount Kenya") for n in found)
+    assert neighbour_facts([parse_item({"question": "q?", "answer": "a"})]) == []
+
+
+def test_neighbourhood_given_in_the_file_wins():
+    from llm_edit.forget_data import given_neighbours, parse_item
+
+    item = parse_item({"prompt": "{} is in", "subject": "Eiffel Tower", "target": "Paris",
+                       "neighborhood": [{"prompt": "The Louvre is in", "target": "Paris"}]})
+    (n,) = given_neighbours([item])
+    assert (n.prompt, n.answer, n.extra["neighbour_of"]) == ("The Louvre is in", "Paris", "Eiffel Tower")
+    with pytest.raises(Exception, match="neighborhood"):
+        parse_item({"prompt": "{} is in", "subject": "X", "target": "Y", "neighborhood": [{"prompt": "Z"}]})

@@ -102,8 +102,8 @@ def test_non_finite_patch_leaves_the_model_unchanged(tiny):
     bad = _delta(model, layer=3)
     name = next(iter(bad.factors))
     bad.factors[name][0][0, 0] = float("nan")
-    both = WeightDelta({**good.factors, **bad.factors})
-    with pytest.raises(FloatingPointError):
+    both = WeightDelta({**good.factors, **bad.factors}, base_sha256={**good.base_sha256, **bad.base_sha256})
+    with pytest.raises(PatchError, match="non-finite"):
         both.apply(model)
     assert _same(model, snap) and not both.applied
 
@@ -134,3 +134,72 @@ def test_truncated_patch_file(tmp_path, tiny):
     (tmp_path / "cut.safetensors").write_bytes(raw[:-100])
     with pytest.raises(PatchError, match="cut.safetensors"):
         load_patch(tmp_path / "cut.safetensors")
+
+
+def _rewrite_manifest(src, dst, edit):
+    """A copy of patch file ``src`` whose manifest JSON went through ``edit``."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(src), "pt") as f:
+        meta = f.metadata()
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    manifest = edit(json.loads(meta["manifest"]))
+    save_file(tensors, str(dst), metadata={**meta, "manifest": json.dumps(manifest)})
+    return dst
+
+
+@pytest.mark.parametrize("edit", [
+    lambda m: {**m, "base_sha256": {}},  # emptied
+    lambda m: {**m, "base_sha256": {"model.embed_tokens.weight": "0" * 64}},  # keyed to another tensor
+    lambda m: {**m, "base_sha256": {k: "" for k in m["base_sha256"]}},  # blanked
+], ids=["emptied", "other-tensor", "blank"])
+def test_a_patch_without_a_usable_base_hash_is_refused_unless_asked(tmp_path, tiny, edit):
+    model, _ = tiny("llama")
+    snap = _snapshot(model)
+    _delta(model).save(tmp_path / "p.safetensors")
+    bad = load_patch(_rewrite_manifest(tmp_path / "p.safetensors", tmp_path / "bad.safetensors", edit))
+    with pytest.raises(PatchError, match=r"bad\.safetensors.*no usable base-weight sha256.*--no-check-base"):
+        bad.apply(model)
+    assert _same(model, snap)
+    bad.apply(model, check_base=False)  # asked for explicitly
+    assert not _same(model, snap)
+
+
+def test_wrong_base_hash_names_the_file_and_the_option(tmp_path, tiny):
+    model, _ = tiny("llama")
+    _delta(model).save(tmp_path / "p.safetensors")
+    other, _ = tiny("llama")
+    with torch.no_grad():
+        other.get_parameter(next(iter(load_patch(tmp_path / "p.safetensors").factors))).add_(1.0)
+    with pytest.raises(PatchError, match=r"p\.safetensors.*sha256 mismatch.*--no-check-base"):
+        apply_patch(other, tmp_path / "p.safetensors")
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda m: [m], "must be a JSON object"),
+    (lambda m: {**m, "base_sha256": "abc"}, "'base_sha256' must map"),
+    (lambda m: {**m, "base_sha256": {"x": 3}}, "'base_sha256' must map"),
+], ids=["list", "string", "number"])
+def test_malformed_manifests_are_patch_errors(tmp_path, tiny, edit, message):
+    model, _ = tiny("llama")
+    _delta(model).save(tmp_path / "p.safetensors")
+    with pytest.raises(PatchError, match=message):
+        load_patch(_rewrite_manifest(tmp_path / "p.safetensors", tmp_path / "bad.safetensors", edit))
+
+
+def test_absurdly_scaled_factors_name_the_file_and_change_nothing(tmp_path, tiny):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    model, _ = tiny("llama")
+    snap = _snapshot(model)
+    _delta(model).save(tmp_path / "p.safetensors")
+    with safe_open(str(tmp_path / "p.safetensors"), "pt") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) * 1e20 for k in f.keys()}
+    save_file(tensors, str(tmp_path / "huge.safetensors"), metadata=meta)
+    with pytest.raises(PatchError, match=r"huge\.safetensors.*non-finite"):
+        apply_patch(model, tmp_path / "huge.safetensors")
+    assert _same(model, snap)

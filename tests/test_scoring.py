@@ -110,3 +110,26 @@ def test_a_cache_that_cannot_be_narrowed_falls_back_to_whole_sequences(tiny, mon
     monkeypatch.delattr(Cache, "batch_select_indices")
     fallback = score_pairs(model, tok, pairs, batch_size=3)
     assert fallback == whole
+
+
+def test_forgotten_means_the_object_appears_nowhere_in_the_answer():
+    from llm_edit.metrics import compare_forget_rows, forget_status, knows, mentions
+
+    assert mentions("Colossea, Rome, Italy", "Rome") and mentions(" Paris, France", "paris")
+    assert not mentions("Romeo and Juliet", "Rome") and not mentions("Liberty City", "New York")
+    assert knows("fact", "Rome", "Colossea, Rome, Italy")  # not first, still answered
+    assert forget_status("forget", True, True) == "STILL ANSWERED"
+    assert forget_status("forget", False, False) == "not known before"
+    assert forget_status("neighbour", True, False) == "LOST"
+
+    def row(role, answer, greedy, p):
+        return {"role": role, "kind": "fact", "prompt": "p", "answer": answer, "p_answer": p, "greedy": greedy}
+    before = [row("forget", "Rome", " Rome, Italy", 0.5), row("forget", "Oslo", " Bergen", 0.05),
+              row("neighbour", "Paris", " Paris", 0.6)]
+    after = [row("forget", "Rome", " Colossea, Rome, Italy", 0.1), row("forget", "Oslo", " Bergen", 0.01),
+             row("neighbour", "Paris", " Monaco", 0.2)]
+    rows, summary = compare_forget_rows(before, after)
+    assert [r["status"] for r in rows] == ["STILL ANSWERED", "not known before", "LOST"]
+    assert summary["forget"] == {"items": 2, "known_before": 1, "forgotten": 0, "mean_p_before": pytest.approx(0.275),
+                                 "mean_p_after": pytest.approx(0.055)}
+    assert summary["neighbour"]["kept"] == 0
