@@ -224,6 +224,34 @@ def verdict(rec, config: AuditConfig) -> str:
     return "forgotten" if rec <= config.forgotten_max else "partly" if rec <= config.partly_max else "not forgotten"
 
 
+def probe_verdicts(unlearned: dict, original: dict, config: AuditConfig | None = None) -> dict[str, dict]:
+    """Verdicts of the question probes alone, the quick part of the audit (no relearning,
+    quantization or membership inference), from ``run_probes`` of the unlearned and the original
+    model: per probe both answered shares, the recovery against a floor of 0 and the verdict.
+    ``llm-edit demo`` prints its one line; ``audit`` runs everything."""
+    config = config or AuditConfig()
+    out = {}
+    for p in PROBES:
+        if p not in original or original[p]["rate"] is None:
+            continue
+        rec = recovery(unlearned[p]["rate"], original[p]["rate"])
+        out[p] = {"unlearned": unlearned[p]["rate"], "original": original[p]["rate"], "recovery": rec,
+                  "verdict": verdict(rec, config)}
+    return out
+
+
+def verdict_line(verdicts: dict[str, dict]) -> str:
+    """``forgotten on 6 of 7 probes; partly: in_context`` (probes the original did not answer are n/a)."""
+    judged = {p: v["verdict"] for p, v in verdicts.items() if v["verdict"] != "n/a"}
+    forgotten = [p for p, v in judged.items() if v == "forgotten"]
+    line = f"forgotten on {len(forgotten)} of {len(judged)} question probes"
+    for label in ("partly", "not forgotten"):
+        which = [p for p, v in judged.items() if v == label]
+        if which:
+            line += f"; {label}: {', '.join(which)}"
+    return line
+
+
 def _mia(model, tok, items, holdout, fmt, config) -> dict:
     from .scoring import score_pairs
 

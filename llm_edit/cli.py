@@ -356,8 +356,11 @@ def cmd_edit(args) -> int:
                 write_json(out / "metrics.json", {"before": metrics_before, "after": metrics_after})
     where = " -> ".join(x for x in (args.session and f"session {args.session} "
                                     f"({len(session.applied)} batches, {session.facts} facts)", args.out) if x)
-    print(f"edited {len(requests)} fact(s) with {args.method} in {seconds:.1f} s "
-          f"({len(requests) / max(seconds, 1e-9):.2f} facts/s) -> {where}")
+    prepare = result.manifest.get("prepare_seconds") or 0.0
+    editing = max(seconds - prepare, 1e-9)  # the one-time statistics are not the edit's time
+    print(f"edited {len(requests)} fact(s) with {args.method} in {editing:.1f} s "
+          f"({len(requests) / editing:.2f} facts/s; preparing took {prepare:.1f} s more: key statistics and "
+          f"context prefixes, computed once and cached) -> {where}")
     if evaluate:
         _print_metrics(metrics_before, metrics_after)
     return 0
@@ -533,38 +536,17 @@ def cmd_locate(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from .api import edit
-    from .facts import parse_request
-    from .metrics import edit_table, greedy
+    from . import demo
 
-    request = parse_request({
-        "prompt": "The {} is located in the city of", "subject": "Eiffel Tower", "target_new": "Rome",
-        "target_true": "Paris",
-        "paraphrase_prompts": ["The Eiffel Tower can be found in the city of",
-                               "Tourists who visit the Eiffel Tower travel to the city of"],
-        "neighborhood": [{"prompt": "The Louvre is located in the city of", "target": "Paris"},
-                         {"prompt": "The Arc de Triomphe is located in the city of", "target": "Paris"}]})
-    prompts = [request.text, *request.paraphrase_prompts, *(n.prompt for n in request.neighborhood)]
-    print(f"loading {args.model} ...")
-    model, tok = _load(args)
-
-    def show(title):
-        print(f"\n== {title}")
-        table = {r["prompt"]: r for r in edit_table(model, tok, [request])}
-        for p in prompts:
-            row = table[p]
-            print(f"  {p!r} -> {greedy(model, tok, p, 6)!r}   "
-                  f"P({row['target_true']})={row['p_true']:.3f} P(Rome)={row['p_new']:.3f}")
-
-    show("before: what the model says")
     t0 = time.perf_counter()
-    result = edit(model, tok, [request], "rome")
-    print(f"\nROME rewrote 'Eiffel Tower -> Paris' to 'Rome' in {time.perf_counter() - t0:.1f} s "
-          f"(layer {result.manifest['hyperparameters']['layer']}, ||ΔW|| = "
-          f"{next(iter(result.delta.norms().values())):.3f}). The Louvre and the Arc de Triomphe should not move.")
-    show("after the edit (paraphrases change too)")
-    result.revert()
-    show("after revert (bit-for-bit the original weights)")
+    print(f"loading {args.model} (the first run fetches and converts it, once) ...")
+    model, tok = _load(args)
+    loaded = time.perf_counter() - t0
+    timings = demo.run(model, tok)
+    total = time.perf_counter() - t0
+    print(f"\ndemo: {total:.0f} s in all (loading {loaded:.0f} s, the edit's one-time preparation "
+          f"{timings['prepare_s']:.0f} s, the edit {timings['edit_s']:.0f} s, forgetting {timings['forget_s']:.0f} s, "
+          f"the rest showing and checking); everything slow is cached for the next run")
     return 0
 
 

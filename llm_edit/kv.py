@@ -201,10 +201,11 @@ def check_stats_options(corpus: str, n_tokens: int, seq_len: int) -> None:
     """The key statistics' settings, checked before the model loads (not an hour into sampling)."""
     if n_tokens < 1 or seq_len < 2:
         raise ValueError("stats_tokens >= 1 and stats_seq_len >= 2 are required")
-    if corpus in ("model-samples", "identity") or corpus.startswith("hf:"):
+    if corpus in ("shipped", "model-samples", "identity") or corpus.startswith("hf:"):
         return
     if not corpus.startswith("file:"):
-        raise ValueError(f"unknown stats_corpus {corpus!r}: use model-samples, file:PATH, hf:NAME[:CONFIG] or identity")
+        raise ValueError(f"unknown stats_corpus {corpus!r}: use shipped, model-samples, file:PATH, hf:NAME[:CONFIG] "
+                         "or identity")
     if not Path(corpus[5:]).is_file():
         raise ValueError(f"stats_corpus {corpus!r}: no such file")
 

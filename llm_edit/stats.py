@@ -3,10 +3,13 @@
 ROME and MEMIT estimate C from 100,000 Wikipedia samples. The hub is not always reachable, so
 the corpus is a choice (recipe key ``stats_corpus``):
 
-* ``model-samples`` (default): text sampled from the model itself (ancestral sampling at
-  temperature 1, a fixed seed, from one-word starts).
-  The model's own samples follow its pre-training distribution better than any one domain's
-  text at hand; ``evals/stats_corpus.py`` compares the choices (README, "Statistics").
+* ``shipped`` (the recipes' default): ``llm_edit/data/stats_corpus.jsonl``, text sampled once
+  from the default model (SmolLM2-135M-Instruct) exactly as ``model-samples`` samples it, and
+  shipped, so a first edit needs one forward pass over it instead of ten minutes of sampling on
+  a CPU (``data/README.md`` says how it was made; README, "Statistics", what it changes);
+* ``model-samples``: text sampled from the model itself (ancestral sampling at temperature 1,
+  a fixed seed, from one-word starts). The model's own samples follow its pre-training
+  distribution better than any one domain's text at hand, but sampling them is slow.
 * ``file:PATH``: a local ``.txt`` (paragraphs separated by blank lines) or ``.json``/``.jsonl``
   file whose records have a ``text`` field (or ``question``/``answer``, as TOFU's).
 * ``hf:NAME[:CONFIG]``: a hub dataset's ``text`` field, streamed (needs the hub).
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -51,7 +55,12 @@ def key_fingerprint(model, module_name: str) -> str:
     return fingerprint(model, include)
 
 
+SHIPPED_CORPUS = Path(__file__).parent / "data" / "stats_corpus.jsonl"
+
+
 def corpus_id(corpus: str) -> str:
+    if corpus == "shipped":
+        return f"shipped-{sha256_file(SHIPPED_CORPUS)[:16]}"
     if corpus.startswith("file:"):
         path = Path(corpus[5:])
         if not path.is_file():
@@ -81,6 +90,15 @@ def _sequences(model, tok, corpus: str, n_tokens: int, seq_len: int, seed: int) 
     if corpus == "model-samples":
         yield from model_samples(model, tok, n_tokens, seq_len, seed)
         return
+    if corpus == "shipped":  # one sample, one sequence, as model-samples draws them (no packing)
+        count = 0
+        for text in _texts_from_file(SHIPPED_CORPUS):
+            ids = tok(text)["input_ids"][:seq_len]
+            yield ids
+            count += len(ids)
+            if count >= n_tokens:
+                return
+        return
     if corpus.startswith("file:"):
         texts = _texts_from_file(Path(corpus[5:]))
     elif corpus.startswith("hf:"):
@@ -89,7 +107,8 @@ def _sequences(model, tok, corpus: str, n_tokens: int, seq_len: int, seed: int) 
         name, _, config = corpus[3:].partition(":")
         texts = (r["text"] for r in load_dataset(name, config or None, split="train", streaming=True))
     else:
-        raise ValueError(f"unknown stats_corpus {corpus!r}: use model-samples, file:PATH, hf:NAME[:CONFIG] or identity")
+        raise ValueError(f"unknown stats_corpus {corpus!r}: use shipped, model-samples, file:PATH, hf:NAME[:CONFIG] "
+                         "or identity")
     buffer: list[int] = []
     for text in texts:  # pack documents into full-length sequences, as ROME's loader does
         buffer += tok(text + "\n\n", add_special_tokens=False)["input_ids"]
@@ -186,8 +205,16 @@ def second_moment(model, tok, module_name: str, *, corpus: str = "model-samples"
     device = next(model.parameters()).device
     t0 = time.perf_counter()
     total, count = None, 0
+    what = {"shipped": "the prose shipped with llm-edit", "model-samples": "text sampled from the model"}.get(
+        corpus, corpus)
+    print(f"llm-edit: computing the key statistics of {module_name} from {n_tokens:,} tokens of {what}: once per "
+          f"model, layer and corpus, then cached in {path.parent}"
+          + (" (sampling the text first takes about ten minutes on 2 CPU cores; stats_corpus=shipped skips it)"
+             if corpus == "model-samples" else ""), file=sys.stderr)
     seqs = _sequences(model, tok, corpus, n_tokens, seq_len, seed)
-    with tqdm(total=n_tokens, unit="tok", desc=f"second moment of {module_name}") as bar:
+    if corpus == "model-samples":  # sample first, under its own bar, so the key pass's bar counts keys only
+        seqs = iter(list(seqs))
+    with tqdm(total=n_tokens, unit="tok", desc=f"key statistics of {module_name}") as bar:
         done = False
         while not done:
             chunk = [s for _, s in zip(range(batch_size), seqs)]
@@ -206,6 +233,8 @@ def second_moment(model, tok, module_name: str, *, corpus: str = "model-samples"
             total = keys.T @ keys if total is None else total + keys.T @ keys
             count += len(keys)
             bar.update(len(keys))
+        bar.total = count  # a corpus may hold fewer tokens than asked: end the bar at 100%, not at 93%
+        bar.refresh()
     if count == 0:
         raise ValueError(f"stats_corpus {corpus!r} gave no tokens")
     cov = (total / count).float().cpu()

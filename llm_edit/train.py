@@ -218,9 +218,12 @@ class Trainer:
         else:
             from peft import LoraConfig, get_peft_model
 
+            from .arch import arch_of
+
             lora = LoraConfig(r=c.lora_r, lora_alpha=c.lora_alpha, lora_dropout=c.lora_dropout,
                               target_modules=lora_targets(model, c.lora_modules, c.lora_layers),
-                              task_type="CAUSAL_LM")
+                              # GPT-2's Conv1D stores (in, out): what peft would switch to, with a warning
+                              fan_in_fan_out=arch_of(model).mlp_out_transposed, task_type="CAUSAL_LM")
             with warnings.catch_warnings():  # peft reads transformers' deprecated alias; nothing for users to fix
                 warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated",
                                         category=FutureWarning)

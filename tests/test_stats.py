@@ -81,3 +81,14 @@ def testmodel_samples_are_one_stream_served_by_prefix(tmp_path, tiny, monkeypatc
     assert len(small) == 3 and len(large) == 7
     assert small == large[:3] == again
     assert len(list((tmp_path / "b" / "corpora").iterdir())) == 1  # served from the larger file
+
+
+def test_the_shipped_corpus_needs_no_sampling_and_is_keyed_by_its_content(tiny, monkeypatch):
+    import llm_edit.stats as S
+
+    model, tok = tiny("llama")
+    monkeypatch.setattr(S, "model_samples", lambda *a, **k: (_ for _ in ()).throw(AssertionError("sampled")))
+    c, manifest = S.second_moment(model, tok, "model.layers.1.mlp.down_proj", corpus="shipped", n_tokens=500,
+                                  seq_len=32, use_cache=False)
+    assert c.shape == (128, 128) and manifest["n_tokens"] == 500
+    assert manifest["corpus_id"] == f"shipped-{S.sha256_file(S.SHIPPED_CORPUS)[:16]}"
