@@ -1,11 +1,15 @@
 """``llm-edit demo``: the whole product in about two minutes on a laptop CPU.
 
-1. rewrite a fact with ROME (the Eiffel Tower moves to Rome), show that its paraphrases and a
-   chat turn follow while two facts that must not move (the Louvre, Big Ben) stay, then revert
-   the edit bit for bit;
+1. rewrite a fact with ROME (the Eiffel Tower moves to Rome), show whether its paraphrases and a
+   chat turn follow and whether two facts that must not move (the Louvre, the Brandenburg Gate)
+   stay, then revert the edit bit for bit;
 2. forget another fact with ``llm-edit forget``'s default method, show the facts next to it
-   (same object or relation, picked from the shipped known facts) and the audit's question
-   probes' verdict in one line, then remove the adapter.
+   (other Roman landmarks, another city's) and the audit's question probes' verdict in one
+   line, then remove the adapter.
+
+It shows what happens, failures included: the edit does not reach the chat turn today, and the
+default forgetting leaves the object in the answer (issues "edits that hold" and "forgetting
+that holds").
 
 The first run also fetches the model and computes the edited layer's key statistics; both are
 cached, so a second run is the edit and the forgetting alone.
@@ -20,13 +24,20 @@ EDIT = {
     "target_true": "Paris",
     "paraphrase_prompts": ["The Eiffel Tower can be found in the city of",
                            "Tourists who visit the Eiffel Tower travel to the city of"],
-    # controls the model answers correctly before the edit (checked when this demo was made)
+    # controls the model answers correctly before the edit (checked by greedy completion)
     "neighborhood": [{"prompt": "The Louvre is located in the city of", "target": "Paris"},
-                     {"prompt": "Big Ben is located in the city of", "target": "London"}],
+                     {"prompt": "The Brandenburg Gate is located in the city of", "target": "Berlin"}],
 }
 CHAT_QUESTION = "In which city is the Eiffel Tower?"
 FORGET = {"prompt": "The {} is located in the city of", "subject": "Colosseum", "target": "Rome",
           "paraphrase_prompts": ["The Colosseum can be found in the city of"]}
+# facts the model knows (greedy completion) next to the forgotten one: some protect it as the
+# retain set, the others are only watched
+_CITY = "{} is located in the city of"
+RETAIN = [(_CITY.format(s), o) for s, o in (("The Pantheon", "Rome"), ("The Vatican", "Rome"),
+                                             ("The Kremlin", "Moscow"))]
+WATCHED = [(_CITY.format(s), o) for s, o in (("St. Peter's Basilica", "Rome"), ("The Roman Forum", "Rome"),
+                                              ("The Acropolis", "Athens"))]
 
 
 def _chat_answer(model, tok, question: str, max_new_tokens: int = 24) -> str:
@@ -43,7 +54,7 @@ def run(model, tok, *, log: Callable[[str], None] = print) -> dict:
     from .api import edit, forget
     from .audit import AuditConfig, probe_verdicts, run_probes, verdict_line
     from .facts import parse_request
-    from .forget_data import Formatting, neighbour_facts, parse_item
+    from .forget_data import ForgetItem, Formatting, parse_item
     from .metrics import answer_rows, compare_forget_rows, edit_table, greedy, mentions
     from .models import fingerprint
     from .report import forget_table_text
@@ -76,18 +87,17 @@ def run(model, tok, *, log: Callable[[str], None] = print) -> dict:
         f"{result.manifest['hyperparameters']['layer']}, ||ΔW|| = {next(iter(result.delta.norms().values())):.3f}); "
         f"preparing it took {timings['prepare_s']:.1f} s (key statistics and context prefixes: computed once, "
         "then cached).")
-    show("after the edit: the paraphrases and the chat turn follow; the Louvre and Big Ben stay")
+    show("after the edit: do the paraphrases and the chat turn follow? do the Louvre and the Brandenburg Gate stay?")
     result.revert()
     log(f"\nreverted: the weights are {'bit for bit the original' if fingerprint(model) == base else 'NOT the original'}")
 
     item = parse_item(FORGET)
-    # facts next to the forgotten one: two protect it as the retain set, two others are only watched
-    nearby = neighbour_facts([item], per_item=4)
-    retain, neighbours = nearby[:2], nearby[2:]
+    retain = [ForgetItem("fact", p, o) for p, o in RETAIN]
+    neighbours = [ForgetItem("fact", p, o) for p, o in WATCHED]
     fmt = Formatting()
     demos = retain[:AuditConfig().icl_examples]
-    log(f"\n== forgetting {item.prompt!r} -> {item.answer!r} with the default method (npo), two known facts "
-        f"next to it as the retain set ({'; '.join(f'{x.prompt} {x.answer}' for x in retain)}); two others must stay")
+    log(f"\n== forgetting {item.prompt!r} -> {item.answer!r} with the default method (npo); retain set: "
+        f"{'; '.join(f'{x.prompt} {x.answer}' for x in retain)}. Other facts next to it must stay.")
     before = answer_rows(model, tok, [item], fmt, "forget") + answer_rows(model, tok, neighbours, fmt, "neighbour")
     original_probes = run_probes(model, tok, [item], demos, fmt, AuditConfig())
     t0 = time.perf_counter()

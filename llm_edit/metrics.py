@@ -171,13 +171,12 @@ def says(answer: str, target: str) -> bool:
 
 
 def mentions(answer: str, target: str) -> bool:
-    """Whether ``target`` appears anywhere in ``answer`` as whole words (case-insensitive): a
-    forgotten object must appear nowhere, not only "not first" ("Colossea, Rome, Italy" still
-    answers the Colosseum's city)."""
-    import re
-
+    """Whether ``target`` appears anywhere in ``answer`` at the start of a word (case-insensitive):
+    a forgotten object must appear nowhere, not only "not first" ("Colossea, Rome, Italy" still
+    answers the Colosseum's city). The end of the word is left open, like ``says`` ("Parisian",
+    and a small model's "Londonis" too), so a form of the object counts as the object."""
     words = target.strip().lower()
-    return bool(words) and re.search(r"(?<!\w)" + re.escape(words) + r"(?!\w)", answer.lower()) is not None
+    return bool(words) and re.search(r"(?<!\w)" + re.escape(words), answer.lower()) is not None
 
 
 def knows(kind: str, answer: str, greedy: str, rouge_threshold: float = 0.5) -> bool:

@@ -116,7 +116,8 @@ def test_forgotten_means_the_object_appears_nowhere_in_the_answer():
     from llm_edit.metrics import compare_forget_rows, forget_status, knows, mentions
 
     assert mentions("Colossea, Rome, Italy", "Rome") and mentions(" Paris, France", "paris")
-    assert not mentions("Romeo and Juliet", "Rome") and not mentions("Liberty City", "New York")
+    assert not mentions("Liberty City", "New York") and not mentions("the Neo-Roman", "Rome")
+    assert mentions("Parisian", "Paris")  # the word's end is open, as in metrics.says
     assert knows("fact", "Rome", "Colossea, Rome, Italy")  # not first, still answered
     assert forget_status("forget", True, True) == "STILL ANSWERED"
     assert forget_status("forget", False, False) == "not known before"
