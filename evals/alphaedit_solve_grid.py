@@ -31,17 +31,18 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from llm_edit import load_model, read_requests  # noqa: E402
-from llm_edit.api import add_gram, model_recipe_name  # noqa: E402
-from llm_edit.arch import arch_of  # noqa: E402
-from llm_edit.config import load_config, parse_set  # noqa: E402
-from llm_edit.io import run_info, write_json  # noqa: E402
-from llm_edit.kv import optimise_values, spread_over_layers  # noqa: E402
-from llm_edit.maths import null_space_projector, null_space_update  # noqa: E402
-from llm_edit.methods.alphaedit import AlphaEditConfig, prepare  # noqa: E402
-from llm_edit.metrics import edit_table, generic_perplexity, summarise  # noqa: E402
-from llm_edit.models import cache_home, fingerprint  # noqa: E402
-from llm_edit.patch import WeightDelta  # noqa: E402
-from llm_edit.stats import second_moment  # noqa: E402
+from llm_edit.editing.edit import add_gram  # noqa: E402
+from llm_edit.core.models import model_recipe_name  # noqa: E402
+from llm_edit.core.arch import arch_of  # noqa: E402
+from llm_edit.core.config import load_config, parse_set  # noqa: E402
+from llm_edit.core.files import run_info, write_json  # noqa: E402
+from llm_edit.editing.values import optimise_values, spread_over_layers  # noqa: E402
+from llm_edit.editing.rank_one import null_space_projector, null_space_update  # noqa: E402
+from llm_edit.editing.methods.alphaedit import AlphaEditConfig, prepare  # noqa: E402
+from llm_edit.evaluating.metrics import edit_table, generic_perplexity, summarise  # noqa: E402
+from llm_edit.core.models import cache_home, fingerprint  # noqa: E402
+from llm_edit.core.patch import WeightDelta  # noqa: E402
+from llm_edit.editing.stats import second_moment  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SOLVE_KEYS = ("alpha", "nullspace_threshold", "memory_weight")  # memory_weight: w·K_pK_pᵀ (the paper: w = 1)

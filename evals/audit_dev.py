@@ -20,10 +20,10 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from llm_edit import forget, load_model  # noqa: E402
-from llm_edit.audit import AuditConfig, audit, write_audit  # noqa: E402
-from llm_edit.config import build_config, parse_set  # noqa: E402
-from llm_edit.forget_data import read_items  # noqa: E402
-from llm_edit.io import atomic_directory  # noqa: E402
+from llm_edit.auditing.audit import AuditConfig, audit, write_audit  # noqa: E402
+from llm_edit.core.config import build_config, parse_set  # noqa: E402
+from llm_edit.unlearning.items import read_items  # noqa: E402
+from llm_edit.core.files import atomic_directory  # noqa: E402
 
 
 def main() -> None:

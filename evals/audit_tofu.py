@@ -22,14 +22,14 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from llm_edit import forget  # noqa: E402
-from llm_edit.audit import AuditConfig, audit, write_audit  # noqa: E402
-from llm_edit.config import build_config, parse_set  # noqa: E402
-from llm_edit.forget_data import parse_item  # noqa: E402
-from llm_edit.io import atomic_directory  # noqa: E402
-from llm_edit.models import load_model  # noqa: E402
-from llm_edit.tofu import EvalSettings, evaluate_tofu, make_task  # noqa: E402
-from llm_edit.unlearning_metrics import mean  # noqa: E402
-from llm_edit.tofu_protocol import _recipe_name, finetuned_model  # noqa: E402
+from llm_edit.auditing.audit import AuditConfig, audit, write_audit  # noqa: E402
+from llm_edit.core.config import build_config, parse_set  # noqa: E402
+from llm_edit.unlearning.items import parse_item  # noqa: E402
+from llm_edit.core.files import atomic_directory  # noqa: E402
+from llm_edit.core.models import load_model  # noqa: E402
+from llm_edit.evaluating.tofu import EvalSettings, evaluate_tofu, make_task  # noqa: E402
+from llm_edit.evaluating.tofu_metrics import mean  # noqa: E402
+from llm_edit.evaluating.tofu_protocol import _recipe_name, finetuned_model  # noqa: E402
 
 
 def main() -> None:

@@ -70,8 +70,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(1)  # one thread: float sums in one order
     from llm_edit import forget, load_model
-    from llm_edit.facts import parse_request
-    from llm_edit.tofu import EvalSettings, evaluate_tofu, make_task
+    from llm_edit.editing.requests import parse_request
+    from llm_edit.evaluating.tofu import EvalSettings, evaluate_tofu, make_task
 
     facts = [parse_request(EIFFEL)] + [parse_request(
         {"prompt": "The {} is located in the city of", "subject": s, "target_new": "Rome", "target_true": t})

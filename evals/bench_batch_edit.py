@@ -27,13 +27,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from llm_edit import edit, load_model, read_requests  # noqa: E402
-from llm_edit.config import load_config  # noqa: E402
-from llm_edit.io import run_info, write_json  # noqa: E402
-from llm_edit.kv import context_templates  # noqa: E402
-from llm_edit.metrics import edit_table, summarise  # noqa: E402
-from llm_edit.methods import get_method  # noqa: E402
-from llm_edit.api import model_recipe_name  # noqa: E402
-from llm_edit.models import fingerprint  # noqa: E402
+from llm_edit.core.config import load_config  # noqa: E402
+from llm_edit.core.files import run_info, write_json  # noqa: E402
+from llm_edit.editing.values import context_templates  # noqa: E402
+from llm_edit.evaluating.metrics import edit_table, summarise  # noqa: E402
+from llm_edit.editing.methods import get_method  # noqa: E402
+from llm_edit.core.models import model_recipe_name  # noqa: E402
+from llm_edit.core.models import fingerprint  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -117,10 +117,10 @@ def main() -> None:
     args = ap.parse_args()
 
     memory = PhaseMemory()
-    import llm_edit.methods.alphaedit
-    import llm_edit.methods.memit
+    import llm_edit.editing.methods.alphaedit
+    import llm_edit.editing.methods.memit
 
-    for module in (llm_edit.methods.memit, llm_edit.methods.alphaedit):
+    for module in (llm_edit.editing.methods.memit, llm_edit.editing.methods.alphaedit):
         memory.wrap(module, "optimise_values", f"{module.__name__.rsplit('.', 1)[1]}: value optimisation")
         memory.wrap(module, "spread_over_layers", f"{module.__name__.rsplit('.', 1)[1]}: keys, residuals, solves")
     model, tok = load_model(args.model)

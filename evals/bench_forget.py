@@ -23,7 +23,7 @@ sys.path.insert(0, str(HERE.parent))
 
 
 def items(tok, n=8, length=64):
-    from llm_edit.forget_data import ForgetItem
+    from llm_edit.unlearning.items import ForgetItem
 
     ids = tok((HERE.parent / "llm_edit" / "data" / "generic_text.txt").read_text(), add_special_tokens=False)["input_ids"]
     texts = [tok.decode(ids[i * length:(i + 1) * length]) for i in range(n)]
@@ -36,7 +36,7 @@ def run_one(kind: str, steps: int) -> dict:
     import torch
 
     from llm_edit import forget, load_model
-    from llm_edit.forget_data import Formatting, collate, encode
+    from llm_edit.unlearning.items import Formatting, collate, encode
 
     torch.manual_seed(0)
     model, tok = load_model("llama")
@@ -100,7 +100,7 @@ def main() -> None:
     summary["overhead"] = summary["plain"]["tokens_per_second"] / summary["toolkit"]["tokens_per_second"] - 1
     print(json.dumps(summary, indent=2))
     if args.out:
-        from llm_edit.io import write_json
+        from llm_edit.core.files import write_json
 
         write_json(Path(args.out), {"command": " ".join(sys.argv), "runs": runs, "summary": summary})
 

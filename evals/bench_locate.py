@@ -23,10 +23,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from llm_edit import load_model  # noqa: E402
-from llm_edit.arch import num_layers  # noqa: E402
-from llm_edit.io import run_info, write_json  # noqa: E402
-from llm_edit import locate  # noqa: E402
-from llm_edit.locate import noise_scale, trace  # noqa: E402
+from llm_edit.core.arch import num_layers  # noqa: E402
+from llm_edit.core.files import run_info, write_json  # noqa: E402
+from llm_edit.locating import trace as locate  # noqa: E402
+from llm_edit.locating.trace import noise_scale, trace  # noqa: E402
 
 PROMPT, SUBJECT, TARGET = "The Eiffel Tower is located in the city of", "Eiffel Tower", "Paris"
 

@@ -21,7 +21,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from llm_edit import edit, load_model, read_requests  # noqa: E402
-from llm_edit.io import run_info, write_json  # noqa: E402
+from llm_edit.core.files import run_info, write_json  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 
@@ -42,11 +42,11 @@ def main(argv=None) -> int:
     load_seconds = time.perf_counter() - t0
     stats_info = None
     if args.stats_fresh:
-        from llm_edit.api import model_recipe_name
-        from llm_edit.config import load_config
-        from llm_edit.arch import arch_of
-        from llm_edit.methods import rome
-        from llm_edit.stats import second_moment
+        from llm_edit.core.models import model_recipe_name
+        from llm_edit.core.config import load_config
+        from llm_edit.core.arch import arch_of
+        from llm_edit.editing.methods import rome
+        from llm_edit.editing.stats import second_moment
 
         config, _ = load_config(rome.ROMEConfig, "rome", model_recipe=model_recipe_name(model), sets=args.sets)
         t0 = time.perf_counter()

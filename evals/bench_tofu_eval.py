@@ -24,8 +24,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from llm_edit import load_model  # noqa: E402
-from llm_edit.io import write_json  # noqa: E402
-from llm_edit.tofu import EvalSettings, evaluate_tofu, make_task  # noqa: E402
+from llm_edit.core.files import write_json  # noqa: E402
+from llm_edit.evaluating.tofu import EvalSettings, evaluate_tofu, make_task  # noqa: E402
 
 
 def main() -> None:
@@ -72,8 +72,8 @@ def main() -> None:
         result["estimate_note"] = (f"measured on {sum(rows[r] for r in eval_roles)} of "
                                    f"{sum(full_rows[r] for r in eval_roles)} rows and scaled linearly (x{scale:.1f})")
     if args.unbatched:
-        from llm_edit.forget_data import ForgetItem, Formatting, answer_ids, question_prefix
-        from llm_edit.scoring import score_pairs
+        from llm_edit.unlearning.items import ForgetItem, Formatting, answer_ids, question_prefix
+        from llm_edit.core.scoring import score_pairs
 
         fmt = Formatting()
         rows_ = task.forget_eval[: args.unbatched]

@@ -27,9 +27,9 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from llm_edit import forget, load_model  # noqa: E402
-from llm_edit.forget_data import Formatting, read_items  # noqa: E402
-from llm_edit.io import write_json  # noqa: E402
-from llm_edit.metrics import greedy_answers, perplexity, says  # noqa: E402
+from llm_edit.unlearning.items import Formatting, read_items  # noqa: E402
+from llm_edit.core.files import write_json  # noqa: E402
+from llm_edit.evaluating.metrics import greedy_answers, perplexity, says  # noqa: E402
 
 
 def measure(model, tok, forget_items, unrelated, text) -> dict:

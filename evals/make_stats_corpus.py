@@ -15,8 +15,8 @@ import json
 import sys
 
 from llm_edit import load_model
-from llm_edit.io import atomic_write_text
-from llm_edit.stats import SHIPPED_CORPUS, model_samples
+from llm_edit.core.files import atomic_write_text
+from llm_edit.editing.stats import SHIPPED_CORPUS, model_samples
 
 
 def main(argv=None) -> int:

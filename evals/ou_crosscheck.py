@@ -39,11 +39,11 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from llm_edit import load_model
-from llm_edit import unlearning_metrics as M
-from llm_edit.forget_data import Formatting, ForgetItem, answer_ids, question_prefix
-from llm_edit.io import atomic_write_text
-from llm_edit.scoring import score_pairs
-from llm_edit.tofu import FORGET_SPLITS, load_split
+from llm_edit.evaluating import tofu_metrics as M
+from llm_edit.unlearning.items import Formatting, ForgetItem, answer_ids, question_prefix
+from llm_edit.core.files import atomic_write_text
+from llm_edit.core.scoring import score_pairs
+from llm_edit.evaluating.tofu import FORGET_SPLITS, load_split
 
 OU_SYSTEM_PROMPT = "You are a helpful assistant."
 MIA_K = 0.4  # both: open-unlearning's TOFU configs and llm-edit's EvalSettings.mia_k

@@ -16,9 +16,9 @@ import re
 import sys
 from pathlib import Path
 
-from llm_edit import unlearning_metrics as M
-from llm_edit.io import atomic_write_text, write_json
-from llm_edit.report import tofu_table
+from llm_edit.evaluating import tofu_metrics as M
+from llm_edit.core.files import atomic_write_text, write_json
+from llm_edit.evaluating.report import tofu_table
 
 _OLD_NOTE = re.compile(r"PrivLeak vs retain: -?[0-9.]+")
 

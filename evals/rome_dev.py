@@ -6,7 +6,7 @@ model, then reverted; or, with ``--batch``, all facts edited at once (MEMIT's se
     python evals/rome_dev.py --grid layer=2,4,6,8             # one run per value, one table
     python evals/rome_dev.py --method memit --batch           # one batch of all the facts
 
-Reports CounterFact's efficacy, generalisation and specificity (llm_edit.metrics), pooled over
+Reports CounterFact's efficacy, generalisation and specificity (llm_edit.evaluating.metrics), pooled over
 all prompts of each kind, the median edit time, and checks that every revert is bit-exact.
 """
 from __future__ import annotations
@@ -24,9 +24,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from llm_edit import edit, load_model, read_requests  # noqa: E402
-from llm_edit.io import run_info, write_json  # noqa: E402
-from llm_edit.metrics import edit_table, fluency, summarise  # noqa: E402
-from llm_edit.models import fingerprint  # noqa: E402
+from llm_edit.core.files import run_info, write_json  # noqa: E402
+from llm_edit.evaluating.metrics import edit_table, fluency, summarise  # noqa: E402
+from llm_edit.core.models import fingerprint  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 

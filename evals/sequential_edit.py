@@ -10,7 +10,7 @@ far, and perplexity on a fixed generic text as a collapse detector).
 Each method starts from the original weights (the previous method's edits are reverted, bit for
 bit, and checked). MEMIT and AlphaEdit take each batch as one batch edit; ROME edits the facts
 of a batch one after another (it has no batch form). AlphaEdit carries its memory of earlier
-keys from batch to batch. Each method edits through an editing session (``llm_edit.session``, in
+keys from batch to batch. Each method edits through an editing session (``llm_edit.editing.session``, in
 OUT.sessions/METHOD) saved batch by batch, so ``--resume`` continues an interrupted run. Writes
 OUT.json (every measurement, the hyper-parameters, timings split into value optimisation and
 solve, peak memory, data hash) after every batch, and OUT.png (efficacy, generalisation,
@@ -30,10 +30,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from llm_edit import load_model, read_requests  # noqa: E402
-from llm_edit.io import run_info, write_json  # noqa: E402
-from llm_edit.metrics import edit_table, generic_perplexity, summarise  # noqa: E402
-from llm_edit.models import fingerprint  # noqa: E402
-from llm_edit.session import EditSession  # noqa: E402
+from llm_edit.core.files import run_info, write_json  # noqa: E402
+from llm_edit.evaluating.metrics import edit_table, generic_perplexity, summarise  # noqa: E402
+from llm_edit.core.models import fingerprint  # noqa: E402
+from llm_edit.editing.session import EditSession  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -17,9 +17,9 @@ import time
 import torch
 
 from llm_edit import load_model
-from llm_edit.arch import arch_of
-from llm_edit.io import run_info, write_json
-from llm_edit.stats import second_moment
+from llm_edit.core.arch import arch_of
+from llm_edit.core.files import run_info, write_json
+from llm_edit.editing.stats import second_moment
 
 
 def main(argv=None) -> int:

@@ -4,15 +4,24 @@ The public names load on first use (PEP 562), so ``import llm_edit`` and the com
 without importing torch and transformers first: the CLI's own Ctrl-C handling then covers
 those imports too.
 """
-__version__ = "0.1.0"
+from importlib.metadata import PackageNotFoundError as _NotInstalled, version as _version
+
+try:
+    __version__ = _version("llm-edit")
+except _NotInstalled:  # a source tree on sys.path, not installed
+    __version__ = "0+unknown"
 
 _EXPORTS = {
-    "EditRequest": "facts", "FactFileError": "facts", "Neighbor": "facts", "read_requests": "facts",
-    "write_requests": "facts",
-    "load_model": "models",
-    "WeightDelta": "patch", "apply_patch": "patch", "load_patch": "patch",
-    "EditResult": "api", "ForgetResult": "api", "edit": "api", "forget": "api",
-    "ForgetItem": "forget_data", "read_items": "forget_data",
+    "FactFileError": "core.files",
+    "load_model": "core.models",
+    "WeightDelta": "core.patch", "apply_patch": "core.patch", "load_patch": "core.patch",
+    "EditRequest": "editing.requests", "Neighbor": "editing.requests", "read_requests": "editing.requests",
+    "write_requests": "editing.requests",
+    "EditResult": "editing.edit", "edit": "editing.edit",
+    "EditSession": "editing.session",
+    "ForgetItem": "unlearning.items", "read_items": "unlearning.items",
+    "ForgetResult": "unlearning.forget", "forget": "unlearning.forget",
+    "audit": "auditing.audit",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -27,7 +36,7 @@ def __getattr__(name: str):
         return value
     import importlib.util
 
-    if importlib.util.find_spec(f"{__name__}.{name}") is not None:  # llm_edit.config etc., as before
+    if importlib.util.find_spec(f"{__name__}.{name}") is not None:  # llm_edit.core.config etc., as before
         return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'llm_edit' has no attribute {name!r}")
 

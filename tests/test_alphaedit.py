@@ -9,9 +9,9 @@ from conftest import TINY_TYPES
 from test_cli import run
 
 import llm_edit
-from llm_edit.maths import null_space_projector, null_space_update
-from llm_edit.metrics import target_logprob
-from llm_edit.session import EditSession, SessionError
+from llm_edit.editing.rank_one import null_space_projector, null_space_update
+from llm_edit.evaluating.metrics import target_logprob
+from llm_edit.editing.session import EditSession, SessionError
 
 REQUESTS = [{"prompt": "{} is in", "subject": "Eiffel Tower", "target_new": "Rome", "target_true": "Paris"},
             {"prompt": "{} was written by", "subject": "Hamlet", "target_new": "Goethe", "target_true": "Shakespeare"},
@@ -100,11 +100,11 @@ def test_prepared_state_is_reused_only_with_the_same_settings(tiny):
 
 def test_alphaedit_config_is_checked(tiny):
     model, tok = tiny("llama")
-    with pytest.raises(llm_edit.config.ConfigError, match="nullspace_scale"):
+    with pytest.raises(llm_edit.core.config.ConfigError, match="nullspace_scale"):
         llm_edit.edit(model, tok, REQUESTS, "alphaedit", nullspace_scale="relative", progress=False)
-    with pytest.raises(llm_edit.config.ConfigError, match="null space is empty"):
+    with pytest.raises(llm_edit.core.config.ConfigError, match="null space is empty"):
         llm_edit.edit(model, tok, REQUESTS, "alphaedit", nullspace_threshold=1e-9, progress=False)
-    with pytest.raises(llm_edit.config.ConfigError, match="nullspace_treshold"):
+    with pytest.raises(llm_edit.core.config.ConfigError, match="nullspace_treshold"):
         llm_edit.edit(model, tok, REQUESTS, "alphaedit", nullspace_treshold=0.1, progress=False)
 
 
@@ -149,7 +149,7 @@ def test_failed_session_batch_leaves_model_and_files_as_they_were(tiny, tmp_path
     session.edit(tok, REQUESTS[:1], progress=False)
     snap = {k: v.clone() for k, v in model.state_dict().items()}
     text = (tmp_path / "s" / "session.json").read_text()
-    from llm_edit.methods import memit
+    from llm_edit.editing.methods import memit
 
     calls = {"n": 0}
     real = memit.compute
@@ -160,8 +160,8 @@ def test_failed_session_batch_leaves_model_and_files_as_they_were(tiny, tmp_path
             raise FloatingPointError("boom")
         return real(*args, **kwargs)
 
-    monkeypatch.setitem(llm_edit.methods.METHODS, "memit",
-                        dataclasses.replace(llm_edit.methods.METHODS["memit"], compute=flaky))
+    monkeypatch.setitem(llm_edit.editing.methods.METHODS, "memit",
+                        dataclasses.replace(llm_edit.editing.methods.METHODS["memit"], compute=flaky))
     with pytest.raises(FloatingPointError):
         session.edit(tok, REQUESTS[1:], progress=False)
     assert all(torch.equal(snap[k], v) for k, v in model.state_dict().items())

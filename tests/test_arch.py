@@ -2,8 +2,8 @@ import pytest
 import torch
 from transformers.pytorch_utils import Conv1D
 
-from llm_edit.arch import ARCHITECTURES, UnsupportedArchitecture, arch_of, num_layers
-from llm_edit.models import TINY_CONFIGS, build_tiny
+from llm_edit.core.arch import ARCHITECTURES, UnsupportedArchitecture, arch_of, num_layers
+from llm_edit.core.models import TINY_CONFIGS, build_tiny
 
 from conftest import TINY_TYPES
 

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from llm_edit.audit import AuditConfig, probe_prompts, quantizable, quantized, recovery, verdict
-from llm_edit.forget_data import Formatting, parse_item
+from llm_edit.auditing.audit import AuditConfig, probe_prompts, quantizable, quantized, recovery, verdict
+from llm_edit.unlearning.items import Formatting, parse_item
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -27,7 +27,7 @@ def test_recovery_and_verdicts():
 
 
 def test_audit_config_is_validated():
-    from llm_edit.config import ConfigError, build_config
+    from llm_edit.core.config import ConfigError, build_config
 
     with pytest.raises(ConfigError, match="partly_max"):
         build_config(AuditConfig, {"forgotten_max": 0.7, "partly_max": 0.6})
@@ -86,7 +86,7 @@ def test_audit_command_on_tiny_models(tiny, tmp_path):
     """A tiny model that memorised six facts, unlearned by gradient difference: the audit runs every
     probe, writes its three files, and the original answers what it was trained on."""
     from llm_edit import forget
-    from llm_edit.finetune import FinetuneConfig, finetune
+    from llm_edit.unlearning.finetune import FinetuneConfig, finetune
 
     facts = [{"prompt": p + " is in", "subject": p, "target": o} for p, o in
              [("Eiffel Tower", "Paris"), ("Colosseum", "Rome"), ("Big Ben", "London"), ("Kremlin", "Moscow")]]

@@ -157,7 +157,7 @@ def test_overwrite_onto_a_file_leaves_nothing_behind(tmp_path, capsys):
 
 
 def test_forget_writes_its_results_inside_the_directory_before_it_appears(tmp_path, monkeypatch, capsys):
-    import llm_edit.io as io_module
+    import llm_edit.core.files as io_module
 
     seen = {}
     real = io_module.atomic_directory
@@ -274,8 +274,8 @@ def test_locate_validates_its_inputs(tmp_path, capsys, args, message):
 # -- caches --------------------------------------------------------------------------------------
 
 def test_a_truncated_statistics_cache_is_recomputed_with_a_warning(tiny):
-    from llm_edit.models import cache_home
-    from llm_edit.stats import second_moment
+    from llm_edit.core.models import cache_home
+    from llm_edit.editing.stats import second_moment
 
     model, tok = tiny("llama")
     module = "model.layers.1.mlp.down_proj"

@@ -2,9 +2,9 @@ import dataclasses
 
 import pytest
 
-from llm_edit.config import ConfigError, build_config, load_config, parse_set, read_recipe, recipes_dir
-from llm_edit.methods import METHODS
-from llm_edit.unlearners import UNLEARNERS
+from llm_edit.core.config import ConfigError, build_config, load_config, parse_set, read_recipe, recipes_dir
+from llm_edit.editing.methods import METHODS
+from llm_edit.unlearning.methods import UNLEARNERS
 
 CONFIGS = {**{m: spec.config for m, spec in METHODS.items()}, **{m: u.config for m, u in UNLEARNERS.items()}}
 

@@ -1,6 +1,6 @@
 """``llm-edit demo`` end to end on a tiny model: every step runs and the model ends as it began."""
-from llm_edit import demo
-from llm_edit.models import fingerprint
+from llm_edit.cli import demo
+from llm_edit.core.models import fingerprint
 
 
 def test_the_demo_edits_reverts_forgets_and_restores(tiny):

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 import llm_edit
-from llm_edit import locate
-from llm_edit.maths import object_unlikelihood
-from llm_edit.metrics import target_logprob
-from llm_edit.models import fingerprint
+from llm_edit.locating import trace as locate
+from llm_edit.editing.objectives import object_unlikelihood
+from llm_edit.evaluating.metrics import target_logprob
+from llm_edit.core.models import fingerprint
 
 FACT = {"prompt": "{} is in", "subject": "Eiffel Tower", "target": "Paris", "paraphrase_prompts": ["Eiffel Tower lies in"]}
 
@@ -61,9 +61,9 @@ def test_erasure_needs_facts_and_validates_keys(tiny):
     model, tok = tiny("llama")
     with pytest.raises(ValueError, match="needs facts"):
         llm_edit.forget(model, tok, [{"question": "Who?", "answer": "Me."}], method="rome-erase", progress=False)
-    with pytest.raises(llm_edit.config.ConfigError, match="erase_objective"):
+    with pytest.raises(llm_edit.core.config.ConfigError, match="erase_objective"):
         llm_edit.forget(model, tok, [FACT], method="rome-erase", erase_objectiv="neutral", progress=False)
-    with pytest.raises(llm_edit.config.ConfigError, match="suppress"):
+    with pytest.raises(llm_edit.core.config.ConfigError, match="suppress"):
         llm_edit.forget(model, tok, [FACT], method="rome-erase", erase_objective="forget", progress=False)
 
 
@@ -95,7 +95,7 @@ def test_layer_auto_takes_the_traced_peak(tiny, monkeypatch):
     assert result.manifest["layer"] == avg.peak("mlp")
     assert result.manifest["hyperparameters"]["layer"] == "auto"
     assert result.manifest["located"]["layers"] == [avg.peak("mlp")]
-    with pytest.raises(llm_edit.config.ConfigError, match="auto"):
+    with pytest.raises(llm_edit.core.config.ConfigError, match="auto"):
         llm_edit.forget(model, tok, [FACT], method="rome-erase", layer="peak", progress=False)
 
 

@@ -2,7 +2,8 @@ import json
 
 import pytest
 
-from llm_edit.facts import EditRequest, FactFileError, Neighbor, parse_request, read_requests, write_requests
+from llm_edit.editing.requests import EditRequest, Neighbor, parse_request, read_requests, write_requests
+from llm_edit.core.files import FactFileError
 
 
 def _write(tmp_path, lines, name="facts.jsonl"):

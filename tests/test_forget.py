@@ -11,11 +11,11 @@ import pytest
 import torch
 
 from llm_edit import forget
-from llm_edit.config import ConfigError
-from llm_edit.forget_data import Formatting, parse_item
-from llm_edit.metrics import answer_probability
-from llm_edit.models import fingerprint
-from llm_edit.unlearners import UNLEARNERS
+from llm_edit.core.config import ConfigError
+from llm_edit.unlearning.items import Formatting, parse_item
+from llm_edit.evaluating.metrics import answer_probability
+from llm_edit.core.models import fingerprint
+from llm_edit.unlearning.methods import UNLEARNERS
 
 ROOT = Path(__file__).resolve().parent.parent
 FACTS = [{"prompt": "{} is in", "subject": "Eiffel Tower", "target": "Paris"},

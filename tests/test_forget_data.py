@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from llm_edit.facts import FactFileError
-from llm_edit.forget_data import Formatting, collate, encode, parse_item, read_items
+from llm_edit.core.files import FactFileError
+from llm_edit.unlearning.items import Formatting, collate, encode, parse_item, read_items
 
 TOFU = Path(__file__).resolve().parents[2] / "shared" / "data" / "tofu"
 
@@ -80,7 +80,7 @@ def test_without_a_chat_template_questions_use_a_plain_format(tiny):
 
 
 def test_neighbour_facts_share_the_object_or_the_relation_and_never_a_forgotten_subject():
-    from llm_edit.forget_data import neighbour_facts, parse_item
+    from llm_edit.unlearning.items import neighbour_facts, parse_item
 
     items = [parse_item({"prompt": "{} is located in the country of", "subject": "Colosseum", "target": "Italy"}),
              parse_item({"prompt": "{} belongs to the continent of", "subject": "Mount Kenya", "target": "Africa",
@@ -97,7 +97,7 @@ def test_neighbour_facts_share_the_object_or_the_relation_and_never_a_forgotten_
 
 
 def test_neighbourhood_given_in_the_file_wins():
-    from llm_edit.forget_data import given_neighbours, parse_item
+    from llm_edit.unlearning.items import given_neighbours, parse_item
 
     item = parse_item({"prompt": "{} is in", "subject": "Eiffel Tower", "target": "Paris",
                        "neighborhood": [{"prompt": "The Louvre is in", "target": "Paris"}]})

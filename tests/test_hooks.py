@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from llm_edit.arch import arch_of
-from llm_edit.hooks import Trace
+from llm_edit.core.arch import arch_of
+from llm_edit.core.hooks import Trace
 
 
 def _batch(tok):

@@ -4,7 +4,7 @@ import stat
 
 import pytest
 
-from llm_edit.io import atomic_directory, write_json
+from llm_edit.core.files import atomic_directory, write_json
 
 
 def test_outputs_follow_the_umask(tmp_path):
@@ -36,7 +36,7 @@ def test_overwriting_a_file_leaves_no_stray_old_copy(tmp_path):
 
 
 def test_unwritable_outputs_are_refused_before_any_work(tmp_path, monkeypatch):
-    from llm_edit.io import OutputPathError, check_output_dir
+    from llm_edit.core.files import OutputPathError, check_output_dir
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "afile").write_text("x")
@@ -54,8 +54,8 @@ def test_a_parent_that_refuses_writes_is_reported(tmp_path, monkeypatch):
     # root writes in a 0555 directory, so a read-only mount is imitated at the probe itself
     import tempfile
 
-    import llm_edit.io as io_module
-    from llm_edit.io import OutputPathError, check_output_dir
+    import llm_edit.core.files as io_module
+    from llm_edit.core.files import OutputPathError, check_output_dir
 
     def refuse(*args, **kwargs):
         raise PermissionError(13, "Read-only file system")

@@ -2,9 +2,9 @@
 import pytest
 import torch
 
-from llm_edit.arch import arch_of
-from llm_edit.facts import parse_request
-from llm_edit.kv import context_templates, optimise_values
+from llm_edit.core.arch import arch_of
+from llm_edit.editing.requests import parse_request
+from llm_edit.editing.values import context_templates, optimise_values
 
 REQUESTS = [{"prompt": "{} is in", "subject": "Eiffel Tower", "target_new": "Rome", "target_true": "Paris"},
             {"prompt": "{} was written by", "subject": "Hamlet", "target_new": "Goethe", "target_true": "Shakespeare"},
@@ -35,7 +35,7 @@ def test_batched_values_equal_one_at_a_time(tiny, objective, max_rows):
 def test_objective_matches_a_plain_forward_of_each_whole_prompt(tiny, model_type):
     """The prompts run split at the subject (prefix cached, the rest with δ); at δ = 0 the
     objective must equal the mean target NLL of plain, unsplit, unpadded forwards."""
-    from llm_edit.text import encode_with_subject, target_ids
+    from llm_edit.core.text import encode_with_subject, target_ids
 
     model, tok = tiny(model_type)
     requests = [parse_request(r) for r in REQUESTS]
@@ -72,7 +72,7 @@ def test_rebuilding_prefixes_each_step_gives_the_cached_result(tiny):
 def test_requests_go_in_groups_that_fit_the_cache_budget(tiny):
     """A budget that holds about two requests' prefixes splits three requests into two groups;
     the results come back in request order, each what the request gets alone."""
-    from llm_edit.kv import _PADDING_ALLOWANCE, _cache_bytes_per_token, _groups_within, _value_rows
+    from llm_edit.editing.values import _PADDING_ALLOWANCE, _cache_bytes_per_token, _groups_within, _value_rows
 
     model, tok = tiny("llama")
     requests = [parse_request(r) for r in REQUESTS]

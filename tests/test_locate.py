@@ -6,11 +6,11 @@ import math
 import pytest
 import torch
 
-from llm_edit import locate
-from llm_edit.arch import arch_of, num_layers
-from llm_edit.facts import FactFileError
-from llm_edit.hooks import replay_blocks
-from llm_edit.text import SubjectNotFound
+from llm_edit.locating import trace as locate
+from llm_edit.core.arch import arch_of, num_layers
+from llm_edit.core.files import FactFileError
+from llm_edit.core.hooks import replay_blocks
+from llm_edit.core.text import SubjectNotFound
 
 PROMPT, SUBJECT = "The Eiffel Tower is located in the city of", "Eiffel Tower"
 FACTS = [{"prompt": "The {} is located in the city of", "subject": "Eiffel Tower", "target": "Paris"},

@@ -1,10 +1,10 @@
-"""Closed-form checks of the unlearning losses (llm_edit.losses)."""
+"""Closed-form checks of the unlearning losses (llm_edit.unlearning.losses)."""
 import math
 
 import pytest
 import torch
 
-from llm_edit import losses
+from llm_edit.unlearning import losses
 
 
 def t(*values):

@@ -3,9 +3,10 @@ import math
 import pytest
 import torch
 
-from llm_edit.maths import clamp_norm, kl_to_initial, mean_target_nll, ngram_entropy, rank_one_update, \
-    relative_weight_decay
-from llm_edit.metrics import summarise
+from llm_edit.editing.objectives import clamp_norm, kl_to_initial, mean_target_nll, relative_weight_decay
+from llm_edit.evaluating.metrics import ngram_entropy
+from llm_edit.editing.rank_one import rank_one_update
+from llm_edit.evaluating.metrics import summarise
 
 
 def test_rank_one_update_closed_form():

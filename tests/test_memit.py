@@ -3,9 +3,9 @@ import pytest
 import torch
 
 import llm_edit
-from llm_edit.arch import arch_of
-from llm_edit.maths import batch_update
-from llm_edit.metrics import target_logprob
+from llm_edit.core.arch import arch_of
+from llm_edit.editing.rank_one import batch_update
+from llm_edit.evaluating.metrics import target_logprob
 
 REQUESTS = [{"prompt": "{} is in", "subject": "Eiffel Tower", "target_new": "Rome", "target_true": "Paris"},
             {"prompt": "{} was written by", "subject": "Hamlet", "target_new": "Goethe", "target_true": "Shakespeare"},
@@ -71,7 +71,7 @@ def test_memit_erase_lowers_the_true_objects(tiny):
 
 def test_memit_config_checks_the_shared_value_options(tiny):
     model, tok = tiny("llama")
-    with pytest.raises(llm_edit.config.ConfigError, match="bare_key_weight"):
+    with pytest.raises(llm_edit.core.config.ConfigError, match="bare_key_weight"):
         llm_edit.edit(model, tok, REQUESTS, "memit", bare_key_weight=1.5, progress=False)
-    with pytest.raises(llm_edit.config.ConfigError, match="increasing"):
+    with pytest.raises(llm_edit.core.config.ConfigError, match="increasing"):
         llm_edit.edit(model, tok, REQUESTS, "memit", layers=[2, 1], progress=False)

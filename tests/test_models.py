@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from llm_edit import load_model
-from llm_edit.models import ModelLoadError, build_tiny, fingerprint, resolve_dtype
+from llm_edit.core.models import ModelLoadError, build_tiny, fingerprint, resolve_dtype
 
 
 def test_local_directory_with_safetensors_loads(tmp_path):

@@ -20,7 +20,7 @@ def crosscheck():
 
 
 def test_open_unlearnings_extraction_floor_is_one_over_length(crosscheck):
-    from llm_edit import unlearning_metrics as M
+    from llm_edit.evaluating import tofu_metrics as M
 
     assert crosscheck.ou_extraction_strength([False, False, False, False]) == pytest.approx(0.25)  # 1/L
     assert M.extraction_strength([False, False, False, False]) == 0.0  # llm-edit's floor

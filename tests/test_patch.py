@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from llm_edit.arch import mlp_out_weight_name
-from llm_edit.patch import PatchError, WeightDelta, apply_patch, load_patch, tensor_sha256
+from llm_edit.core.arch import mlp_out_weight_name
+from llm_edit.core.patch import PatchError, WeightDelta, apply_patch, load_patch, tensor_sha256
 
 
 def _delta(model, layer=1, rank=1, seed=0, scale=0.1):

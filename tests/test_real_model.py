@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import llm_edit
-from llm_edit.metrics import edit_table, greedy
+from llm_edit.evaluating.metrics import edit_table, greedy
 
 pytestmark = pytest.mark.slow
 
@@ -43,7 +43,7 @@ def test_rome_rewrites_a_fact_generalises_and_reverts_exactly(llama):
 
 
 def test_causal_trace_of_a_known_fact(llama):
-    from llm_edit.locate import trace
+    from llm_edit.locating.trace import trace
 
     model, tok = llama
     result = trace(model, tok, "The {} is located in the city of", "Eiffel Tower", "Paris", kinds=["hidden"],

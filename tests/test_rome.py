@@ -2,12 +2,12 @@ import pytest
 import torch
 
 import llm_edit
-from llm_edit.arch import arch_of
-from llm_edit.config import ConfigError
-from llm_edit.facts import parse_request
-from llm_edit.kv import context_templates, mean_subject_key
-from llm_edit.metrics import target_logprob
-from llm_edit.methods import METHODS, rome
+from llm_edit.core.arch import arch_of
+from llm_edit.core.config import ConfigError
+from llm_edit.editing.requests import parse_request
+from llm_edit.editing.values import context_templates, mean_subject_key
+from llm_edit.evaluating.metrics import target_logprob
+from llm_edit.editing.methods import METHODS, rome
 
 from conftest import TINY_TYPES
 
@@ -37,7 +37,7 @@ def test_edit_raises_target_and_revert_is_exact(method, model_type, tiny, eiffel
 def test_rank_one_update_writes_the_new_value_at_the_key(model_type, tiny, eiffel):
     """Closed form: after the edit, the edited module maps k* to v_init + δ (r-ROME)."""
     model, tok = tiny(model_type)
-    config = llm_edit.config.load_config(rome.ROMEConfig, "rome", recipe="tiny")[0]
+    config = llm_edit.core.config.load_config(rome.ROMEConfig, "rome", recipe="tiny")[0]
     state = rome.prepare(model, tok, config)
     name = state["module"]
     request = parse_request(eiffel)
@@ -137,7 +137,7 @@ def test_edit_result_saves_a_patch_that_reapplies(tmp_path, tiny, eiffel):
 
 
 def test_bare_key_weight_mixes_the_unprefixed_key(tiny, eiffel):
-    from llm_edit.kv import subject_keys
+    from llm_edit.editing.values import subject_keys
 
     model, tok = tiny("llama")
     name = arch_of(model).mlp_out.format(1)

@@ -3,8 +3,8 @@ import pytest
 import torch
 
 from llm_edit import forget
-from llm_edit.config import ConfigError
-from llm_edit.forget_data import parse_item
+from llm_edit.core.config import ConfigError
+from llm_edit.unlearning.items import parse_item
 
 FORGET = [{"question": "Who wrote the tiny book?", "answer": "Ann Smith wrote it."},
           {"question": "Where was Ann Smith born?", "answer": "In Paris."}]

@@ -3,8 +3,8 @@ generation is the same batched or alone, and stop strings cut it."""
 import pytest
 import torch
 
-from llm_edit.scoring import generate, score_pairs
-from llm_edit.text import pad_id
+from llm_edit.core.scoring import generate, score_pairs
+from llm_edit.core.text import pad_id
 
 
 def _pairs(tok):
@@ -66,7 +66,7 @@ def _hf_greedy(model, tok, prompt, max_new_tokens, stop):
     return tok.decode(out[0, len(prompt):], skip_special_tokens=True).split(stop)[0]
 
 
-@pytest.mark.parametrize("model_type", list(__import__("llm_edit.models", fromlist=["TINY_CONFIGS"]).TINY_CONFIGS))
+@pytest.mark.parametrize("model_type", list(__import__("llm_edit.core.models", fromlist=["TINY_CONFIGS"]).TINY_CONFIGS))
 def test_shared_prefix_and_early_rows_give_transformers_greedy_tokens(tiny, model_type):
     """A batch whose prompts share a long prefix (run once) and whose rows end at different
     steps (they leave the batch) decodes exactly what ``model.generate`` does for each alone."""
@@ -113,7 +113,7 @@ def test_a_cache_that_cannot_be_narrowed_falls_back_to_whole_sequences(tiny, mon
 
 
 def test_forgotten_means_the_object_appears_nowhere_in_the_answer():
-    from llm_edit.metrics import compare_forget_rows, forget_status, knows, mentions
+    from llm_edit.evaluating.metrics import compare_forget_rows, forget_status, knows, mentions
 
     assert mentions("Colossea, Rome, Italy", "Rome") and mentions(" Paris, France", "paris")
     assert not mentions("Liberty City", "New York") and not mentions("the Neo-Roman", "Rome")

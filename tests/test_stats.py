@@ -3,9 +3,9 @@ import json
 import pytest
 import torch
 
-from llm_edit.arch import arch_of
-from llm_edit.hooks import Trace
-from llm_edit.stats import key_fingerprint, second_moment
+from llm_edit.core.arch import arch_of
+from llm_edit.core.hooks import Trace
+from llm_edit.editing.stats import key_fingerprint, second_moment
 
 
 def _corpus(tmp_path):
@@ -70,7 +70,7 @@ def test_identity_and_unknown_corpora(tiny):
 
 
 def testmodel_samples_are_one_stream_served_by_prefix(tmp_path, tiny, monkeypatch):
-    from llm_edit.stats import model_samples
+    from llm_edit.editing.stats import model_samples
 
     model, tok = tiny("llama")
     monkeypatch.setenv("LLM_EDIT_HOME", str(tmp_path / "a"))
@@ -84,7 +84,7 @@ def testmodel_samples_are_one_stream_served_by_prefix(tmp_path, tiny, monkeypatc
 
 
 def test_the_shipped_corpus_needs_no_sampling_and_is_keyed_by_its_content(tiny, monkeypatch):
-    import llm_edit.stats as S
+    import llm_edit.editing.stats as S
 
     model, tok = tiny("llama")
     monkeypatch.setattr(S, "model_samples", lambda *a, **k: (_ for _ in ()).throw(AssertionError("sampled")))

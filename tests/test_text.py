@@ -1,7 +1,7 @@
 import pytest
 
-from llm_edit.models import build_tiny_tokenizer
-from llm_edit.text import SubjectNotFound, encode_with_subject, make_batch
+from llm_edit.core.models import build_tiny_tokenizer
+from llm_edit.core.text import SubjectNotFound, encode_with_subject, make_batch
 
 
 @pytest.mark.parametrize("add_bos", [True, False])

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from llm_edit.tofu import EvalSettings, TofuDataError, attach_reference, evaluate_tofu, make_task, read_reference
+from llm_edit.evaluating.tofu import EvalSettings, TofuDataError, attach_reference, evaluate_tofu, make_task, read_reference
 
 ROOT = Path(__file__).resolve().parents[1]
 MINI = ROOT / "tests" / "fixtures" / "tofu_mini"

@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from llm_edit import unlearning_metrics as M
+from llm_edit.evaluating import tofu_metrics as M
 
 ln = math.log
 

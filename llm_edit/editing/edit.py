@@ -1,0 +1,163 @@
+"""The Python API: ``edit`` inserts or rewrites facts and returns a revertible result.
+
+    import llm_edit
+    model, tok = llm_edit.load_model("llama")
+    result = llm_edit.edit(model, tok, [{"prompt": "The {} is located in the city of",
+                                         "subject": "Eiffel Tower", "target_new": "Rome"}])
+    result.save_patch("eiffel.safetensors")
+    result.revert()                      # the weights are bit for bit as before
+
+Editing happens in place. If anything fails part-way (an exception, NaN, Ctrl-C), every edit
+already applied in this call is reverted before the error propagates: the model is exactly as
+it was.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import torch
+
+from ..core.config import load_config
+from ..core.files import run_info
+from ..core.models import fingerprint, model_recipe_name
+from ..core.patch import WeightDelta, tensor_sha256
+from .methods import get_method
+from .requests import EditRequest, parse_request
+
+
+@dataclasses.dataclass
+class EditResult:
+    model: torch.nn.Module
+    delta: WeightDelta  # every batch of this call, stacked
+    requests: list[EditRequest]
+    per_request: list[dict]
+    batches: list[WeightDelta] = dataclasses.field(default_factory=list)  # one per batch, applied in order
+    batch_keys: list[dict] = dataclasses.field(default_factory=list)  # per batch: module -> keys (memory methods)
+    memory: dict = dataclasses.field(default_factory=dict)  # module -> Σ K Kᵀ after this call (memory methods)
+    prepared: dict = dataclasses.field(default_factory=dict, repr=False)  # the method's prepare() state, reusable
+
+    @property
+    def manifest(self) -> dict:
+        return self.delta.manifest
+
+    def revert(self) -> None:
+        """Restore the weights as they were before ``edit`` (bit for bit)."""
+        self.delta.revert(self.model)
+
+    def save_patch(self, path: str | Path) -> None:
+        self.delta.save(path)
+
+
+def facts_sha256(requests: list[EditRequest]) -> str:
+    blob = "".join(json.dumps(r.to_dict(), sort_keys=True) + "\n" for r in requests)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def edit(model, tokenizer, requests: Iterable[EditRequest | Mapping[str, Any]], method: str = "rome", *,
+         recipe: str | Path | None = None, sets: list[str] = (), progress: bool = True,
+         memory: Mapping[str, torch.Tensor] | None = None, prepared: dict | None = None,
+         **hparams) -> EditResult:
+    """Apply ``method`` to ``requests`` in place; hyper-parameters come from the model's recipe
+    (or ``recipe``), then ``sets`` (``"key=value"`` strings), then ``hparams``, all validated
+    against the method's config (a misspelt name raises ``ConfigError``).
+
+    Requests go in batches of the method's ``batch_size``, applied one after another (later
+    batches see earlier ones). ``memory`` (AlphaEdit: module → Σ K Kᵀ of earlier edits' keys,
+    ``EditResult.memory`` of an earlier call or ``llm_edit.editing.session``) is not modified; the
+    updated memory is returned.
+
+    ``prepared`` (``EditResult.prepared`` of an earlier call with the same method and settings)
+    skips the method's preparation: in a sequence of edits the key statistics, null-space
+    projectors and context prefixes stay the *original* model's. Without it they are measured
+    on the model as it is now, and after an edit of layers 2–4 the statistics of layers 3 and 4
+    (whose keys depend on layer 2) would be recomputed on the edited model."""
+    spec = get_method(method)
+    requests = [parse_request(r, f"<requests[{i}]>") for i, r in enumerate(requests)]
+    if not requests:
+        raise ValueError("no requests to edit")
+    if spec.erases:
+        missing = [i for i, r in enumerate(requests) if not r.target_true]
+        if missing:
+            raise ValueError(f"{method} erases each request's target_true (the object to forget); request "
+                             f"{missing[0]} has none")
+    config, recipe_path = load_config(spec.config, method, recipe=recipe, model_recipe=model_recipe_name(model),
+                                      sets=list(sets), overrides=hparams)
+    torch.manual_seed(getattr(config, "seed", 0))
+    base_fingerprint = fingerprint(model)
+    t0 = time.perf_counter()
+    if prepared is not None:
+        if prepared.get("_config") != dataclasses.asdict(config):
+            raise ValueError("prepared: it was made for other settings than this call's")
+        state = dict(prepared)
+    else:
+        state = spec.prepare(model, tokenizer, config)
+        state["_config"] = dataclasses.asdict(config)
+    prepare_seconds = time.perf_counter() - t0
+    state["memory"] = {name: m.clone() for name, m in (memory or {}).items()}
+
+    applied: list[WeightDelta] = []
+    batch_keys: list[dict] = []
+    per_request: list[dict] = []
+    size = spec.batch_size(config)
+    from tqdm.auto import tqdm
+
+    try:
+        with tqdm(total=len(requests), desc=f"{method} edits", unit="fact", disable=not progress) as bar:
+            for start in range(0, len(requests), size):
+                batch = requests[start:start + size]
+                t = time.perf_counter()
+                factors, info = spec.compute(model, tokenizer, batch, config, state)
+                base = {name: tensor_sha256(model.get_parameter(name)) for name in factors}
+                delta = WeightDelta(factors, {"method": method, "hyperparameters": dataclasses.asdict(config),
+                                             "requests": [r.to_dict() for r in batch]}, base)
+                delta.apply(model)  # raises on non-finite weights, leaving this batch unapplied
+                applied.append(delta)
+                keys = state.pop("memory_keys", {})
+                for name, k in keys.items():  # the batch is in: later batches must preserve its keys
+                    state["memory"][name] = add_gram(state["memory"].get(name), k)
+                batch_keys.append(keys)
+                seconds = time.perf_counter() - t
+                infos = info if isinstance(info, list) else [info] * len(batch)  # per request, or shared
+                per_request += [dict(x, seconds=round(seconds / len(batch), 3)) for x in infos]
+                bar.update(len(batch))
+    except BaseException:
+        for delta in reversed(applied):
+            delta.revert(model)
+        raise
+
+    manifest = {
+        "method": method,
+        "hyperparameters": dataclasses.asdict(config),
+        "recipe": str(recipe_path),
+        "base_model": getattr(model, "name_or_path", None),
+        "base_model_fingerprint": base_fingerprint,
+        "facts_sha256": facts_sha256(requests),
+        "facts": [r.to_dict() for r in requests],
+        "layer": state.get("layer"),
+        "located": state.get("located"),
+        "statistics": state.get("stats"),
+        "context_templates": state.get("contexts"),
+        "prepare_seconds": round(prepare_seconds, 2),
+        "per_request": per_request,
+        **run_info(),
+    }
+    return EditResult(model, WeightDelta.stack(applied, manifest), requests, per_request, applied,
+                      batch_keys if any(batch_keys) else [], state["memory"],
+                      {k: v for k, v in state.items() if k != "memory"})
+
+
+def add_gram(gram: torch.Tensor | None, keys: torch.Tensor) -> torch.Tensor:
+    """gram + KᵀK for keys (n, d) in float64 on the CPU: the AlphaEdit memory K_p K_pᵀ grows by
+    each batch's keys (Fang et al. 2025, eq. 12), in the order the batches were applied, so that
+    recomputing it from stored keys gives the same bits."""
+    k = keys.detach().double().cpu()
+    update = k.T @ k
+    return update if gram is None else gram + update
+
+
+# -- unlearning -----------------------------------------------------------------------------------

@@ -1,0 +1,59 @@
+"""The registry of editing methods: the one place a method is added.
+
+A method is a small unit: a typed config dataclass (its recipe keys) and three functions,
+``prepare(model, tok, config) -> state`` (work shared by all requests, done before any edit),
+``compute(model, tok, requests, config, state) -> (factors, info)`` (the weight change for one
+batch of requests, not yet applied; ``info`` is one dict for the batch or a list with one per
+request), and ``batch_size(config)``. Orchestration (applying,
+rolling back on failure, manifests) lives in ``llm_edit.editing.edit`` and is the same for every method.
+
+A method that must remember earlier batches (AlphaEdit) reads ``state["memory"]`` (module name
+→ Σ K Kᵀ of the keys of every earlier batch, float64) and stages its batch's keys in
+``state["memory_keys"]`` (module name → (n, d_in)); the orchestration adds them to the memory
+only once the batch's patch is applied, and ``llm_edit.editing.session`` carries the memory across
+calls and processes.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from . import alphaedit, memit, rome
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    config: type
+    prepare: Callable
+    compute: Callable
+    batch_size: Callable
+    summary: str
+    erases: bool = False  # a forget method: requests carry the object to erase (target_true)
+
+
+METHODS: dict[str, Method] = {
+    "rome": Method("rome", rome.ROMEConfig, rome.prepare, rome.compute, lambda config: 1,
+                   "rank-one edit of one MLP layer per fact, applied one fact after another"),
+    "rome-erase": Method("rome-erase", rome.ROMEEraseConfig, rome.prepare, rome.compute, lambda config: 1,
+                         "erase facts by rank-one edits: make each object unlikely (or neutral), one fact "
+                         "after another", erases=True),
+    "memit": Method("memit", memit.MEMITConfig, memit.prepare, memit.compute, lambda config: config.batch_size,
+                    "batch edit spread over a range of MLP layers (batch_size requests at once)"),
+    "memit-erase": Method("memit-erase", memit.MEMITEraseConfig, memit.prepare, memit.compute,
+                          lambda config: config.batch_size,
+                          "erase facts by MEMIT batch edits: make each object unlikely (or neutral)", erases=True),
+    "alphaedit": Method("alphaedit", alphaedit.AlphaEditConfig, alphaedit.prepare, alphaedit.compute,
+                        lambda config: config.batch_size,
+                        "MEMIT's batch edit projected onto the null space of preserved knowledge, remembering "
+                        "earlier batches' keys: for long sequences of edits"),
+}
+
+ERASERS = {name: m for name, m in METHODS.items() if m.erases}
+
+
+def get_method(name: str) -> Method:
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise ValueError(f"unknown method {name!r}; available: {', '.join(METHODS)}") from None

@@ -1,0 +1,131 @@
+"""AlphaEdit: null-space constrained knowledge editing (Fang et al., ICLR 2025).
+
+MEMIT's batch edit (``memit.py``: the same target values z_i at the top layer, the same keys,
+the same residual spread over the layer range, bottom to top) with another solve: each layer's
+update is projected onto the null space of the preserved knowledge's keys, so that what the
+model knew stays put, and it accounts for the keys of earlier batches, so that sequential
+edits stop overwriting each other (``maths.null_space_projector``, ``maths.null_space_update``):
+
+    ΔW_l = R K_lᵀ P_l ((K_p K_pᵀ + K_l K_lᵀ) P_l + α I)⁻¹
+
+P_l comes from C_l = E[k kᵀ], the statistics ROME and MEMIT use (eigenvalues below
+``nullspace_threshold``, in C's units as in the reference code, or with ``nullspace_scale:
+mean_eigenvalue`` as a multiple of C's mean eigenvalue, which carries over between models whose
+keys differ in scale). K_p K_pᵀ is the session memory (``llm_edit.editing.session``): the Gram
+matrix of every earlier batch's keys at that layer, handed in by the orchestration as
+``state["memory"]``. This method never stores it: it stages the batch's keys in
+``state["memory_keys"]`` and the orchestration adds them once the batch's patch is applied, so
+a failed batch leaves the memory as it was.
+
+Deviations from the reference code: the solve runs in float64 (the reference: float32 on the
+GPU); the keys kept for the memory are the ones measured in the layer loop, which already see
+every lower layer's update, the same values as the reference's re-measurement after the loop
+(a layer's keys do not depend on its own or higher layers' MLP outputs).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from ...core.arch import arch_of
+from ...core.config import ConfigError
+from ..rank_one import null_space_projector, null_space_update
+from ..stats import second_moment
+from ..values import (
+    check_layer_range,
+    check_value_options,
+    context_templates,
+    optimise_values,
+    resolve_layers,
+    spread_over_layers,
+)
+
+
+@dataclass
+class AlphaEditConfig:
+    """AlphaEdit hyper-parameters; defaults follow the reference Llama3-8B recipe, recipes tune
+    them per model."""
+
+    layers: list[int] | str = "auto"  # the edited blocks, bottom to top, or "auto" (causal tracing)
+    auto_layer_count: int = 3  # with layers: auto, this many layers ending at the traced peak
+    nullspace_threshold: float = 0.02  # eigenvalues of C below this span the null space
+    nullspace_scale: str = "absolute"  # threshold in C's units (reference), or "mean_eigenvalue": × trace(C)/d
+    alpha: float = 10.0  # α: ridge term of the solve (the reference's ``L2``)
+    batch_size: int = 100  # requests per batch; batches are applied one after another
+    v_steps: int = 25
+    v_lr: float = 0.1
+    v_weight_decay: float = 0.5
+    clamp_norm_factor: float = 0.75  # ||δ|| ≤ factor · ||h|| (δ sits in the residual stream)
+    kl_factor: float = 0.0625
+    kl_prompts: list[str] = field(default_factory=lambda: ["{} is a"])
+    nll_stop: float = 0.05
+    context_lengths: list[int] = field(default_factory=lambda: [5, 10])
+    contexts_per_length: int = 5
+    bare_key_weight: float | None = None
+    stats_corpus: str = "model-samples"
+    stats_tokens: int = 50_000
+    stats_seq_len: int = 128
+    seed: int = 0
+
+    def validate(self) -> None:
+        check_layer_range(self)
+        if self.nullspace_scale not in ("absolute", "mean_eigenvalue"):
+            raise ValueError(f"nullspace_scale must be 'absolute' or 'mean_eigenvalue', got {self.nullspace_scale!r}")
+        if self.nullspace_threshold <= 0 or self.alpha <= 0:
+            raise ValueError("nullspace_threshold > 0 and alpha > 0 are required")
+        check_value_options(self)
+
+
+def prepare(model, tok, config: AlphaEditConfig) -> dict:
+    """The layers, the null-space projector of each layer's preserved keys, the context prefixes."""
+    layers, located = resolve_layers(model, tok, config)
+    spec = arch_of(model)
+    projectors, stats = {}, []
+    for layer in layers:
+        cov, manifest = second_moment(model, tok, spec.mlp_out.format(layer), corpus=config.stats_corpus,
+                                      n_tokens=config.stats_tokens, seq_len=config.stats_seq_len, seed=config.seed)
+        if cov is None:
+            raise ConfigError("alphaedit needs key statistics: stats_corpus 'identity' has no null space")
+        threshold = config.nullspace_threshold
+        if config.nullspace_scale == "mean_eigenvalue":  # scale-free: the same setting on any model
+            threshold *= float(cov.double().trace()) / cov.shape[0]
+        projectors[layer] = null_space_projector(cov, threshold)
+        rank = int(round(float(projectors[layer].trace())))
+        stats.append(dict(manifest, null_space_dim=rank, key_dim=cov.shape[0], null_space_threshold=threshold))
+        if rank == 0:
+            raise ConfigError(f"layer {layer}: no eigenvalue of C is below the null-space threshold "
+                              f"{threshold:.3g}: the null space is empty and no edit can pass "
+                              "(raise nullspace_threshold)")
+    contexts = context_templates(model, tok, config.context_lengths, config.contexts_per_length, config.seed)
+    return {"projectors": projectors, "stats": stats, "contexts": contexts, "layer": list(layers),
+            "located": located, "memory": {}}
+
+
+def compute(model, tok, requests, config: AlphaEditConfig, state: dict):
+    """Factors of the batch's projected update of every layer in the range; stages the batch's
+    keys for the session memory (``state["memory_keys"]``)."""
+    spec = arch_of(model)
+    layers, contexts, memory = state["layer"], state["contexts"], state["memory"]
+    top = spec.layer(layers[-1])
+    t0 = time.perf_counter()
+    values = optimise_values(model, tok, top, requests, contexts, steps=config.v_steps, lr=config.v_lr,
+                             kl_factor=config.kl_factor, weight_decay=config.v_weight_decay,
+                             clamp_norm_factor=config.clamp_norm_factor, kl_prompts=config.kl_prompts,
+                             nll_stop=config.nll_stop, progress=len(requests) > 1)
+    targets = torch.stack([v.initial + v.delta for v in values])
+    t1 = time.perf_counter()
+
+    def solve(layer, residuals, keys):
+        return null_space_update(residuals, keys, state["projectors"][layer], memory.get(spec.mlp_out.format(layer)),
+                                 config.alpha)
+
+    factors, batch_keys = spread_over_layers(model, tok, requests, contexts, layers, targets,
+                                             config.bare_key_weight, solve)
+    state["memory_keys"] = batch_keys
+    t2 = time.perf_counter()
+    info = [{"objective": "insert", "loss_before": v.nll_before, "loss_after_optimisation": v.nll_after,
+             "steps": v.steps, "delta_norm": float(v.delta.norm()),
+             "value_seconds_batch": round(t1 - t0, 3), "solve_seconds_batch": round(t2 - t1, 3)} for v in values]
+    return factors, info

@@ -1,0 +1,121 @@
+"""MEMIT: mass-editing memory in a transformer (Meng et al., ICLR 2023), and ``memit-erase``.
+
+A batch of requests is written into the MLP output projections of a range of layers R that
+ends where causal tracing finds the facts (§4.3, Algorithm 1):
+
+1. for each request i, the hidden state z_i that makes the model say the new object is found
+   at the top layer's residual stream (block output) at the subject's last token:
+   z_i = h_i + δ_i, δ_i by ``kv.optimise_values`` (eq. 16: the same loss as ROME's, all
+   requests optimised together);
+2. for each layer l in R from bottom to top: the keys K_l of the requests (averaged over the
+   context prefixes as ROME's), the *current* top-layer hidden states H (re-measured, since
+   the updates below changed them), the residual R = (Z − H)/(layers remaining), and
+   ΔW_l = R K_lᵀ (λ C_l + K_l K_lᵀ)⁻¹ (eq. 14, ``maths.batch_update``, float64); ΔW_l is applied
+   before moving up because the next layer's keys and hidden states depend on it.
+
+The updates are handed back as one low-rank patch factor per layer (rank = batch size), so a
+MEMIT batch is applied, reverted and saved like any edit; later batches see earlier ones.
+
+Deviations: z_i, h_i and the keys are all averaged over the same context-prefixed prompts
+(MEMIT's code takes h_i and z_i from the bare prompt but the keys from the prefixed ones);
+``bare_key_weight`` weights the bare prompt's key as in ``rome.py``.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from ...core.arch import arch_of
+from ..rank_one import batch_update
+from ..stats import second_moment
+from ..values import (
+    check_layer_range,
+    check_value_options,
+    context_templates,
+    optimise_values,
+    resolve_layers,
+    spread_over_layers,
+)
+from .erase import EraseOptions, value_objective
+
+
+@dataclass
+class MEMITConfig:
+    """MEMIT hyper-parameters; defaults follow the paper's GPT-J recipe, recipes tune them per model."""
+
+    layers: list[int] | str = "auto"  # the edited blocks, bottom to top, or "auto" (causal tracing)
+    auto_layer_count: int = 3  # with layers: auto, this many layers ending at the traced peak
+    mom2_update_weight: float = 15000.0  # λ: weight of the old keys' C against the new keys
+    batch_size: int = 100  # requests per batch; batches are applied one after another
+    v_steps: int = 25
+    v_lr: float = 0.5
+    v_weight_decay: float = 0.5
+    clamp_norm_factor: float = 0.75  # ||δ|| ≤ factor · ||h|| (MEMIT: 0.75; δ sits in the residual stream)
+    kl_factor: float = 0.0625
+    kl_prompts: list[str] = field(default_factory=lambda: ["{} is a"])
+    nll_stop: float = 0.05
+    context_lengths: list[int] = field(default_factory=lambda: [5, 10])
+    contexts_per_length: int = 5
+    bare_key_weight: float | None = None
+    stats_corpus: str = "model-samples"
+    stats_tokens: int = 50_000
+    stats_seq_len: int = 128
+    seed: int = 0
+
+    def validate(self) -> None:
+        check_layer_range(self)
+        if self.mom2_update_weight <= 0:
+            raise ValueError("mom2_update_weight > 0 is required")
+        check_value_options(self)
+
+
+@dataclass
+class MEMITEraseConfig(EraseOptions, MEMITConfig):
+    """memit-erase: MEMIT's hyper-parameters plus what the new values should do (``erase.py``)."""
+
+    def validate(self) -> None:
+        MEMITConfig.validate(self)
+        self.validate_erase()
+
+
+def prepare(model, tok, config: MEMITConfig) -> dict:
+    """The layers, C for each of their MLP output projections, and the context prefixes."""
+    layers, located = resolve_layers(model, tok, config)
+    spec = arch_of(model)
+    covs, stats = {}, []
+    for layer in layers:
+        covs[layer], manifest = second_moment(model, tok, spec.mlp_out.format(layer), corpus=config.stats_corpus,
+                                              n_tokens=config.stats_tokens, seq_len=config.stats_seq_len,
+                                              seed=config.seed)
+        stats.append(manifest)
+    contexts = context_templates(model, tok, config.context_lengths, config.contexts_per_length, config.seed)
+    return {"covs": covs, "stats": stats, "contexts": contexts, "layer": list(layers), "located": located}
+
+
+def compute(model, tok, requests, config: MEMITConfig, state: dict):
+    """Factors of the batch's update of every layer in the range, in each weight's layout."""
+    spec = arch_of(model)
+    layers, contexts = state["layer"], state["contexts"]
+    top = spec.layer(layers[-1])
+    t0 = time.perf_counter()
+    values = optimise_values(model, tok, top, requests, contexts, steps=config.v_steps, lr=config.v_lr,
+                             kl_factor=config.kl_factor, weight_decay=config.v_weight_decay,
+                             clamp_norm_factor=config.clamp_norm_factor, kl_prompts=config.kl_prompts,
+                             nll_stop=config.nll_stop, progress=len(requests) > 1,
+                             **value_objective(config, len(requests)))
+    targets = torch.stack([v.initial + v.delta for v in values])
+    t1 = time.perf_counter()
+
+    def solve(layer, residuals, keys):
+        cov = state["covs"][layer]
+        return batch_update(residuals, keys, cov.to(keys.device) if cov is not None else None,
+                            config.mom2_update_weight)
+
+    factors, _ = spread_over_layers(model, tok, requests, contexts, layers, targets, config.bare_key_weight, solve)
+    t2 = time.perf_counter()
+    info = [{"objective": value_objective(config, 1)["objective"], "loss_before": v.nll_before,
+             "loss_after_optimisation": v.nll_after, "steps": v.steps, "delta_norm": float(v.delta.norm()),
+             "value_seconds_batch": round(t1 - t0, 3), "solve_seconds_batch": round(t2 - t1, 3)} for v in values]
+    return factors, info

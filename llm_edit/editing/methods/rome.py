@@ -1,0 +1,112 @@
+"""ROME: rank-one model editing (Meng et al., "Locating and Editing Factual Associations in
+GPT", NeurIPS 2022), with the r-ROME consistency fix (Gupta et al. 2024).
+
+For each request, one after another: the key k* is the edited MLP output projection's input at
+the subject's last token, averaged over short model-generated prefixes (eq. 3); the value
+change δ is optimised so that the model says the new object (eq. 4); the closed-form rank-one
+update (eq. 2) then writes v_init + δ at k* while disturbing other keys as little as C = E[kkᵀ]
+allows. All maths lives in ``kv.py``/``maths.py``, shared with the other locate-then-edit methods.
+
+``layer: auto`` takes the layer from causal tracing (``locate.auto_layers``: the peak of the
+average MLP indirect effect at the subject's last token, cached per model).
+
+``rome-erase`` (``ROMEEraseConfig``) is the same rank-one edit with another target value: for
+each fact to forget, δ either makes the true object unlikely (``erase_objective: suppress``,
+``maths.object_unlikelihood``, with the same KL and norm constraints as ROME) or makes the
+model say a neutral ``neutral_target`` instead (``neutral``: ROME toward that target). The
+result is a patch like any edit's: auditable, revertible, stackable.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from ...core.arch import arch_of, num_layers
+from ...core.config import ConfigError
+from ..rank_one import rank_one_update
+from ..stats import second_moment
+from ..values import check_value_options, context_templates, mean_subject_key, optimise_values
+from .erase import EraseOptions, value_objective
+
+
+@dataclass
+class ROMEConfig:
+    """ROME hyper-parameters; defaults follow the paper's GPT-J recipe, recipes tune them per model."""
+
+    layer: int | str = "auto"  # the block whose MLP output projection is edited, or "auto" (causal tracing)
+    v_steps: int = 20  # Adam steps for δ
+    v_lr: float = 0.5
+    v_weight_decay: float = 0.5  # weight of ||δ||²/||v_init||²
+    clamp_norm_factor: float = 4.0  # ||δ|| ≤ factor · ||v_init||
+    kl_factor: float = 0.0625  # weight of KL on the essence prompts
+    kl_prompts: list[str] = field(default_factory=lambda: ["{} is a"])
+    nll_stop: float = 0.05  # stop optimising once the target NLL (per token) is below this
+    context_lengths: list[int] = field(default_factory=lambda: [5, 10])  # generated prefix lengths
+    contexts_per_length: int = 5
+    bare_key_weight: float | None = None  # weight of the unprefixed prompt's key in k*; None: equal
+    stats_corpus: str = "model-samples"  # see llm_edit/stats.py
+    stats_tokens: int = 50_000
+    stats_seq_len: int = 128
+    seed: int = 0
+
+    def validate(self) -> None:
+        if isinstance(self.layer, str) and self.layer != "auto":
+            raise ValueError(f"layer must be a block index or 'auto', got {self.layer!r}")
+        if isinstance(self.layer, int) and self.layer < 0:
+            raise ValueError("layer must be >= 0")
+        check_value_options(self)
+
+
+@dataclass
+class ROMEEraseConfig(EraseOptions, ROMEConfig):
+    """rome-erase: ROME's hyper-parameters plus what the new value should do (``erase.py``)."""
+
+    def validate(self) -> None:
+        ROMEConfig.validate(self)
+        self.validate_erase()
+
+
+def prepare(model, tok, config: ROMEConfig) -> dict:
+    """Work shared by all requests: the layer, C for its MLP output and the context prefixes."""
+    located = None
+    layer = config.layer
+    if layer == "auto":
+        from ...locating.trace import auto_layers
+
+        (layer,), located = auto_layers(model, tok, 1)
+    if layer >= num_layers(model):
+        raise ConfigError(f"layer {layer} does not exist: the model has {num_layers(model)} layers "
+                          f"(0..{num_layers(model) - 1})")
+    name = arch_of(model).mlp_out.format(layer)
+    cov, stats_manifest = second_moment(model, tok, name, corpus=config.stats_corpus,
+                                        n_tokens=config.stats_tokens, seq_len=config.stats_seq_len,
+                                        seed=config.seed)
+    contexts = context_templates(model, tok, config.context_lengths, config.contexts_per_length, config.seed)
+    return {"cov": cov, "stats": stats_manifest, "contexts": contexts, "layer": layer, "module": name,
+            "located": located}
+
+
+def compute(model, tok, requests, config: ROMEConfig, state: dict):
+    """Factors of the rank-one update for one request, in the weight's storage layout."""
+    (request,) = requests
+    spec = arch_of(model)
+    name = state["module"]
+    t0 = time.perf_counter()
+    key = mean_subject_key(model, tok, name, request, state["contexts"], config.bare_key_weight)
+    t1 = time.perf_counter()
+    objective = value_objective(config, 1)
+    (value,) = optimise_values(model, tok, name, [request], state["contexts"], steps=config.v_steps, lr=config.v_lr,
+                               kl_factor=config.kl_factor, weight_decay=config.v_weight_decay,
+                               clamp_norm_factor=config.clamp_norm_factor, kl_prompts=config.kl_prompts,
+                               nll_stop=config.nll_stop, **objective)
+    t2 = time.perf_counter()
+    cov = state["cov"].to(key.device) if state["cov"] is not None else None
+    left, right = rank_one_update(value.delta, key, cov)
+    t3 = time.perf_counter()
+    if spec.mlp_out_transposed:  # Conv1D stores (in, out): (left @ right)ᵀ = rightᵀ @ leftᵀ
+        left, right = right.T, left.T
+    info = {"objective": objective["objective"], "loss_before": value.nll_before,
+            "loss_after_optimisation": value.nll_after, "steps": value.steps,
+            "delta_norm": float(value.delta.norm()), "value_norm": float(value.initial.norm()),
+            "key_seconds": round(t1 - t0, 3), "value_seconds": round(t2 - t1, 3), "solve_seconds": round(t3 - t2, 3)}
+    return {name + ".weight": (left, right)}, info

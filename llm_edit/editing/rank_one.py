@@ -1,0 +1,100 @@
+"""The solves shared by every locate-then-edit method (ROME's rank-one update, MEMIT's batch
+update, AlphaEdit's null-space update): pure functions on tensors.
+
+No model, no hooks, no orchestration here, so that ROME, MEMIT and AlphaEdit call the same
+code and it cannot drift between them. Their value objectives are in ``objectives``.
+"""
+from __future__ import annotations
+
+import torch
+
+
+def rank_one_update(residual: torch.Tensor, key: torch.Tensor, cov: torch.Tensor | None
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """ROME's closed-form rank-one update (Meng et al. 2022, eq. 2), as factors ``left @ right``.
+
+    Minimises ||W' K - V|| subject to W' k* = v*, with K Kᵀ estimated by the key second moment
+    C = E[k kᵀ]:  W' = W + Λ (C⁻¹ k*)ᵀ,  Λ = (v* - W k*) / ((C⁻¹ k*)ᵀ k*).
+
+    ``residual`` is v* - W k* (d_out,), ``key`` is k* (d_in,), ``cov`` is C (d_in, d_in) or
+    None for the identity (ROME without the second-moment adjustment). Solved in float64.
+    Deviation from the original code: k* here is the prefix-averaged key in both the
+    numerator and the denominator (the r-ROME fix, Gupta et al. 2024); the original mixes it
+    with the bare-prompt key, which makes sequential edits collapse.
+    Returns ``left`` (d_out, 1) and ``right`` (1, d_in) in float32, with W' = W + left @ right.
+    """
+    k = key.double()
+    u = k if cov is None else torch.linalg.solve(cov.double(), k)
+    denom = u @ k
+    if not torch.isfinite(denom) or denom.abs() < 1e-12:
+        raise FloatingPointError("rank-one update: (C⁻¹k)ᵀk is zero or not finite")
+    left = (residual.double() / denom).unsqueeze(1)
+    return left.float(), u.unsqueeze(0).float()
+
+
+def batch_update(residuals: torch.Tensor, keys: torch.Tensor, cov: torch.Tensor | None, weight: float
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """MEMIT's batch update of one layer (Meng et al. 2023, "Mass-Editing Memory in a
+    Transformer", eq. 14), as factors ``left @ right`` of rank n.
+
+    Minimises Σ_old ||W' k − W k||² + Σ_i ||W' k_i − v_i||², with the old keys' K₀K₀ᵀ estimated
+    by λ·C (C = E[k kᵀ], λ = ``weight``, MEMIT's ``mom2_update_weight``):
+    ΔW = R Kᵀ (λC + K Kᵀ)⁻¹, where K = [k_1 … k_n] and R = [r_1 … r_n] the residuals
+    (v_i − W k_i, MEMIT spreads them over its layers before calling this).
+
+    ``residuals`` (n, d_out), ``keys`` (n, d_in), ``cov`` (d_in, d_in) or None for the identity.
+    Solved in float64; returns ``left`` (d_out, n) and ``right`` (n, d_in) in float32.
+    """
+    k = keys.double()
+    c = torch.eye(k.shape[1], dtype=torch.float64, device=k.device) if cov is None else cov.double()
+    right = torch.linalg.solve(weight * c + k.T @ k, k.T).T  # (n, d_in): rows of K (λC + KᵀK)⁻¹, symmetric
+    if not torch.isfinite(right).all():
+        raise FloatingPointError("MEMIT update: the key system is singular or not finite")
+    return residuals.double().T.float(), right.float()
+
+
+def null_space_projector(cov: torch.Tensor, threshold: float) -> torch.Tensor:
+    """AlphaEdit's projector onto the (approximate) null space of the preserved keys (Fang et
+    al., ICLR 2025, "AlphaEdit: Null-Space Constrained Knowledge Editing", §3.2, eq. 7–8).
+
+    With K₀K₀ᵀ estimated by C = E[k kᵀ] (the same second moment ROME and MEMIT use), the
+    eigenvectors U₀ of C whose eigenvalues are below ``threshold`` span the directions that
+    preserved keys (almost) never take; P = U₀U₀ᵀ. Any update of the form ΔW = X P then leaves
+    W k₀ unchanged for keys in C's dominant subspace: ΔW k₀ = X P k₀ ≈ 0.
+    ``threshold`` is absolute, as in the reference code (``nullspace_threshold``, 2e-2 for its
+    models), so it depends on the scale of the keys: the recipes say how it was chosen.
+    Eigendecomposition in float64 (``eigh``: C is symmetric; the reference uses an SVD, which
+    for a symmetric positive semi-definite matrix gives the same vectors). Returns P (d, d),
+    float64; a threshold below every eigenvalue gives P = 0 (no edit can pass).
+    """
+    values, vectors = torch.linalg.eigh(cov.double())
+    basis = vectors[:, values < threshold]
+    return basis @ basis.T
+
+
+def null_space_update(residuals: torch.Tensor, keys: torch.Tensor, projector: torch.Tensor,
+                      previous_kkt: torch.Tensor | None, alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """AlphaEdit's update of one layer (Fang et al. 2025, eq. 12), as factors ``left @ right``.
+
+    ΔW = R Kᵀ P ((K_p K_pᵀ + K Kᵀ) P + α I)⁻¹ minimises ||(W + ΔW P) K − V||² +
+    ||ΔW P||² α + ||ΔW P K_p||² over the projected update: the new values are written at the new
+    keys K, the update lies in the null space of the preserved keys (P, ``null_space_projector``),
+    and the keys of earlier edits K_p (through their accumulated Gram matrix
+    ``previous_kkt`` = K_p K_pᵀ, None before the first batch) are disturbed as little as possible.
+    ``residuals`` (n, d_out) are R's columns (MEMIT's spread residuals), ``keys`` (n, d_in).
+    Computed as the reference code does, by solving (P (K_pK_pᵀ + KKᵀ) + αI) X = P K and taking
+    ΔW = R Xᵀ (the same matrix: P and the Gram matrices are symmetric). Float64; returns
+    ``left`` (d_out, n) and ``right`` (n, d_in) in float32.
+    """
+    k = keys.double()
+    p = projector.double().to(k.device)
+    gram = k.T @ k
+    if previous_kkt is not None:
+        gram = gram + previous_kkt.double().to(k.device)
+    system = p @ gram + alpha * torch.eye(k.shape[1], dtype=torch.float64, device=k.device)
+    right = torch.linalg.solve(system, p @ k.T).T  # (n, d_in)
+    if not torch.isfinite(right).all():
+        raise FloatingPointError("AlphaEdit update: the key system is singular or not finite")
+    return residuals.double().T.float(), right.float()
+
+

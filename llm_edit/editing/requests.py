@@ -1,0 +1,200 @@
+"""Edit requests: one frozen dataclass, read from and written to JSON Lines.
+
+Native shape, one object per line::
+
+    {"prompt": "The {} is located in the city of", "subject": "Eiffel Tower",
+     "target_new": "Rome", "target_true": "Paris",
+     "paraphrase_prompts": ["The Eiffel Tower stands in the city of"],
+     "neighborhood": [{"prompt": "The Louvre is located in the city of", "target": "Paris"}]}
+
+``prompt`` holds ``{}`` where the subject goes, or contains the subject verbatim (its first
+occurrence is taken). Targets are written without a leading space; the tokenizer step adds it.
+Two other shapes load as they are, so users can bring their files:
+
+* EasyEdit's flat CounterFact (``target_new``/``ground_truth`` strings, one ``rephrase_prompt``,
+  one ``locality_prompt`` with ``locality_ground_truth``);
+* ROME's nested CounterFact (``requested_rewrite`` with ``target_new: {"str": ...}``,
+  ``paraphrase_prompts``, ``neighborhood_prompts``).
+
+A ``.json`` file may hold one JSON array of such objects instead of one object per line.
+Every problem is reported as ``FactFileError`` naming the file, the line (the array index
++ 1 for a ``.json`` array) and the field.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Mapping
+
+from ..core.files import FactFileError, records
+
+
+@dataclass(frozen=True)
+class Neighbor:
+    prompt: str
+    target: str
+
+
+@dataclass(frozen=True)
+class EditRequest:
+    """One fact to insert or rewrite: ``prompt`` (a template with ``{}``) + ``subject`` -> ``target_new``."""
+
+    prompt: str
+    subject: str
+    target_new: str
+    target_true: str | None = None
+    paraphrase_prompts: tuple[str, ...] = ()
+    neighborhood: tuple[Neighbor, ...] = field(default_factory=tuple)
+
+    @property
+    def text(self) -> str:
+        """The prompt with the subject filled in."""
+        return self.prompt.replace("{}", self.subject, 1)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["paraphrase_prompts"] = list(self.paraphrase_prompts)
+        d["neighborhood"] = [asdict(n) for n in self.neighborhood]
+        if d["target_true"] is None:
+            del d["target_true"]
+        return d
+
+
+_NATIVE = {"prompt", "subject", "target_new", "target_true", "paraphrase_prompts", "neighborhood"}
+_EASYEDIT = {"prompt", "subject", "target_new", "ground_truth", "rephrase_prompt",
+             "locality_prompt", "locality_ground_truth", "case_id", "portability", "locality"}
+_ROME_TOP = {"case_id", "pararel_idx", "requested_rewrite", "paraphrase_prompts",
+             "neighborhood_prompts", "attribute_prompts", "generation_prompts"}
+_ROME_REWRITE = {"prompt", "subject", "target_new", "target_true", "relation_id"}
+
+
+def parse_request(obj: Any, source: str = "<request>", line: int | None = None) -> EditRequest:
+    """Validate one object of any supported shape and return an ``EditRequest``."""
+    if isinstance(obj, EditRequest):
+        return obj
+
+    def fail(field_name: str | None, message: str):
+        raise FactFileError(source, line, field_name, message)
+
+    if not isinstance(obj, Mapping):
+        fail(None, f"expected a JSON object, got {type(obj).__name__}")
+
+    def text(d: Mapping, key: str, *, required: bool = True, name: str | None = None) -> str | None:
+        name = name or key
+        if key not in d or d[key] is None:
+            if required:
+                fail(name, "is missing")
+            return None
+        value = d[key]
+        if isinstance(value, Mapping) and "str" in value:  # ROME's {"str": ..., "id": ...}
+            value = value["str"]
+        if not isinstance(value, str):
+            fail(name, f"must be a string, got {type(value).__name__}")
+        if not value.strip():
+            fail(name, "is empty")
+        return value
+
+    def strings(value: Any, name: str) -> tuple[str, ...]:
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+            fail(name, "must be a list of non-empty strings")
+        return tuple(value)
+
+    def unknown(d: Mapping, allowed: set[str], prefix: str = "") -> None:
+        extra = sorted(set(d) - allowed)
+        if extra:
+            fail(prefix + extra[0], f"is not a known field (known: {', '.join(sorted(allowed))})")
+
+    if "requested_rewrite" in obj:  # ROME's nested CounterFact
+        unknown(obj, _ROME_TOP)
+        rewrite = obj["requested_rewrite"]
+        if not isinstance(rewrite, Mapping):
+            fail("requested_rewrite", "must be an object")
+        unknown(rewrite, _ROME_REWRITE, "requested_rewrite.")
+        prompt = text(rewrite, "prompt", name="requested_rewrite.prompt")
+        subject = text(rewrite, "subject", name="requested_rewrite.subject")
+        target_new = text(rewrite, "target_new", name="requested_rewrite.target_new")
+        target_true = text(rewrite, "target_true", required=False, name="requested_rewrite.target_true")
+        paraphrases = strings(obj.get("paraphrase_prompts", []), "paraphrase_prompts")
+        neighbors = strings(obj.get("neighborhood_prompts", []), "neighborhood_prompts")
+        if neighbors and target_true is None:
+            fail("requested_rewrite.target_true", "is needed to score neighborhood_prompts")
+        neighborhood = tuple(Neighbor(p, target_true) for p in neighbors)
+    elif "ground_truth" in obj or "rephrase_prompt" in obj or "locality_prompt" in obj:  # EasyEdit
+        unknown(obj, _EASYEDIT)
+        prompt = text(obj, "prompt")
+        subject = text(obj, "subject")
+        target_new = text(obj, "target_new")
+        target_true = text(obj, "ground_truth", required=False)
+        paraphrases = strings(obj.get("rephrase_prompt") or [], "rephrase_prompt")
+        neighborhood = ()
+        if obj.get("locality_prompt"):
+            loc_target = text(obj, "locality_ground_truth")
+            neighborhood = (Neighbor(text(obj, "locality_prompt"), loc_target),)
+    else:
+        unknown(obj, _NATIVE)
+        prompt = text(obj, "prompt")
+        subject = text(obj, "subject")
+        target_new = text(obj, "target_new")
+        target_true = text(obj, "target_true", required=False)
+        paraphrases = strings(obj.get("paraphrase_prompts", []), "paraphrase_prompts")
+        raw = obj.get("neighborhood", [])
+        if not isinstance(raw, list):
+            fail("neighborhood", "must be a list of {prompt, target} objects")
+        items = []
+        for i, n in enumerate(raw):
+            if not isinstance(n, Mapping) or set(n) != {"prompt", "target"}:
+                fail(f"neighborhood[{i}]", "must be an object with exactly 'prompt' and 'target'")
+            items.append(Neighbor(text(n, "prompt", name=f"neighborhood[{i}].prompt"),
+                                  text(n, "target", name=f"neighborhood[{i}].target")))
+        neighborhood = tuple(items)
+
+    if prompt.count("{}") > 1:
+        fail("prompt", "contains '{}' more than once")
+    if "{}" not in prompt:
+        if subject not in prompt:
+            fail("subject", f"{subject!r} does not occur in the prompt {prompt!r}")
+        prompt = prompt.replace(subject, "{}", 1)
+    if target_true is not None and target_true.strip() == target_new.strip():
+        fail("target_new", f"equals target_true ({target_true!r}): nothing to rewrite")
+    return EditRequest(prompt, subject, target_new.strip(), target_true.strip() if target_true else None,
+                       paraphrases, neighborhood)
+
+
+def read_requests(path: str | Path, limit: int | None = None) -> list[EditRequest]:
+    """Read and validate every request in ``path``; the first problem raises ``FactFileError``."""
+    return [r for _, r in numbered_requests(path, limit)]
+
+
+def numbered_requests(path: str | Path, limit: int | None = None) -> list[tuple[int, EditRequest]]:
+    """``read_requests`` with each request's line (for messages about it later)."""
+    path = Path(path)
+    requests = []
+    for lineno, obj in records(path):
+        if limit is not None and len(requests) >= limit:
+            break
+        requests.append((lineno, parse_request(obj, str(path), lineno)))
+    if not requests:
+        raise FactFileError(str(path), None, None, "holds no requests")
+    return requests
+
+
+# -- fitting the model's context -------------------------------------------------------------
+
+
+def request_texts(line: int | None, request: EditRequest) -> Iterator[tuple[int | None, str, str, str]]:
+    """Every (line, field, prompt, continuation) an edit of ``request`` runs the model on."""
+    targets = " " + max((request.target_new, request.target_true or ""), key=len)
+    yield line, "prompt", request.text, targets
+    for i, p in enumerate(request.paraphrase_prompts):
+        yield line, f"paraphrase_prompts[{i}]", p, targets
+    for i, n in enumerate(request.neighborhood):
+        yield line, f"neighborhood[{i}].prompt", n.prompt, " " + n.target
+
+
+def write_requests(requests: Iterable[EditRequest], path: str | Path) -> None:
+    from ..core.files import atomic_write_text
+
+    atomic_write_text(Path(path), "".join(json.dumps(r.to_dict()) + "\n" for r in requests))

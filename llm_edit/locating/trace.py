@@ -1,0 +1,555 @@
+"""Causal tracing: which hidden states carry a fact (Meng et al. 2022, "Locating and Editing
+Factual Associations in GPT", §2.1 and Appendix B).
+
+Three runs of the model on a factual prompt ("The Eiffel Tower is located in the city of"):
+
+* clean: the probability p* of the object's first token (" Paris"), or of the model's own
+  top next token when no target is given;
+* corrupted: Gaussian noise of scale ν added to the subject tokens' embeddings, ``samples``
+  draws from a fixed seed; p_corrupted is the mean over draws;
+* restored: the corrupted run, but one state at (token t, layer l) set back to its clean
+  value. The *indirect effect* IE(t, l) = p_restored(t, l) − p_corrupted (ROME eq. 1–2).
+
+Kinds of state: ``hidden`` (block l's output, the residual stream), ``mlp`` and ``attn``
+(the MLP / attention output, restored together over a window of ``window`` layers centred on l,
+as ROME's figures 1e–f). ν = 3 × the standard deviation of subject-token embeddings over
+ROME's 1,209 known facts (shipped in ``llm_edit/data/known_1000.json``), cached per model.
+
+Speed (this is what makes a trace take seconds on a CPU): all restored runs of one trace go
+through the model in batches, and a run that restores at layer l skips the blocks below its
+lowest restored layer (they would recompute the corrupted run's outputs exactly;
+``hooks.replay_blocks``). Positions before the subject are not run: by causality the corrupted
+and clean states there are identical, so restoring them changes nothing and IE = 0 exactly.
+
+Deviations from ROME's code, none of which changes the quantity measured: the probability is
+that of the object's *first* token as in ROME; ROME draws noise with numpy's RandomState(1),
+here with a seeded torch generator; the LM head is applied only at the last position.
+
+Average tracing (``trace_facts``) averages IE per layer at the subject's last token (where ROME
+edits) and at the prompt's last token over facts the model answers correctly; the layer
+``auto`` resolves to is the peak of the average MLP effect at the subject's last token.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import io
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+import torch
+
+from ..core.arch import arch_of, num_layers
+from ..core.files import DATA_DIR, atomic_write_bytes, write_json
+from ..core.hooks import Trace, replay_blocks
+from ..core.models import cache_home, fingerprint
+from ..core.text import SubjectNotFound, subject_span, target_ids
+
+KINDS = {"hidden": "hidden state (block output)", "mlp": "MLP output", "attn": "attention output"}
+KNOWNS = DATA_DIR / "known_1000.json"
+# How restored runs are grouped into passes (see ``trace``): layers are bucketed into this many
+# floors, tokens into runs of this many consecutive positions. Fewer, larger passes multiply
+# bigger matrices; more, smaller ones skip more work. Measured in evals/bench_locate.py.
+FLOOR_BUCKETS = 6
+TOKEN_BUCKET = 3
+
+
+def known_facts(path: str | Path | None = None) -> list[dict]:
+    """Facts to trace as ``{"prompt", "subject", "target"}`` dicts: ROME's known facts (the
+    shipped copy by default; the object is its ``attribute``) or any file of facts in llm-edit's
+    shapes (``target``, ``target_true``)."""
+    from ..core.files import FactFileError, records
+
+    source = Path(path or KNOWNS)
+    out = []
+    for line, obj in records(source):
+        if not isinstance(obj, dict):
+            raise FactFileError(str(source), line, None, "expected a JSON object")
+        fact = {"prompt": obj.get("prompt"), "subject": obj.get("subject"),
+                "target": obj.get("attribute") or obj.get("target") or obj.get("target_true")}
+        for key, value in fact.items():
+            if not isinstance(value, str) or not value.strip():
+                name = "target" if key == "target" and "attribute" not in obj else key
+                raise FactFileError(str(source), line, name, "is missing or not a non-empty string")
+        if "{}" not in fact["prompt"] and fact["subject"] not in fact["prompt"]:
+            raise FactFileError(str(source), line, "subject",
+                                f"{fact['subject']!r} does not occur in the prompt {fact['prompt']!r}")
+        out.append(fact)
+    if not out:
+        raise FactFileError(str(source), None, None, "holds no facts")
+    return out
+
+
+def check_settings(*, prompt: str | None = None, subject: str | None = None, target: str | None = None,
+                   samples: int = 10, window: int = 10, noise: float | None = None, limit: int | None = None,
+                   batch_size: int = 256) -> None:
+    """Raise ``ValueError`` for settings tracing cannot use (called before the model loads)."""
+    for name, value in (("samples", samples), ("window", window), ("batch_size", batch_size), ("limit", limit)):
+        if value is not None and value < 1:
+            raise ValueError(f"{name} must be at least 1, got {value}")
+    if noise is not None and not (noise >= 0 and math.isfinite(noise)):  # 0: the identity run tests use
+        raise ValueError(f"noise must be a standard deviation (>= 0), got {noise}")
+    if prompt is not None and prompt.count("{}") > 1:
+        raise ValueError(f"the prompt {prompt!r} holds '{{}}' more than once; it marks where the subject goes")
+    if subject is not None and not subject.strip():
+        raise ValueError("the subject is empty")
+    if target is not None and not target.strip():
+        raise ValueError("the target is empty (omit --target to trace the model's own top prediction)")
+    if prompt is not None and subject is not None:
+        _template(prompt, subject)
+
+
+def _template(prompt: str, subject: str) -> str:
+    if "{}" in prompt:
+        return prompt
+    if subject not in prompt:
+        raise SubjectNotFound(f"the subject {subject!r} does not occur in the prompt {prompt!r}")
+    return prompt.replace(subject, "{}", 1)
+
+
+def _embed_fingerprint(model, tok) -> str:
+    spec = arch_of(model)
+    h = hashlib.sha256(fingerprint(model, lambda n: n.startswith(spec.embed + ".")).encode())
+    h.update(str(len(tok)).encode() + (tok.name_or_path or "").encode())
+    return h.hexdigest()
+
+
+@torch.no_grad()
+def noise_scale(model, tok, subjects: Iterable[str] | None = None, factor: float = 3.0,
+                use_cache: bool = True) -> float:
+    """ν = factor × std of the embedding vectors' entries over all subject tokens (ROME's
+    ``collect_embedding_std`` over the known facts' subjects, each tokenized on its own)."""
+    subjects = list(subjects) if subjects is not None else [f["subject"] for f in known_facts()]
+    digest = hashlib.sha256("\n".join(subjects).encode()).hexdigest()[:16]
+    path = cache_home() / "locate" / _embed_fingerprint(model, tok)[:16] / f"noise-{digest}.json"
+    if use_cache and path.is_file():
+        return factor * json.loads(path.read_text())["std"]
+    embed = model.get_submodule(arch_of(model).embed)
+    device = next(model.parameters()).device
+    ids = [i for s in subjects for i in tok(s, add_special_tokens=False)["input_ids"]]
+    vectors = embed(torch.tensor(ids, device=device)).float()
+    std = vectors.std().item()
+    if use_cache:
+        write_json(path, {"std": std, "subjects": len(subjects), "subjects_sha256_16": digest, "tokens": len(ids)})
+    return factor * std
+
+
+@dataclass
+class TraceResult:
+    """One traced prompt. ``scores[kind][t][l]`` is p_restored at (token t, layer l); positions
+    that were not run (before the subject, or outside ``positions``) hold ``None``."""
+
+    prompt: str
+    subject: str
+    target: str
+    target_token_id: int
+    tokens: list[str]
+    subject_first: int
+    subject_last: int
+    p_clean: float
+    p_corrupted: float
+    scores: dict[str, list[list[float | None]]]
+    noise_scale: float
+    samples: int
+    window: int
+    seed: int
+    seconds: float = 0.0
+    correct: bool = True  # the clean run's top token is the target's first token
+
+    def indirect_effect(self, kind: str) -> torch.Tensor:
+        """IE(t, l) = p_restored − p_corrupted, NaN where not run (0 before the subject)."""
+        rows = []
+        for t, row in enumerate(self.scores[kind]):
+            if t < self.subject_first:
+                rows.append([0.0] * len(row))
+            else:
+                rows.append([math.nan if v is None else v - self.p_corrupted for v in row])
+        return torch.tensor(rows, dtype=torch.float64)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def plot(self, path: str | Path, kind: str) -> None:
+        plot_trace(self, kind, path)
+
+
+def _tensor_of(output):
+    return output[0] if isinstance(output, tuple) else output
+
+
+def _with_tensor(output, tensor):
+    return (tensor,) + tuple(output[1:]) if isinstance(output, tuple) else tensor
+
+
+def _restore_modules(spec, kind: str, layer: int, n_layers: int, window: int) -> list[str]:
+    if kind == "hidden":
+        return [spec.layer(layer)]
+    low, high = max(0, layer - window // 2), min(n_layers, layer - (-window // 2))
+    path = spec.mlp_out if kind == "mlp" else spec.attn_out
+    return [path.format(j) for j in range(low, high)]
+
+
+def _layer_of(spec, module_name: str) -> int:
+    return int(module_name[len(spec.layers) + 1:].split(".")[0])
+
+
+@torch.no_grad()
+def trace(model, tok, prompt: str, subject: str, target: str | None = None, *,
+          kinds: Iterable[str] = ("hidden", "mlp", "attn"), samples: int = 10, window: int = 10,
+          noise: float | None = None, seed: int = 0, positions: Iterable[int | str] | None = None,
+          batch_size: int = 256, reuse_prefix: bool = True, require_correct: bool = False,
+          progress: bool = False) -> TraceResult:
+    """Trace one fact. ``prompt`` holds ``{}`` for the subject or contains it verbatim.
+
+    ``positions`` limits the restored runs to some tokens (indices, or ``"last_subject"`` /
+    ``"last"``); by default every token from the subject's first on. ``batch_size`` is the
+    number of sequences per forward pass (noise draws × restored states); ``reuse_prefix=False``
+    recomputes every run over the whole prompt (slower, the same numbers up to rounding).
+    With ``require_correct``, a prompt whose clean top token is not the target's first token
+    returns right after the clean run (``correct=False``, no scores)."""
+    import time
+
+    kinds = list(kinds)
+    for kind in kinds:
+        if kind not in KINDS:
+            raise ValueError(f"unknown kind {kind!r}; choose from {', '.join(KINDS)}")
+    check_settings(prompt=prompt, subject=subject, target=target, samples=samples, window=window, noise=noise,
+                   batch_size=batch_size)
+    t_start = time.perf_counter()
+    spec = arch_of(model)
+    n_layers = num_layers(model)
+    device = next(model.parameters()).device
+    ids, first, last = subject_span(tok, _template(prompt, subject), subject)
+    n_tok = len(ids)
+    input_ids = torch.tensor([ids], device=device)
+    lm_head = model.get_submodule(spec.lm_head)
+    blocks = [spec.layer(i) for i in range(n_layers)]
+    restorable = sorted({m for kind in kinds for l in range(n_layers)
+                         for m in _restore_modules(spec, kind, l, n_layers, window)})
+
+    def last_probs(final):
+        return torch.softmax(lm_head(final[:, -1]).float(), dim=-1)
+
+    # clean run: every state that may be restored, and the target token
+    with Trace(model, restorable + [spec.final_norm], retain_output=True, stop=True) as tr:
+        model(input_ids=input_ids)
+    clean = {m: _tensor_of(tr[m].output)[0] for m in restorable}
+    probs = last_probs(tr[spec.final_norm].output)[0]
+    top = int(probs.argmax())
+    target_id = target_ids(tok, target)[0] if target else top
+    p_clean = probs[target_id].item()
+    tokens = [tok.decode([i]) for i in ids]
+    filled = _template(prompt, subject).replace("{}", subject, 1)
+    if require_correct and top != target_id:
+        return TraceResult(prompt=filled, subject=subject, target=tok.decode([target_id]), target_token_id=target_id,
+                           tokens=tokens, subject_first=first, subject_last=last, p_clean=p_clean,
+                           p_corrupted=math.nan, scores={}, noise_scale=math.nan, samples=samples, window=window,
+                           seed=seed, seconds=round(time.perf_counter() - t_start, 3), correct=False)
+
+    scale = noise_scale(model, tok) if noise is None else float(noise)
+    d_model = model.get_submodule(spec.embed).weight.shape[1]
+    generator = torch.Generator().manual_seed(seed)
+    draws = (torch.randn(samples, last - first + 1, d_model, generator=generator) * scale).to(device)
+
+    def add_noise(n_runs: int, start: int):
+        """Noise on the subject tokens of a run over positions start.. (rows: sample-major)."""
+        def edit(output, name):
+            hidden = _tensor_of(output)
+            lo, hi = max(first, start), min(last + 1, start + hidden.shape[1])
+            if name != spec.embed or lo >= hi:
+                return output
+            hidden = hidden.clone()
+            noise = draws[:, lo - first:hi - first].repeat_interleave(n_runs, 0)
+            hidden[:, lo - start:hi - start] += noise.to(hidden.dtype)
+            return _with_tensor(output, hidden)
+        return edit
+
+    # corrupted run: its block outputs are replayed below each restored run's lowest layer
+    with Trace(model, [spec.embed] + blocks + [spec.final_norm], edit_output=add_noise(1, 0), retain_output=True,
+               stop=True) as tr:
+        model(input_ids=input_ids.expand(samples, -1))
+    corrupted_blocks = [tr[b].output for b in blocks]
+    p_corrupted = last_probs(tr[spec.final_norm].output)[:, target_id].mean().item()
+
+    wanted = set(range(first, n_tok))
+    if positions is not None:
+        named = {"last_subject": last, "last": n_tok - 1}
+        wanted = {named[p] if isinstance(p, str) else (p + n_tok if p < 0 else p) for p in positions}
+        if not wanted <= set(range(n_tok)):
+            raise ValueError(f"positions {list(positions)} outside the prompt's {n_tok} tokens")
+    # A run restoring token t at layer l equals the corrupted run before t (causality) and below
+    # l: with ``reuse_prefix`` it feeds only tokens t.. on top of the corrupted prefix's KV cache,
+    # and the blocks below its lowest restored layer (rounded down to a multiple of ``step``, so
+    # that passes stay large) replay the corrupted outputs.
+    step = max(1, math.ceil(n_layers / FLOOR_BUCKETS))
+    wanted_t = sorted(t for t in wanted if t >= first)
+    groups: dict[tuple[int, int], list] = {}
+    for kind in kinds:
+        for k, t in enumerate(wanted_t):
+            start = wanted_t[k - k % TOKEN_BUCKET] if reuse_prefix else 0
+            for l in range(n_layers):
+                modules = _restore_modules(spec, kind, l, n_layers, window)
+                floor = min(_layer_of(spec, m) for m in modules)
+                groups.setdefault((start, floor - floor % step), []).append(((kind, t, l), modules))
+    per_pass = max(1, batch_size // samples)
+    chunks = [(start, floor, group[i:i + per_pass]) for (start, floor), group in sorted(groups.items())
+              for i in range(0, len(group), per_pass)]
+    prefix_caches: dict[int, object] = {}
+    results: dict[tuple, float] = {}
+    from tqdm.auto import tqdm
+
+    for start, floor, chunk in tqdm(chunks, desc="causal trace", unit="pass", disable=not progress, leave=False):
+        n_runs = len(chunk)
+        restore: dict[str, list[tuple[int, int]]] = {}
+        for j, ((kind, t, l), modules) in enumerate(chunk):
+            for m in modules:
+                restore.setdefault(m, []).append((j, t))
+        cache = None
+        if start > 0:
+            if start not in prefix_caches:
+                prefix_caches[start] = _prefix_cache(model, input_ids[:, :start].expand(samples, -1), spec,
+                                                     add_noise(1, 0))
+            cache = copy.deepcopy(prefix_caches[start])
+            cache.batch_repeat_interleave(n_runs)
+
+        def edit(output, name, _noise=add_noise(n_runs, start), _restore=restore, _start=start, _n=n_runs):
+            if name == spec.embed:
+                return _noise(output, name)
+            if name not in _restore:
+                return output
+            hidden = _tensor_of(output).clone()
+            for j, t in _restore[name]:  # rows of job j: j, j + n, j + 2n, ... (sample-major)
+                hidden[j::_n, t - _start] = clean[name][t].to(hidden.dtype)
+            return _with_tensor(output, hidden)
+
+        replayed = [_with_tensor(o, _tensor_of(o)[:, start:].repeat_interleave(n_runs, 0))
+                    for o in corrupted_blocks[:floor]]
+        names = [spec.embed] + sorted(restore) + [spec.final_norm]
+        with replay_blocks([model.get_submodule(b) for b in blocks[:floor]], replayed):
+            with Trace(model, names, edit_output=edit, retain_output=True, stop=True) as tr:
+                model(input_ids=input_ids[:, start:].expand(n_runs * samples, -1), use_cache=cache is not None,
+                      **_cache_kwarg(model, cache))
+        p = last_probs(tr[spec.final_norm].output)[:, target_id].view(samples, n_runs).mean(0)
+        for j, (job, _) in enumerate(chunk):
+            results[job] = p[j].item()
+
+    scores = {kind: [[results.get((kind, t, l)) if t >= first else None for l in range(n_layers)]
+                     for t in range(n_tok)] for kind in kinds}
+    for kind in kinds:  # before the subject a restored run *is* the corrupted run
+        for t in range(first):
+            if t in wanted:
+                scores[kind][t] = [p_corrupted] * n_layers
+    return TraceResult(prompt=filled, subject=subject,
+                       target=tok.decode([target_id]), target_token_id=target_id, tokens=tokens,
+                       subject_first=first, subject_last=last, p_clean=p_clean, p_corrupted=p_corrupted,
+                       scores=scores, noise_scale=scale, samples=samples, window=window, seed=seed,
+                       seconds=round(time.perf_counter() - t_start, 3), correct=(top == target_id))
+
+
+def _prefix_cache(model, ids, spec, noise_edit):
+    """The corrupted run's key/value cache over the tokens before a restored position."""
+    from transformers import DynamicCache
+
+    cache = DynamicCache(config=model.config)
+    with Trace(model, [spec.embed, spec.final_norm], edit_output=noise_edit, stop=True):
+        model(input_ids=ids, use_cache=True, **_cache_kwarg(model, cache))
+    return cache
+
+
+def _cache_kwarg(model, cache) -> dict:
+    """transformers renamed ``past_key_values`` to ``cache`` (5.x); pass whichever it takes."""
+    import inspect
+
+    if cache is None:
+        return {}
+    name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    return {name: cache}
+
+
+# -- average tracing ------------------------------------------------------------------------------
+
+@dataclass
+class AverageTrace:
+    """Average indirect effect per layer, ``effects[kind][position]`` (position: ``last_subject``
+    or ``last``), over ``n_facts`` facts the model answers correctly."""
+
+    effects: dict[str, dict[str, list[float]]]
+    n_facts: int
+    n_tried: int
+    kinds: list[str]
+    samples: int
+    window: int
+    seed: int
+    noise_scale: float
+    facts_sha256: str
+    model_fingerprint: str
+    seconds: float
+    per_fact: list[dict] = field(default_factory=list)
+
+    def peak(self, kind: str = "mlp", position: str = "last_subject") -> int:
+        values = self.effects[kind][position]
+        return max(range(len(values)), key=lambda l: values[l])
+
+    def layers(self, n: int = 1, kind: str = "mlp") -> list[int]:
+        """The ``n`` layers ending at the peak (MEMIT edits a range ending where the effect peaks)."""
+        top = self.peak(kind)
+        return list(range(max(0, top - n + 1), top + 1))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _facts_sha256(facts: list[dict]) -> str:
+    blob = "".join(json.dumps(f, sort_keys=True) + "\n" for f in facts)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def trace_facts(model, tok, facts: list[dict], *, kinds: Iterable[str] = ("mlp",), limit: int | None = 50,
+                samples: int = 10, window: int = 10, seed: int = 0, only_correct: bool = True,
+                batch_size: int = 256, progress: bool = True, use_cache: bool = True) -> AverageTrace:
+    """Average tracing over ``facts`` (dicts with prompt, subject, target): the first ``limit``
+    facts whose object the model predicts (its top next token is the object's first token)
+    are traced at the subject's last token and the last token. Cached per (model, facts,
+    settings) under ``$LLM_EDIT_HOME/cache/locate``."""
+    import time
+
+    kinds = list(kinds)
+    digest = _facts_sha256(facts)
+    fp = fingerprint(model)
+    # one file per setting; a cached run that traced more kinds serves a request for fewer
+    key = hashlib.sha256(json.dumps([digest, limit, samples, window, seed, only_correct]).encode()).hexdigest()
+    path = cache_home() / "locate" / fp[:16] / f"average-{key[:16]}.json"
+    if use_cache and path.is_file():
+        cached = AverageTrace(**json.loads(path.read_text()))
+        if set(kinds) <= set(cached.kinds):
+            return cached
+    scale = noise_scale(model, tok)
+    t0 = time.perf_counter()
+    n_layers = num_layers(model)
+    sums = {k: {"last_subject": [0.0] * n_layers, "last": [0.0] * n_layers} for k in kinds}
+    per_fact, tried = [], 0
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=limit or len(facts), desc="average tracing", unit="fact", disable=not progress)
+    for fact in facts:
+        if limit is not None and len(per_fact) >= limit:
+            break
+        tried += 1
+        try:
+            result = trace(model, tok, fact["prompt"], fact["subject"], fact["target"], kinds=kinds, samples=samples,
+                           window=window, noise=scale, seed=seed, positions=["last_subject", "last"],
+                           batch_size=batch_size, require_correct=only_correct)
+        except SubjectNotFound:
+            continue
+        if only_correct and not result.correct:
+            continue
+        record = {"prompt": result.prompt, "subject": fact["subject"], "target": fact["target"],
+                  "p_clean": result.p_clean, "p_corrupted": result.p_corrupted}
+        n_tok = len(result.tokens)
+        for kind in kinds:
+            ie = result.indirect_effect(kind)
+            for name, t in (("last_subject", result.subject_last), ("last", n_tok - 1)):
+                row = ie[t].tolist()
+                sums[kind][name] = [a + b for a, b in zip(sums[kind][name], row)]
+                record[f"{kind}_{name}"] = row
+        per_fact.append(record)
+        bar.update(1)
+    bar.close()
+    if not per_fact:
+        raise ValueError("no fact could be traced: the model answers none of them correctly "
+                         "(or none has its subject in the prompt)")
+    n = len(per_fact)
+    effects = {k: {pos: [v / n for v in vals] for pos, vals in by_pos.items()} for k, by_pos in sums.items()}
+    avg = AverageTrace(effects=effects, n_facts=n, n_tried=tried, kinds=kinds, samples=samples, window=window,
+                       seed=seed, noise_scale=scale, facts_sha256=digest, model_fingerprint=fp,
+                       seconds=round(time.perf_counter() - t0, 2), per_fact=per_fact)
+    if use_cache:
+        write_json(path, avg.to_dict())
+    return avg
+
+
+def auto_layers(model, tok, n: int = 1, *, progress: bool = True) -> tuple[list[int], dict]:
+    """The ``n`` layers ending at the peak of the average MLP indirect effect at the subject's
+    last token, over the first 50 known facts the model answers correctly (cached per model;
+    ``llm-edit locate --facts knowns`` fills the same cache). Returns the layers and a record
+    for manifests."""
+    avg = trace_facts(model, tok, known_facts(), kinds=("mlp",), limit=50, progress=progress)
+    layers = avg.layers(n)
+    return layers, {"rule": "peak of the average MLP indirect effect at the last subject token, "
+                            f"{n} layer(s) ending there", "layers": layers, "facts": avg.n_facts,
+                    "facts_sha256": avg.facts_sha256, "samples": avg.samples,
+                    "effect_at_peak": avg.effects["mlp"]["last_subject"][layers[-1]]}
+
+
+# -- plots ------------------------------------------------------------------------------------------
+
+_CMAPS = {"hidden": "Purples", "mlp": "Greens", "attn": "Reds"}
+
+
+def _save_figure(fig, path: str | Path) -> None:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=130, bbox_inches="tight")
+    plt.close(fig)
+    atomic_write_bytes(Path(path), buf.getvalue())
+
+
+def plot_trace(result: TraceResult, kind: str, path: str | Path) -> None:
+    """ROME-style heat map: tokens down, layers across, colour = p(target) after restoring;
+    subject tokens marked with *; rows before the subject show p_corrupted (IE = 0)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    grid = [[result.p_corrupted if v is None else v for v in row] for row in result.scores[kind]]
+    n_tok, n_layers = len(grid), len(grid[0])
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.16 * n_layers + 2), 0.32 * n_tok + 1.2))
+    image = ax.pcolor(torch.tensor(grid).numpy(), cmap=_CMAPS[kind], vmin=result.p_corrupted)
+    ax.invert_yaxis()
+    ax.set_yticks([i + 0.5 for i in range(n_tok)])
+    labels = [repr(t)[1:-1] + (" *" if result.subject_first <= i <= result.subject_last else "")
+              for i, t in enumerate(result.tokens)]
+    ax.set_yticklabels(labels)
+    step = max(1, n_layers // 10)
+    ax.set_xticks([i + 0.5 for i in range(0, n_layers, step)])
+    ax.set_xticklabels(list(range(0, n_layers, step)))
+    ax.set_xlabel(f"restored layer ({KINDS[kind]}" + (f", window {result.window})" if kind != "hidden" else ")"))
+    ax.set_title(f"Restoring the {KINDS[kind]} after corrupting the subject (*)\n"
+                 f"p({result.target.strip()!r}): clean {result.p_clean:.3f}, corrupted {result.p_corrupted:.3f}",
+                 fontsize=9)
+    fig.colorbar(image, ax=ax, label=f"p({result.target.strip()!r})")
+    _save_figure(fig, path)
+
+
+def plot_average(avg: AverageTrace, path: str | Path, title: str = "") -> None:
+    """Average indirect effect per layer, one line per kind; solid at the subject's last
+    token, dashed at the prompt's last token; the chosen layer marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colours = {"hidden": "tab:purple", "mlp": "tab:green", "attn": "tab:red"}
+    fig, ax = plt.subplots(figsize=(7, 3.8))
+    for kind in avg.kinds:
+        for pos, style in (("last_subject", "-"), ("last", "--")):
+            values = avg.effects[kind][pos]
+            where = "last subject token" if pos == "last_subject" else "last token"
+            ax.plot(range(len(values)), values, style, color=colours[kind], label=f"{KINDS[kind]}, {where}")
+    if "mlp" in avg.kinds:
+        peak = avg.peak("mlp")
+        ax.axvline(peak, color="grey", lw=0.8, ls=":")
+        ax.annotate(f"peak: layer {peak}", (peak, max(avg.effects["mlp"]["last_subject"])),
+                    textcoords="offset points", xytext=(5, 5), fontsize=8)
+    ax.set_xlabel("layer")
+    ax.set_ylabel("average indirect effect on p(object)")
+    ax.set_title(title or f"Average causal trace over {avg.n_facts} known facts ({avg.samples} noise draws)",
+                 fontsize=10)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    _save_figure(fig, path)

@@ -1,0 +1,29 @@
+"""NPO (Zhang et al. 2024): ``losses.npo`` on the forget answers against the model before
+unlearning (the adapter disabled), plus α·retain."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ...unlearning import losses
+from ..trainer import TrainConfig
+
+
+@dataclass
+class NPOConfig(TrainConfig):
+    beta: float = 0.1  # the paper's β: smaller behaves more like gradient ascent
+
+    def validate(self) -> None:
+        super().validate()
+        if self.beta <= 0:
+            raise ValueError("beta must be positive")
+
+
+def loss(ctx, forget, retain, config, state):
+    forget_batch = ctx.batch(forget)
+    retain_batch = ctx.batch(retain) if retain else None
+    forget_logits, retain_logits = ctx.forward(forget_batch, retain_batch)
+    logp, _ = ctx.logp(forget_logits, forget_batch)
+    (ref_logits,) = ctx.reference(forget_batch)
+    ref_logp, _ = ctx.logp(ref_logits, forget_batch)
+    forget_loss = losses.npo(logp, ref_logp, config.beta)
+    return ctx.with_retain(forget_loss, retain_logits, retain_batch, config)

@@ -1,0 +1,459 @@
+"""The unlearning training loop: LoRA (or full fine-tuning) through ``accelerate``.
+
+One loop serves every unlearner; a method only supplies its loss (``llm_edit.unlearning.methods``).
+The same code runs on CPU, one GPU, or several processes under ``accelerate launch`` (DDP,
+FSDP or DeepSpeed from accelerate's own config):
+
+* **Batches.** Step s consumes a *global* batch of ``batch_size × grad_accum × processes``
+  forget items, a fixed slice of one seeded stream of per-epoch permutations; process p takes
+  its share of each micro-step. The slices depend only on (seed, step), so a 2-process run sees
+  the same items per optimizer step as a 1-process run with twice the accumulation, and a
+  resumed run continues exactly where it stopped. Retain items come from a second stream.
+* **Reference model.** NPO, KL and IdkDPO compare with the model before unlearning: with LoRA
+  that is the same network with the adapter disabled (no second copy in memory); with full
+  fine-tuning a frozen copy.
+* **Checkpoints** (``checkpoint_dir``, every ``checkpoint_every`` steps) hold the trainable
+  weights and optimizer state as safetensors plus a JSON state: no pickles, resumable.
+* **Early stopping** when the mean forget-answer probability falls to ``stop_forget_prob``, or
+  when a user callback returns True, so users do not over-unlearn.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import hashlib
+import json
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from ..core.config import ConfigError
+from ..core.text import pad_id, token_logprobs
+from . import losses
+from .items import ForgetItem, Formatting, TrainBatch, collate, encode
+
+
+@dataclass
+class TrainConfig:
+    """Hyper-parameters every unlearner shares (recipe keys; method configs add their own)."""
+
+    steps: int = 20  # optimizer steps (an upper bound when early stopping is on)
+    lr: float = 1e-4
+    batch_size: int = 4  # forget items per process per micro-step
+    retain_batch_size: int = 4  # retain items per process per micro-step
+    grad_accum: int = 1
+    retain_weight: float = 1.0  # α of "forget loss + α · retain loss"
+    retain_loss: str = "nll"  # nll | kl (KL(π_ref‖π_θ) on answer tokens)
+    lora_r: int = 8
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.0
+    lora_modules: str = "all-linear"  # all-linear | mlp | attention: which linear layers get LoRA
+    lora_layers: list[int] | None = None  # block indices to adapt (None: all)
+    full_finetune: bool = False  # train every weight instead of a LoRA adapter on all linear layers
+    # with full_finetune: train only this fraction of the blocks' weight matrices, those with the
+    # largest forget-loss gradient (SURE, Zhang et al. 2025 §5): large steps where they matter, so
+    # forgetting survives quantization without moving the rest of the model
+    saliency_fraction: float | None = None
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    max_grad_norm: float = 1.0  # 0 turns clipping off
+    gradient_checkpointing: bool = False
+    max_length: int = 128  # tokens per sequence (answers are cut, prompts never)
+    use_chat_template: bool = True  # for question/answer items, when the tokenizer has one
+    system_prompt: str | None = None  # None: the chat template's own default
+    retain_samples: int = 64  # without a retain set: this many texts sampled from the model ...
+    retain_sample_tokens: int = 64  # ... of this many tokens each
+    stop_forget_prob: float | None = None  # stop once mean P(forget answer) <= this
+    eval_every: int = 5  # steps between early-stopping checks
+    checkpoint_every: int = 0  # 0: no checkpoints
+    seed: int = 0
+
+    def validate(self) -> None:
+        if self.retain_loss not in ("nll", "kl"):
+            raise ValueError(f"retain_loss must be 'nll' or 'kl', got {self.retain_loss!r}")
+        for name in ("steps", "batch_size", "retain_batch_size", "grad_accum", "lora_r", "max_length",
+                     "eval_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
+        if self.lr <= 0:
+            raise ValueError("lr must be positive")
+        if self.saliency_fraction is not None and not (self.full_finetune and 0 < self.saliency_fraction <= 1):
+            raise ValueError("saliency_fraction needs full_finetune: true and a value in (0, 1]")
+        if self.lora_modules not in ("all-linear", "mlp", "attention"):
+            raise ValueError(f"lora_modules must be all-linear, mlp or attention, got {self.lora_modules!r}")
+
+
+class StepContext:
+    """What a method's loss may do in one micro-step: encode items, run the model (with or
+    without gradients), and the shared retain term."""
+
+    def __init__(self, trainer: "Trainer"):
+        self._trainer = trainer
+
+    def batch(self, items: list[ForgetItem], answers: list[str] | None = None) -> TrainBatch:
+        t = self._trainer
+        answers = answers or [None] * len(items)
+        encoded = [t.encode(item, answer) for item, answer in zip(items, answers)]
+        return collate(encoded, t.pad_id).to(t.device)
+
+    def forward(self, *batches: TrainBatch | None, hidden_layer: int | None = None) -> list:
+        """Logits (or the block output of ``hidden_layer``) for each batch (None stays None)
+        from the model being trained."""
+        return self._trainer.run(self._trainer.model, batches, hidden_layer)
+
+    @torch.no_grad()
+    def reference(self, *batches: TrainBatch | None, hidden_layer: int | None = None) -> list:
+        """The same for the model before unlearning (adapter disabled, or the frozen copy)."""
+        with self._trainer.reference_model() as ref:
+            return self._trainer.run(ref, batches, hidden_layer)
+
+    @staticmethod
+    def logp(logits: torch.Tensor, batch: TrainBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        return token_logprobs(logits, batch.labels)
+
+    def retain_term(self, logits: torch.Tensor | None, batch: TrainBatch | None, config: TrainConfig) -> torch.Tensor:
+        """NLL or KL(π_ref‖π_θ) on the retain batch's answer tokens (0 without a retain batch)."""
+        if batch is None:
+            return torch.zeros((), device=self._trainer.device)
+        if config.retain_loss == "nll":
+            return losses.nll(*self.logp(logits, batch))
+        (ref_logits,) = self.reference(batch)
+        return losses.kl_to_reference(logits, ref_logits, batch.labels)
+
+    def with_retain(self, forget_loss: torch.Tensor, retain_logits, retain_batch, config: TrainConfig):
+        """``forget + α·retain`` and the parts to log: how every method with a retain term ends."""
+        retain_loss = self.retain_term(retain_logits, retain_batch, config)
+        total = forget_loss + config.retain_weight * retain_loss
+        return total, {"forget": forget_loss.detach(), "retain": retain_loss.detach()}
+
+
+def _stream(n: int, seed: int, start: int, count: int) -> list[int]:
+    """Items start .. start+count of the concatenation of seeded per-epoch permutations of range(n)."""
+    out = []
+    epoch, offset = divmod(start, n)
+    while len(out) < count:
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch)).tolist()
+        out += perm[offset:]
+        epoch, offset = epoch + 1, 0
+    return out[:count]
+
+
+def lora_targets(model, modules: str, layers: list[int] | None) -> list[str] | str:
+    """Full names of the linear layers to adapt, from the architecture table (never from
+    module-name guesses): every linear layer inside the chosen blocks' MLP, attention or both."""
+    from transformers.pytorch_utils import Conv1D
+
+    from ..core.arch import arch_of, num_layers
+
+    if modules == "all-linear" and layers is None:
+        return "all-linear"  # peft's own selection: every linear layer except the LM head
+    spec = arch_of(model)
+    n = num_layers(model)
+    chosen = range(n) if layers is None else layers
+    bad = [i for i in chosen if not 0 <= i < n]
+    if bad:
+        raise ConfigError(f"lora_layers {bad} do not exist: the model has {n} blocks")
+    if modules == "mlp":
+        prefixes = [spec.mlp.format(i) + "." for i in chosen]
+    elif modules == "attention":
+        prefixes = [spec.attn_out.format(i).rsplit(".", 1)[0] + "." for i in chosen]
+    else:
+        prefixes = [spec.layer(i) + "." for i in chosen]
+    names = [name for name, m in model.named_modules()
+             if isinstance(m, (torch.nn.Linear, Conv1D)) and any(name.startswith(p) for p in prefixes)]
+    if not names:
+        raise ConfigError(f"no linear layers found for lora_modules={modules!r}, lora_layers={layers}")
+    return names
+
+
+def _config_hash(config) -> str:
+    return hashlib.sha256(json.dumps(dataclasses.asdict(config), sort_keys=True).encode()).hexdigest()[:16]
+
+
+class Trainer:
+    def __init__(self, model, tok, forget: list[ForgetItem], retain: list[ForgetItem] | None, unlearner,
+                 config: TrainConfig, *, accelerator=None, progress: bool = True,
+                 callback: Callable | None = None, checkpoint_dir: str | Path | None = None,
+                 desc: str | None = None):
+        from accelerate import Accelerator
+
+        self.tok, self.forget, self.retain = tok, forget, retain
+        self.unlearner, self.config, self.progress, self.callback = unlearner, config, progress, callback
+        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
+        self.desc = desc or f"{unlearner.name} unlearning"
+        self.fmt = Formatting(config.use_chat_template, config.system_prompt)
+        self.pad_id = pad_id(tok)
+        device = next(model.parameters()).device
+        self.accelerator = accelerator or Accelerator(cpu=device.type == "cpu")
+        self.device = self.accelerator.device
+        self._encoded: dict = {}
+        self.base_model = model
+        self.log: list[dict] = []
+        self.stopped_early: str | None = None
+        self._snapshot = None
+        self._ref_copy = None
+        self.salient: list[str] | None = None
+        self.tokens_seen = 0
+        from accelerate.utils import set_seed
+
+        set_seed(config.seed)  # before LoRA's random initialisation, so runs are reproducible
+        self._wrap(model)
+
+    # -- model set-up -------------------------------------------------------------------------
+    def _wrap(self, model) -> None:
+        c = self.config
+        if c.full_finetune:
+            # A failed run restores these; the reference copy serves NPO/KL/DPO/RMU.
+            self._snapshot = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            if self.unlearner.needs_reference or c.retain_loss == "kl":
+                self._ref_copy = copy.deepcopy(model).eval().requires_grad_(False)
+            trainable = model
+            if c.saliency_fraction is not None:
+                self.salient = self._restrict_to_salient(model, c.saliency_fraction)
+        else:
+            from peft import LoraConfig, get_peft_model
+
+            from ..core.arch import arch_of
+
+            lora = LoraConfig(r=c.lora_r, lora_alpha=c.lora_alpha, lora_dropout=c.lora_dropout,
+                              target_modules=lora_targets(model, c.lora_modules, c.lora_layers),
+                              # GPT-2's Conv1D stores (in, out): what peft would switch to, with a warning
+                              fan_in_fan_out=arch_of(model).mlp_out_transposed, task_type="CAUSAL_LM")
+            with warnings.catch_warnings():  # peft reads transformers' deprecated alias; nothing for users to fix
+                warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated",
+                                        category=FutureWarning)
+                trainable = get_peft_model(model, lora)
+        if c.gradient_checkpointing:
+            enable = getattr(trainable, "activation_checkpointing_enable", None)  # transformers >= 5's name
+            if enable is not None:
+                enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                trainable.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            if hasattr(trainable, "enable_input_require_grads"):
+                trainable.enable_input_require_grads()
+            trainable.config.use_cache = False
+        self.peft_model = None if c.full_finetune else trainable
+        params = [p for p in trainable.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=c.lr, weight_decay=c.weight_decay)
+        warm = max(c.warmup_steps, 0)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0)
+        self.model, self.optimizer = self.accelerator.prepare(trainable, self.optimizer)
+        self.params = params
+
+    def _restrict_to_salient(self, model, fraction: float) -> list[str]:
+        """Freeze every parameter except the ``fraction`` of block weight matrices with the largest
+        gradient norm of the forget NLL (per element, so wide and narrow matrices compare), as SURE's
+        module-level saliency map (Zhang et al. 2025, eq. 4). Returns the trained names."""
+        from ..core.arch import arch_of, num_layers
+
+        spec = arch_of(model)
+        prefixes = tuple(spec.layer(i) + "." for i in range(num_layers(model)))
+        candidates = {n: p for n, p in model.named_parameters() if p.ndim == 2 and n.startswith(prefixes)}
+        model.zero_grad(set_to_none=True)
+        was_training = model.training
+        model.train()
+        device = next(model.parameters()).device
+        for i in range(0, len(self.forget), 8):
+            batch = collate([self.encode(x) for x in self.forget[i:i + 8]], self.pad_id).to(device)
+            logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
+            logp, count = token_logprobs(logits, batch.labels)
+            losses.nll(logp, count).backward()
+        model.train(was_training)
+        score = {n: float(p.grad.norm()) / p.numel() ** 0.5 for n, p in candidates.items() if p.grad is not None}
+        keep = sorted(score, key=score.get, reverse=True)[: max(1, round(fraction * len(score)))]
+        model.zero_grad(set_to_none=True)
+        for n, p in model.named_parameters():
+            p.requires_grad_(n in keep)
+        return keep
+
+    def restore(self) -> torch.nn.Module:
+        """Undo everything: the base model exactly as it was before training."""
+        if self._snapshot is not None:
+            self.base_model.load_state_dict(self._snapshot)
+            return self.base_model
+        if self.peft_model is not None:
+            return self.peft_model.unload()
+        return self.base_model
+
+    @contextlib.contextmanager
+    def reference_model(self):
+        if self._ref_copy is not None:
+            yield self._ref_copy
+        elif self.peft_model is not None:
+            with self.peft_model.disable_adapter():
+                yield self.peft_model
+        else:
+            raise RuntimeError("this method needs a reference model; full fine-tuning made none")
+
+    # -- data ------------------------------------------------------------------------------------
+    def encode(self, item: ForgetItem, answer: str | None = None):
+        key = (id(item), answer)
+        if key not in self._encoded:
+            self._encoded[key] = encode(self.tok, item, self.fmt, self.config.max_length, answer)
+        return self._encoded[key]
+
+    def run(self, model, batches, hidden_layer):
+        """One forward per batch, each padded only to its own width (joining short forget
+        answers with long retain texts would mostly compute padding)."""
+        results = []
+        for b in batches:
+            if b is None:
+                results.append(None)
+                continue
+            out = model(input_ids=b.input_ids, attention_mask=b.attention_mask,
+                        output_hidden_states=hidden_layer is not None, use_cache=False)
+            results.append(out.hidden_states[hidden_layer + 1] if hidden_layer is not None else out.logits)
+            self.tokens_seen += int(b.attention_mask.sum())
+        return results
+
+    def micro_items(self, step: int, micro: int) -> tuple[list[ForgetItem], list[ForgetItem] | None]:
+        c, acc = self.config, self.accelerator
+        n_proc, rank = acc.num_processes, acc.process_index
+        global_forget = c.batch_size * c.grad_accum * n_proc
+        slot = micro * n_proc + rank
+        idx = _stream(len(self.forget), c.seed, step * global_forget + slot * c.batch_size, c.batch_size)
+        forget = [self.forget[i] for i in idx]
+        retain = None
+        if self.retain and self.unlearner.needs_retain:
+            global_retain = c.retain_batch_size * c.grad_accum * n_proc
+            ridx = _stream(len(self.retain), c.seed + 1, step * global_retain + slot * c.retain_batch_size,
+                           c.retain_batch_size)
+            retain = [self.retain[i] for i in ridx]
+        return forget, retain
+
+    # -- evaluation for early stopping ------------------------------------------------------
+    @torch.no_grad()
+    def forget_probability(self) -> float:
+        """Mean over forget items of exp(mean answer-token log-probability)."""
+        was_training = self.model.training
+        self.model.eval()
+        probs = []
+        for i in range(0, len(self.forget), 16):
+            batch = collate([self.encode(x) for x in self.forget[i:i + 16]], self.pad_id).to(self.device)
+            logits = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                                use_cache=False).logits
+            logp, count = token_logprobs(logits, batch.labels)
+            probs += (logp / count.clamp(min=1)).exp().tolist()
+        self.model.train(was_training)
+        return sum(probs) / len(probs)
+
+    # -- checkpoints -------------------------------------------------------------------------
+    def _trainable_state(self) -> dict[str, torch.Tensor]:
+        unwrapped = self.accelerator.unwrap_model(self.model)
+        return {n: p.detach().cpu().contiguous() for n, p in unwrapped.named_parameters() if p.requires_grad}
+
+    def save_checkpoint(self, step: int) -> None:
+        from safetensors.torch import save_file
+
+        from ..core.files import atomic_directory, write_json
+
+        if not self.accelerator.is_main_process:
+            return
+        opt = self.optimizer.state_dict()
+        flat = {f"{pid}.{k}": v.detach().cpu().contiguous() for pid, st in opt["state"].items()
+                for k, v in st.items() if torch.is_tensor(v)}
+        final = self.checkpoint_dir / f"step-{step:06d}"
+        with atomic_directory(final, overwrite=True) as tmp:
+            save_file(self._trainable_state(), str(tmp / "trainable.safetensors"))
+            save_file(flat, str(tmp / "optimizer.safetensors"))
+            write_json(tmp / "state.json", {"step": step, "config_hash": _config_hash(self.config),
+                                            "param_groups": opt["param_groups"], "log": self.log,
+                                            "scheduler": self.scheduler.state_dict()})
+
+    def load_checkpoint(self) -> int:
+        """Resume from the newest checkpoint in ``checkpoint_dir``; returns the next step."""
+        from safetensors.torch import load_file
+
+        if self.checkpoint_dir is None or not self.checkpoint_dir.is_dir():
+            return 0
+        steps = sorted(self.checkpoint_dir.glob("step-*"))
+        if not steps:
+            return 0
+        folder = steps[-1]
+        state = json.loads((folder / "state.json").read_text())
+        if state["config_hash"] != _config_hash(self.config):
+            raise ConfigError(f"{folder}: checkpoint was made with other hyper-parameters; "
+                             f"use another --checkpoint-dir or delete it")
+        unwrapped = self.accelerator.unwrap_model(self.model)
+        trainable = load_file(str(folder / "trainable.safetensors"))
+        missing = unwrapped.load_state_dict(trainable, strict=False)
+        if missing.unexpected_keys:
+            raise ValueError(f"{folder}: unexpected weights {missing.unexpected_keys[:3]}")
+        flat = load_file(str(folder / "optimizer.safetensors"))
+        opt_state: dict = {}
+        for key, tensor in flat.items():
+            pid, name = key.split(".", 1)
+            opt_state.setdefault(int(pid), {})[name] = tensor
+        self.optimizer.load_state_dict({"state": opt_state, "param_groups": state["param_groups"]})
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.log = state["log"]
+        return state["step"]
+
+    # -- the loop --------------------------------------------------------------------------------
+    def train(self) -> list[dict]:
+        from accelerate.utils import set_seed
+        from tqdm.auto import tqdm
+
+        c, acc = self.config, self.accelerator
+        set_seed(c.seed)
+        state = self.unlearner.prepare(self, c) if self.unlearner.prepare else None
+        start = self.load_checkpoint()
+        ctx = StepContext(self)
+        self.model.train()
+        bar = tqdm(total=c.steps, initial=start, desc=self.desc, unit="step",
+                   disable=not self.progress or not acc.is_main_process)
+        try:
+            for step in range(start, c.steps):
+                t0 = time.perf_counter()
+                self.tokens_seen = 0
+                parts_sum: dict[str, float] = {}
+                for micro in range(c.grad_accum):
+                    forget, retain = self.micro_items(step, micro)
+                    sync = contextlib.nullcontext() if micro == c.grad_accum - 1 else acc.no_sync(self.model)
+                    with sync:
+                        loss, parts = self.unlearner.loss(ctx, forget, retain, c, state)
+                        if not torch.isfinite(loss):
+                            raise FloatingPointError(f"step {step}: the loss is {float(loss)}")
+                        acc.backward(loss / c.grad_accum)
+                    for k, v in {"loss": loss.detach(), **parts}.items():
+                        parts_sum[k] = parts_sum.get(k, 0.0) + float(v) / c.grad_accum
+                if c.max_grad_norm > 0:
+                    acc.clip_grad_norm_(self.params, c.max_grad_norm)
+                self.optimizer.step()
+                self.scheduler.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                reduced = acc.reduce(torch.tensor(list(parts_sum.values()), device=self.device), "mean")
+                record = {"step": step + 1, **{k: round(float(v), 6) for k, v in zip(parts_sum, reduced)},
+                          "lr": self.scheduler.get_last_lr()[0], "seconds": round(time.perf_counter() - t0, 3),
+                          "tokens": self.tokens_seen}
+                if c.stop_forget_prob is not None and ((step + 1) % c.eval_every == 0 or step + 1 == c.steps):
+                    record["forget_prob"] = round(self.forget_probability(), 6)
+                self.log.append(record)
+                bar.set_postfix({k: f"{v:.3g}" for k, v in record.items()
+                                 if k not in ("step", "lr", "seconds", "tokens")})
+                bar.update(1)
+                if c.checkpoint_every and self.checkpoint_dir and (step + 1) % c.checkpoint_every == 0:
+                    self.save_checkpoint(step + 1)
+                if "forget_prob" in record and record["forget_prob"] <= c.stop_forget_prob:
+                    self.stopped_early = f"forget probability {record['forget_prob']:.4g} <= {c.stop_forget_prob}"
+                    break
+                if self.callback is not None and self.callback(step + 1, record, self.model):
+                    self.stopped_early = f"callback stopped at step {step + 1}"
+                    break
+        finally:
+            bar.close()
+            self.model.eval()
+            if self.salient is not None:  # the frozen rest was frozen only for this run
+                for p in self.base_model.parameters():
+                    p.requires_grad_(True)
+        return self.log
+
+    def effective_batch_size(self) -> int:
+        return self.config.batch_size * self.config.grad_accum * self.accelerator.num_processes
+
