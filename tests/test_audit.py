@@ -118,6 +118,8 @@ def test_audit_command_on_tiny_models(tiny, tmp_path):
     assert {"direct", "in_context", "relearn_forget_half", "relearn_benign", "quantized_q4_0", "mia_loss",
             "extraction_strength"} <= set(rows)
     assert rows["direct"]["original"] == 1.0  # it memorised the facts it is audited on
+    # and unlearning removed some of them: a no-op unlearner fails here
+    assert rows["direct"]["unlearned"] < rows["direct"]["original"]
     direct = rows["direct"]
     assert direct["recovery"] == pytest.approx(recovery(direct["unlearned"], direct["original"]))
     assert direct["verdict"] == verdict(direct["recovery"], AuditConfig())

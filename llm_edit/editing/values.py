@@ -1,8 +1,8 @@
 """Keys and values for locate-then-edit methods (ROME, MEMIT and AlphaEdit share these).
 
 A *key* k is the input of an MLP output projection at the subject's last token; a *value* is
-that projection's output there. ``subject_keys`` reads keys; ``optimise_value`` finds the
-change δ of a module's output at the subject's last token that makes the model say the new
+that projection's output there. ``subject_keys`` reads keys; ``optimise_values`` finds, for
+each request of a batch, the change δ of a module's output at the subject's last token that makes the model say the new
 object (ROME §3.1, eq. 4). Both take a module name, so they serve any edited module.
 """
 from __future__ import annotations

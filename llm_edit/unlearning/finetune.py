@@ -36,8 +36,9 @@ def _loss(ctx, items, _retain, config, state):
 
 
 def finetune(model, tok, items, config: FinetuneConfig, *, progress: bool = True, desc: str = "fine-tuning"):
-    """Train ``model`` in place on ``items`` (``ForgetItem`` list); returns (model, log). With a LoRA
-    adapter (``full_finetune: false``) the adapter is merged. On failure the model is restored."""
+    """Train ``model`` in place on ``items`` (``ForgetItem`` list); returns (model, log, config), the
+    config with its steps resolved from epochs. With a LoRA adapter (``full_finetune: false``) the
+    adapter is merged. On failure the model is restored."""
     from .methods import Unlearner
 
     if config.epochs is not None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+from ...core.registry import Registry
 from . import alphaedit, memit, rome
 
 
@@ -32,7 +33,7 @@ class Method:
     erases: bool = False  # a forget method: requests carry the object to erase (target_true)
 
 
-METHODS: dict[str, Method] = {
+METHODS: Registry[Method] = Registry("editing method", {
     "rome": Method("rome", rome.ROMEConfig, rome.prepare, rome.compute, lambda config: 1,
                    "rank-one edit of one MLP layer per fact, applied one fact after another"),
     "rome-erase": Method("rome-erase", rome.ROMEEraseConfig, rome.prepare, rome.compute, lambda config: 1,
@@ -47,13 +48,10 @@ METHODS: dict[str, Method] = {
                         lambda config: config.batch_size,
                         "MEMIT's batch edit projected onto the null space of preserved knowledge, remembering "
                         "earlier batches' keys: for long sequences of edits"),
-}
+})
 
-ERASERS = {name: m for name, m in METHODS.items() if m.erases}
+ERASERS = METHODS.subset("erasure method", lambda m: m.erases)
 
 
 def get_method(name: str) -> Method:
-    try:
-        return METHODS[name]
-    except KeyError:
-        raise ValueError(f"unknown method {name!r}; available: {', '.join(METHODS)}") from None
+    return METHODS.lookup(name)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+from ...core.registry import Registry
 from . import grad_ascent, grad_diff, idk, npo, rmu, simnpo
 
 
@@ -25,7 +26,7 @@ class Unlearner:
     prepare: Callable | None = None
 
 
-UNLEARNERS: dict[str, Unlearner] = {u.name: u for u in [
+UNLEARNERS: Registry[Unlearner] = Registry("unlearning method", {u.name: u for u in [
     Unlearner("grad_ascent", grad_ascent.GradAscentConfig, grad_ascent.loss, False, False,
               "gradient ascent on the forget answers (no retain term; collapses if run long)"),
     Unlearner("grad_diff", grad_diff.GradDiffConfig, grad_diff.loss, True, False,
@@ -40,11 +41,8 @@ UNLEARNERS: dict[str, Unlearner] = {u.name: u for u in [
               "DPO preferring 'I don't know' over the forget answer, + retain term", idk.prepare),
     Unlearner("rmu", rmu.RMUConfig, rmu.loss, True, True,
               "steer one layer's activations on forget data toward a random direction (WMDP)", rmu.prepare),
-]}
+]})
 
 
 def get_unlearner(name: str) -> Unlearner:
-    try:
-        return UNLEARNERS[name]
-    except KeyError:
-        raise ValueError(f"unknown unlearning method {name!r}; available: {', '.join(UNLEARNERS)}") from None
+    return UNLEARNERS.lookup(name)

@@ -1,0 +1,102 @@
+"""``llm-edit forget``."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .common import add_model_args, check_items_fit, check_out, layers_to_sets
+
+HELP = "unlearn facts, questions or text (LoRA, through accelerate)"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from ..editing.methods import ERASERS
+    from ..unlearning.methods import UNLEARNERS
+
+    add_model_args(p)
+    p.add_argument("--facts", required=True, help="JSONL/JSON of items to forget: facts, question/answer pairs or text")
+    p.add_argument("--retain", help="items to keep (default: text sampled from the model itself)")
+    p.add_argument("--method", default="npo", choices=sorted(UNLEARNERS) + sorted(ERASERS),
+                   help="a training-based unlearner, or an erasure by rank-one edits (" + ", ".join(ERASERS) + ")")
+    p.add_argument("--layers", help="'auto': take the edited/steered layer(s) from causal tracing (rome-erase, memit-erase, rmu)")
+    p.add_argument("--recipe", help="YAML hyper-parameter file or recipe name (default: the model's)")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one hyper-parameter (repeatable); values are YAML")
+    p.add_argument("--out", required=True, help="output directory (merged model, adapter/, manifest, results)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.add_argument("--checkpoint-dir", help="save resumable checkpoints here (and resume from the newest)")
+    p.add_argument("--no-eval", action="store_true", help="skip the before/after table")
+    p.add_argument("--show", type=int, default=10, help="rows of each table to print (all go to results.csv)")
+
+
+def run(args) -> int:
+    import torch
+    from accelerate import Accelerator
+
+    from ..core.config import load_config
+    from ..core.files import FactFileError
+    from ..core.models import ALIASES, load_model
+    from ..editing.methods import ERASERS
+    from ..evaluating.metrics import answer_rows, compare_forget_rows
+    from ..evaluating.report import forget_table_text
+    from ..unlearning.forget import erase_requests, forget
+    from ..unlearning.items import Formatting, given_neighbours, neighbour_facts, numbered_items
+    from ..unlearning.methods import get_unlearner
+
+    numbered_forget = numbered_items(args.facts)  # validate input before anything slow
+    numbered_retain = numbered_items(args.retain) if args.retain else []
+    forget_items = [x for _, x in numbered_forget]
+    retain_items = [x for _, x in numbered_retain] or None
+    check_out(args)
+    erasing = args.method in ERASERS
+    if erasing:
+        try:
+            erase_requests(forget_items)  # facts only: fail now, not after loading the model
+        except ValueError as e:
+            raise FactFileError(args.facts, None, None, str(e)) from None
+        if retain_items:
+            print(f"llm-edit: note: {args.method} has no retain term; --retain is only evaluated", file=sys.stderr)
+    spec = ERASERS[args.method] if erasing else get_unlearner(args.method)
+    layers_to_sets(args, spec.config)
+    alias = ALIASES.get(args.model)
+    config, _ = load_config(spec.config, args.method, recipe=args.recipe,
+                            model_recipe=alias.recipe if alias else None, sets=args.sets)
+    use_cpu = args.device == "cpu" or (args.device is None and not torch.cuda.is_available())
+    acc = Accelerator(cpu=use_cpu)
+    model, tok = load_model(args.model, dtype=args.dtype, device=args.device or acc.device,
+                            trust_remote_code=args.trust_remote_code)
+    check_items_fit(model, tok, args.facts, numbered_forget)
+    if args.retain:
+        check_items_fit(model, tok, args.retain, numbered_retain)
+    main_process = acc.is_main_process
+    fmt = Formatting() if erasing else Formatting(config.use_chat_template, config.system_prompt)
+    evaluate = not args.no_eval and main_process
+    # what the table compares: the forget items, facts that share their object or relation (the
+    # first to suffer), and a sample of the retain items
+    groups = {"forget": forget_items, "neighbour": given_neighbours(forget_items) or neighbour_facts(forget_items),
+              "retain": (retain_items or [])[:20]}
+    before = [row for role, items in groups.items() for row in answer_rows(model, tok, items, fmt, role)] \
+        if evaluate else []
+    extra = {} if erasing else {"checkpoint_dir": args.checkpoint_dir, "accelerator": acc}
+    result = forget(model, tok, forget_items, retain_items, args.method, recipe=args.recipe, sets=args.sets,
+                    progress=main_process, **extra)
+    if not main_process:
+        return 0
+    rows, summary = [], {}
+    if evaluate:
+        after = [row for role, items in groups.items() for row in answer_rows(result.model, tok, items, fmt, role)]
+        rows, summary = compare_forget_rows(before, after)
+    result.manifest["eval"] = summary
+    result.save(Path(args.out), overwrite=args.overwrite, extra_json={"results.json": rows} if evaluate else None)
+    if evaluate:
+        print(forget_table_text(rows, summary, args.show))
+    t = result.manifest["training"]
+    if erasing:
+        print(f"\n{args.method}: {len(forget_items)} fact(s) erased by rank-one edits of layer "
+              f"{result.manifest['layer']} in {t['seconds']:.1f} s; patch: {Path(args.out) / 'patch.safetensors'}")
+        return 0
+    print(f"\n{args.method}: {t['steps']} steps in {t['seconds']:.1f} s (effective batch {t['effective_batch_size']}, "
+          f"{t['processes']} process(es)); retain: {result.manifest['retain_source']}"
+          + (f"; stopped early: {t['stopped_early']}" if t["stopped_early"] else "") + f" -> {args.out}")
+    return 0
