@@ -182,3 +182,17 @@ def records(path: Path) -> Iterator[tuple[int, Any]]:
             yield lineno, json.loads(line)
         except json.JSONDecodeError as e:
             raise FactFileError(source, lineno, None, f"malformed JSON: {e.msg} (column {e.colno})") from None
+
+
+def parsed_records(path: str | Path, parse, limit: int | None = None, what: str = "records") -> list[tuple[int, Any]]:
+    """(line, ``parse(obj, source, line)``) for each record of ``path``, at most ``limit``; a file
+    with none is a ``FactFileError`` ("holds no <what>")."""
+    path = Path(path)
+    out = []
+    for lineno, obj in records(path):
+        if limit is not None and len(out) >= limit:
+            break
+        out.append((lineno, parse(obj, str(path), lineno)))
+    if not out:
+        raise FactFileError(str(path), None, None, f"holds no {what}")
+    return out

@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
 
-from ..core.files import FactFileError, records
+from ..core.files import FactFileError, parsed_records
 
 
 @dataclass(frozen=True)
@@ -170,15 +170,7 @@ def read_requests(path: str | Path, limit: int | None = None) -> list[EditReques
 
 def numbered_requests(path: str | Path, limit: int | None = None) -> list[tuple[int, EditRequest]]:
     """``read_requests`` with each request's line (for messages about it later)."""
-    path = Path(path)
-    requests = []
-    for lineno, obj in records(path):
-        if limit is not None and len(requests) >= limit:
-            break
-        requests.append((lineno, parse_request(obj, str(path), lineno)))
-    if not requests:
-        raise FactFileError(str(path), None, None, "holds no requests")
-    return requests
+    return parsed_records(path, parse_request, limit, "requests")
 
 
 # -- fitting the model's context -------------------------------------------------------------

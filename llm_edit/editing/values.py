@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -180,6 +180,27 @@ def spread_over_layers(model, tok, requests: list[EditRequest], contexts: list[s
         for delta in reversed(applied):
             delta.revert(model)
     return factors, keys_by_module
+
+
+@dataclass
+class ValueOptions:
+    """The keys every locate-then-edit config shares (ROME, MEMIT, AlphaEdit and their erasers):
+    how values are optimised (ROME eq. 4: weight decay, KL on the essence prompts, the early stop,
+    the context prefixes, the bare prompt's share of the key) and which key statistics are used.
+    Each method's config adds its own keys and its defaults for ``v_steps``, ``v_lr`` and
+    ``clamp_norm_factor``, which differ between the papers."""
+
+    v_weight_decay: float = 0.5  # weight of ||δ||²/||v_init||²
+    kl_factor: float = 0.0625  # weight of KL on the essence prompts
+    kl_prompts: list[str] = field(default_factory=lambda: ["{} is a"])
+    nll_stop: float = 0.05  # stop optimising once the target NLL (per token) is below this
+    context_lengths: list[int] = field(default_factory=lambda: [5, 10])  # generated prefix lengths
+    contexts_per_length: int = 5
+    bare_key_weight: float | None = None  # weight of the unprefixed prompt's key in k*; None: equal
+    stats_corpus: str = "model-samples"  # see editing/stats.py
+    stats_tokens: int = 50_000
+    stats_seq_len: int = 128
+    seed: int = 0
 
 
 def check_value_options(config) -> None:

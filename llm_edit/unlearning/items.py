@@ -30,7 +30,7 @@ from typing import Any, Iterable, Iterator, Mapping
 
 import torch
 
-from ..core.files import DATA_DIR, FactFileError, records
+from ..core.files import DATA_DIR, FactFileError, parsed_records, records
 
 PLAIN_QA_TEMPLATE = "Question: {question}\nAnswer: "
 
@@ -137,14 +137,7 @@ def read_items(path: str | Path, limit: int | None = None) -> list[ForgetItem]:
 
 def numbered_items(path: str | Path, limit: int | None = None) -> list[tuple[int, ForgetItem]]:
     """``read_items`` with each item's line (for messages about it later)."""
-    items = []
-    for lineno, obj in records(Path(path)):
-        if limit is not None and len(items) >= limit:
-            break
-        items.append((lineno, parse_item(obj, str(path), lineno)))
-    if not items:
-        raise FactFileError(str(path), None, None, "holds no items")
-    return items
+    return parsed_records(path, parse_item, limit, "items")
 
 
 def item_texts(line: int | None, item: ForgetItem) -> Iterator[tuple[int | None, str, str, str]]:

@@ -25,7 +25,7 @@ every lower layer's update, the same values as the reference's re-measurement af
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -33,18 +33,12 @@ from ...core.arch import arch_of
 from ...core.config import ConfigError
 from ..rank_one import null_space_projector, null_space_update
 from ..stats import second_moment
-from ..values import (
-    check_layer_range,
-    check_value_options,
-    context_templates,
-    optimise_values,
-    resolve_layers,
-    spread_over_layers,
-)
+from ..values import (ValueOptions, check_layer_range, check_value_options, context_templates, optimise_values,
+                      resolve_layers, spread_over_layers)
 
 
 @dataclass
-class AlphaEditConfig:
+class AlphaEditConfig(ValueOptions):
     """AlphaEdit hyper-parameters; defaults follow the reference Llama3-8B recipe, recipes tune
     them per model."""
 
@@ -56,18 +50,7 @@ class AlphaEditConfig:
     batch_size: int = 100  # requests per batch; batches are applied one after another
     v_steps: int = 25
     v_lr: float = 0.1
-    v_weight_decay: float = 0.5
     clamp_norm_factor: float = 0.75  # ||δ|| ≤ factor · ||h|| (δ sits in the residual stream)
-    kl_factor: float = 0.0625
-    kl_prompts: list[str] = field(default_factory=lambda: ["{} is a"])
-    nll_stop: float = 0.05
-    context_lengths: list[int] = field(default_factory=lambda: [5, 10])
-    contexts_per_length: int = 5
-    bare_key_weight: float | None = None
-    stats_corpus: str = "model-samples"
-    stats_tokens: int = 50_000
-    stats_seq_len: int = 128
-    seed: int = 0
 
     def validate(self) -> None:
         check_layer_range(self)

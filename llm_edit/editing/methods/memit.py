@@ -23,26 +23,20 @@ Deviations: z_i, h_i and the keys are all averaged over the same context-prefixe
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
 from ...core.arch import arch_of
 from ..rank_one import batch_update
 from ..stats import second_moment
-from ..values import (
-    check_layer_range,
-    check_value_options,
-    context_templates,
-    optimise_values,
-    resolve_layers,
-    spread_over_layers,
-)
+from ..values import (ValueOptions, check_layer_range, check_value_options, context_templates, optimise_values,
+                      resolve_layers, spread_over_layers)
 from .erase import EraseOptions, value_objective
 
 
 @dataclass
-class MEMITConfig:
+class MEMITConfig(ValueOptions):
     """MEMIT hyper-parameters; defaults follow the paper's GPT-J recipe, recipes tune them per model."""
 
     layers: list[int] | str = "auto"  # the edited blocks, bottom to top, or "auto" (causal tracing)
@@ -51,18 +45,7 @@ class MEMITConfig:
     batch_size: int = 100  # requests per batch; batches are applied one after another
     v_steps: int = 25
     v_lr: float = 0.5
-    v_weight_decay: float = 0.5
     clamp_norm_factor: float = 0.75  # ||δ|| ≤ factor · ||h|| (MEMIT: 0.75; δ sits in the residual stream)
-    kl_factor: float = 0.0625
-    kl_prompts: list[str] = field(default_factory=lambda: ["{} is a"])
-    nll_stop: float = 0.05
-    context_lengths: list[int] = field(default_factory=lambda: [5, 10])
-    contexts_per_length: int = 5
-    bare_key_weight: float | None = None
-    stats_corpus: str = "model-samples"
-    stats_tokens: int = 50_000
-    stats_seq_len: int = 128
-    seed: int = 0
 
     def validate(self) -> None:
         check_layer_range(self)

@@ -19,35 +19,24 @@ result is a patch like any edit's: auditable, revertible, stackable.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from ...core.arch import arch_of, num_layers
 from ...core.config import ConfigError
 from ..rank_one import rank_one_update
 from ..stats import second_moment
-from ..values import check_value_options, context_templates, mean_subject_key, optimise_values
+from ..values import ValueOptions, check_value_options, context_templates, mean_subject_key, optimise_values
 from .erase import EraseOptions, value_objective
 
 
 @dataclass
-class ROMEConfig:
+class ROMEConfig(ValueOptions):
     """ROME hyper-parameters; defaults follow the paper's GPT-J recipe, recipes tune them per model."""
 
     layer: int | str = "auto"  # the block whose MLP output projection is edited, or "auto" (causal tracing)
     v_steps: int = 20  # Adam steps for δ
     v_lr: float = 0.5
-    v_weight_decay: float = 0.5  # weight of ||δ||²/||v_init||²
     clamp_norm_factor: float = 4.0  # ||δ|| ≤ factor · ||v_init||
-    kl_factor: float = 0.0625  # weight of KL on the essence prompts
-    kl_prompts: list[str] = field(default_factory=lambda: ["{} is a"])
-    nll_stop: float = 0.05  # stop optimising once the target NLL (per token) is below this
-    context_lengths: list[int] = field(default_factory=lambda: [5, 10])  # generated prefix lengths
-    contexts_per_length: int = 5
-    bare_key_weight: float | None = None  # weight of the unprefixed prompt's key in k*; None: equal
-    stats_corpus: str = "model-samples"  # see llm_edit/stats.py
-    stats_tokens: int = 50_000
-    stats_seq_len: int = 128
-    seed: int = 0
 
     def validate(self) -> None:
         if isinstance(self.layer, str) and self.layer != "auto":
