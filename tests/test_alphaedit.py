@@ -5,7 +5,7 @@ import json
 
 import pytest
 import torch
-from conftest import TINY_TYPES
+from conftest import ALPHAEDIT_RAISES, TINY_TYPES
 from test_cli import run
 
 import llm_edit
@@ -72,13 +72,14 @@ def test_memory_protects_earlier_edits():
     assert torch.allclose(written, residuals.double().T, atol=1e-2)  # 6 free directions fit 3 + 2 keys
 
 
-@pytest.mark.parametrize("model_type", [t for t in TINY_TYPES if t != "mistral"])
+@pytest.mark.parametrize("model_type", TINY_TYPES)
 def test_alphaedit_raises_every_target_and_reverts_exactly(tiny, model_type):
     model, tok = tiny(model_type)
     snap = {k: v.clone() for k, v in model.state_dict().items()}
     before = p_new(model, tok)
     result = llm_edit.edit(model, tok, REQUESTS, "alphaedit", progress=False)
-    assert (p_new(model, tok) > before).all()
+    if model_type in ALPHAEDIT_RAISES:  # see conftest for the others
+        assert (p_new(model, tok) > before).all()
     (name,) = result.memory
     assert result.memory[name].shape[0] == result.memory[name].shape[1]
     assert result.manifest["statistics"][0]["null_space_dim"] > 0

@@ -11,6 +11,8 @@ from llm_edit.editing.objectives import object_unlikelihood
 from llm_edit.evaluating.metrics import target_logprob
 from llm_edit.core.models import fingerprint
 
+from conftest import LAYOUTS
+
 FACT = {"prompt": "{} is in", "subject": "Eiffel Tower", "target": "Paris", "paraphrase_prompts": ["Eiffel Tower lies in"]}
 
 
@@ -37,7 +39,7 @@ def test_object_unlikelihood_closed_form():
     assert object_unlikelihood(torch.tensor([-50.0])).item() < 1e-20  # flat once the object is unlikely
 
 
-@pytest.mark.parametrize("model_type", ["llama", "gpt2", "gpt_neox"])
+@pytest.mark.parametrize("model_type", LAYOUTS)
 def test_rome_erase_lowers_the_object_and_unload_is_exact(tiny, model_type):
     model, tok = tiny(model_type)
     word = top_word(model, tok)

@@ -17,6 +17,8 @@ from llm_edit.evaluating.metrics import answer_probability
 from llm_edit.core.models import fingerprint
 from llm_edit.unlearning.methods import UNLEARNERS
 
+from conftest import LAYOUTS
+
 ROOT = Path(__file__).resolve().parent.parent
 FACTS = [{"prompt": "{} is in", "subject": "Eiffel Tower", "target": "Paris"},
          {"question": "Who wrote Hamlet?", "answer": "Shakespeare wrote it."},
@@ -32,7 +34,7 @@ def mean_p(model, tok):
     return sum(answer_probability(model, tok, items, Formatting())) / len(items)
 
 
-@pytest.mark.parametrize("model_type", ["llama", "gpt2", "gpt_neox"])
+@pytest.mark.parametrize("model_type", LAYOUTS)
 @pytest.mark.parametrize("method", sorted(UNLEARNERS))
 def test_forget_then_unload_is_exact(tiny, method, model_type):
     model, tok = tiny(model_type)

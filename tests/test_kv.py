@@ -6,6 +6,8 @@ from llm_edit.core.arch import arch_of
 from llm_edit.editing.requests import parse_request
 from llm_edit.editing.values import context_templates, optimise_values
 
+from conftest import FAST_PATHS
+
 REQUESTS = [{"prompt": "{} is in", "subject": "Eiffel Tower", "target_new": "Rome", "target_true": "Paris"},
             {"prompt": "{} was written by", "subject": "Hamlet", "target_new": "Goethe", "target_true": "Shakespeare"},
             {"prompt": "The {} plays", "subject": "Lakers", "target_new": "soccer", "target_true": "basketball"}]
@@ -31,7 +33,7 @@ def test_batched_values_equal_one_at_a_time(tiny, objective, max_rows):
         assert abs(a.nll_after - b.nll_after) < 1e-4
 
 
-@pytest.mark.parametrize("model_type", ["llama", "gpt2", "gemma", "gpt_neox"])
+@pytest.mark.parametrize("model_type", FAST_PATHS)
 def test_objective_matches_a_plain_forward_of_each_whole_prompt(tiny, model_type):
     """The prompts run split at the subject (prefix cached, the rest with δ); at δ = 0 the
     objective must equal the mean target NLL of plain, unsplit, unpadded forwards."""

@@ -12,13 +12,15 @@ from llm_edit.core.files import FactFileError
 from llm_edit.core.hooks import replay_blocks
 from llm_edit.core.text import SubjectNotFound
 
+from conftest import LAYOUTS, STORAGE
+
 PROMPT, SUBJECT = "The Eiffel Tower is located in the city of", "Eiffel Tower"
 FACTS = [{"prompt": "The {} is located in the city of", "subject": "Eiffel Tower", "target": "Paris"},
          {"prompt": "{} is a city in", "subject": "Osaka", "target": "Japan"},
          {"prompt": "The {} was written by", "subject": "Divine Comedy", "target": "Dante"}]
 
 
-@pytest.mark.parametrize("model_type", ["llama", "gpt2", "gpt_neox"])
+@pytest.mark.parametrize("model_type", LAYOUTS)
 def test_fast_path_equals_full_recomputation(tiny, model_type):
     model, tok = tiny(model_type)
     kw = dict(kinds=["hidden", "mlp", "attn"], samples=3, window=2, noise=0.5, batch_size=16)
@@ -30,7 +32,7 @@ def test_fast_path_equals_full_recomputation(tiny, model_type):
         assert torch.allclose(a, b, atol=1e-5), kind
 
 
-@pytest.mark.parametrize("model_type", ["llama", "gpt2"])
+@pytest.mark.parametrize("model_type", STORAGE)
 def test_identities_of_causal_tracing(tiny, model_type):
     model, tok = tiny(model_type)
     result = locate.trace(model, tok, PROMPT, SUBJECT, "Paris", kinds=["hidden"], samples=4, noise=1.0)

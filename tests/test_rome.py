@@ -9,7 +9,7 @@ from llm_edit.editing.values import context_templates, mean_subject_key
 from llm_edit.evaluating.metrics import target_logprob
 from llm_edit.editing.methods import METHODS, rome
 
-from conftest import TINY_TYPES
+from conftest import STORAGE, TINY_TYPES
 
 
 def _snapshot(model):
@@ -33,7 +33,7 @@ def test_edit_raises_target_and_revert_is_exact(method, model_type, tiny, eiffel
     assert all(torch.equal(snap[k], v) for k, v in model.state_dict().items())
 
 
-@pytest.mark.parametrize("model_type", ["llama", "gpt2"])
+@pytest.mark.parametrize("model_type", STORAGE)
 def test_rank_one_update_writes_the_new_value_at_the_key(model_type, tiny, eiffel):
     """Closed form: after the edit, the edited module maps k* to v_init + δ (r-ROME)."""
     model, tok = tiny(model_type)

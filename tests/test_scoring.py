@@ -6,6 +6,8 @@ import torch
 from llm_edit.core.scoring import generate, score_pairs
 from llm_edit.core.text import pad_id
 
+from conftest import FAST_PATHS, STORAGE
+
 
 def _pairs(tok):
     # prompts of different lengths (left padding) and a prompt with several answers (a shared cache)
@@ -17,7 +19,7 @@ def _pairs(tok):
 
 
 @pytest.mark.parametrize("share_prompts", [True, False])
-@pytest.mark.parametrize("model_type", ["llama", "gpt2", "gemma"])
+@pytest.mark.parametrize("model_type", FAST_PATHS)
 def test_scores_match_a_direct_computation(tiny, model_type, share_prompts):
     model, tok = tiny(model_type)
     pairs = _pairs(tok)
@@ -46,7 +48,7 @@ def test_score_pairs_rejects_an_empty_answer(tiny):
         score_pairs(model, tok, [(tok("x")["input_ids"], [])])
 
 
-@pytest.mark.parametrize("model_type", ["llama", "gpt2"])
+@pytest.mark.parametrize("model_type", STORAGE)
 def test_generation_is_the_same_batched_and_alone(tiny, model_type):
     model, tok = tiny(model_type)
     prompts = [tok(t)["input_ids"] for t in ["The Eiffel Tower is in", "Paris", "Who wrote the book about the city?"]]

@@ -81,8 +81,11 @@ TINY_CONFIGS: dict[str, dict] = {
     "llama": dict(_TINY),
     "mistral": dict(_TINY, sliding_window=None),
     "qwen2": dict(_TINY),
+    "qwen3": dict(_TINY, head_dim=16),
     "gemma": dict(_TINY, head_dim=16),
+    "gemma2": dict(_TINY, head_dim=16, sliding_window=16, query_pre_attn_scalar=16),
     "phi3": dict(_TINY),
+    "olmo": dict(_TINY),
     "gpt2": dict(n_embd=64, n_inner=128, n_layer=4, n_head=4, n_positions=256, initializer_range=0.3),
     "gpt_neox": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
                      max_position_embeddings=256, rotary_pct=0.5, initializer_range=0.3),
@@ -306,7 +309,7 @@ def build_tiny(model_type: str, seed: int = 0):
     """A random-weight model of ``model_type`` and its tokenizer, identical for the same seed."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    tok = build_tiny_tokenizer(add_bos=model_type in ("llama", "gemma", "mistral"))
+    tok = build_tiny_tokenizer(add_bos=model_type in ("llama", "gemma", "gemma2", "mistral"))
     config = AutoConfig.for_model(model_type, vocab_size=len(tok), bos_token_id=tok.bos_token_id,
                                   eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
                                   **TINY_CONFIGS[model_type])
