@@ -53,7 +53,7 @@ def batch_values(model, tok, config, state, batch, cache: Path) -> torch.Tensor:
     if cache.exists():
         return torch.load(cache, weights_only=True)
     spec = arch_of(model)
-    values = optimise_values(model, tok, spec.layer(state["layer"][-1]), batch, state["contexts"],
+    values = optimise_values(model, tok, spec.layer(state.layers[-1]), batch, state.contexts,
                              steps=config.v_steps, lr=config.v_lr, kl_factor=config.kl_factor,
                              weight_decay=config.v_weight_decay, clamp_norm_factor=config.clamp_norm_factor,
                              kl_prompts=config.kl_prompts, nll_stop=config.nll_stop, progress=True)
@@ -77,7 +77,7 @@ def replay(model, tok, config, state, batches, targets, setting, projectors_by_t
                 return null_space_update(residuals, keys, projectors[layer],
                                          None if previous is None else weight * previous, alpha)
 
-            factors, keys = spread_over_layers(model, tok, batch, state["contexts"], state["layer"], z,
+            factors, keys = spread_over_layers(model, tok, batch, state.contexts, state.layers, z,
                                                config.bare_key_weight, solve)
             applied.append(WeightDelta(factors).apply(model, check_base=False))
             for name, k in keys.items():
@@ -136,13 +136,13 @@ def main() -> None:
     t2 = time.perf_counter()
 
     spec = arch_of(model)
-    projectors_by_threshold = {config.nullspace_threshold: state["projectors"]}
+    projectors_by_threshold = {config.nullspace_threshold: state.projectors}
     for threshold in grid.get("nullspace_threshold", []):
         projectors_by_threshold.setdefault(threshold, {
             layer: null_space_projector(second_moment(model, tok, spec.mlp_out.format(layer), corpus=config.stats_corpus,
                                                       n_tokens=config.stats_tokens, seq_len=config.stats_seq_len,
                                                       seed=config.seed)[0], threshold)
-            for layer in state["layer"]})
+            for layer in state.layers})
     settings = [dict(zip(grid, combo)) for combo in itertools.product(*grid.values())] or [{}]
     runs = []
     for setting in settings:

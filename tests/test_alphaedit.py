@@ -92,7 +92,7 @@ def test_prepared_state_is_reused_only_with_the_same_settings(tiny):
     first = llm_edit.edit(model, tok, REQUESTS[:1], "alphaedit", progress=False)
     again = llm_edit.edit(model, tok, REQUESTS[1:2], "alphaedit", prepared=first.prepared, memory=first.memory,
                           progress=False)
-    assert again.prepared["projectors"] is first.prepared["projectors"]  # not recomputed on the edited model
+    assert again.prepared.projectors is first.prepared.projectors  # not recomputed on the edited model
     with pytest.raises(ValueError, match="other settings"):
         llm_edit.edit(model, tok, REQUESTS[2:], "alphaedit", prepared=first.prepared, alpha=3.0, progress=False)
     again.revert()
@@ -124,7 +124,7 @@ def test_session_resumes_bit_for_bit_and_undoes(tiny, tmp_path):
     resumed = EditSession.open(tmp_path / "s", fresh, tok)
     assert all(torch.equal(after_two[k], v) for k, v in fresh.state_dict().items())
     # the projectors come from the base weights, as when the session started
-    assert all(torch.equal(session.prepared["projectors"][l], p) for l, p in resumed.prepared["projectors"].items())
+    assert all(torch.equal(session.prepared.projectors[l], p) for l, p in resumed.prepared.projectors.items())
     assert all(torch.equal(memory_two[k], v) for k, v in resumed.memory.items())
     before = p_new(fresh, tok, REQUESTS[2:])
     resumed.edit(tok, REQUESTS[2:], progress=False)

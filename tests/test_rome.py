@@ -7,6 +7,7 @@ from llm_edit.core.config import ConfigError
 from llm_edit.editing.requests import parse_request
 from llm_edit.editing.values import context_templates, mean_subject_key
 from llm_edit.evaluating.metrics import target_logprob
+from llm_edit.editing.contract import Memory
 from llm_edit.editing.methods import METHODS, rome
 
 from conftest import STORAGE, TINY_TYPES
@@ -39,13 +40,13 @@ def test_rank_one_update_writes_the_new_value_at_the_key(model_type, tiny, eiffe
     model, tok = tiny(model_type)
     config = llm_edit.core.config.load_config(rome.ROMEConfig, "rome", recipe="tiny")[0]
     state = rome.prepare(model, tok, config)
-    name = state["module"]
+    (name,) = state.modules
     request = parse_request(eiffel)
-    key = mean_subject_key(model, tok, name, request, state["contexts"])
+    key = mean_subject_key(model, tok, name, request, state.contexts)
     module = model.get_submodule(name)
     with torch.no_grad():
         old_value = module(key)
-    factors, info = rome.compute(model, tok, [request], config, state)
+    factors, (info,) = rome.compute(model, tok, [request], config, state, Memory())
     delta = llm_edit.WeightDelta(factors).apply(model, check_base=False)
     with torch.no_grad():
         new_value = module(key)

@@ -26,6 +26,7 @@ from ..core.config import load_config
 from ..core.files import run_info
 from ..core.models import fingerprint, model_recipe_name
 from ..core.patch import WeightDelta, tensor_sha256
+from .contract import Memory, Prepared
 from .methods import get_method
 from .requests import EditRequest, parse_request
 
@@ -39,7 +40,7 @@ class EditResult:
     batches: list[WeightDelta] = dataclasses.field(default_factory=list)  # one per batch, applied in order
     batch_keys: list[dict] = dataclasses.field(default_factory=list)  # per batch: module -> keys (memory methods)
     memory: dict = dataclasses.field(default_factory=dict)  # module -> Σ K Kᵀ after this call (memory methods)
-    prepared: dict = dataclasses.field(default_factory=dict, repr=False)  # the method's prepare() state, reusable
+    prepared: Prepared | None = dataclasses.field(default=None, repr=False)  # the method's prepare(), reusable
 
     @property
     def manifest(self) -> dict:
@@ -60,7 +61,7 @@ def facts_sha256(requests: list[EditRequest]) -> str:
 
 def edit(model, tokenizer, requests: Iterable[EditRequest | Mapping[str, Any]], method: str = "rome", *,
          recipe: str | Path | None = None, sets: list[str] = (), progress: bool = True,
-         memory: Mapping[str, torch.Tensor] | None = None, prepared: dict | None = None,
+         memory: Mapping[str, torch.Tensor] | None = None, prepared: Prepared | None = None,
          **hparams) -> EditResult:
     """Apply ``method`` to ``requests`` in place; hyper-parameters come from the model's recipe
     (or ``recipe``), then ``sets`` (``"key=value"`` strings), then ``hparams``, all validated
@@ -91,14 +92,13 @@ def edit(model, tokenizer, requests: Iterable[EditRequest | Mapping[str, Any]], 
     base_fingerprint = fingerprint(model)
     t0 = time.perf_counter()
     if prepared is not None:
-        if prepared.get("_config") != dataclasses.asdict(config):
+        if prepared.config != dataclasses.asdict(config):
             raise ValueError("prepared: it was made for other settings than this call's")
-        state = dict(prepared)
     else:
-        state = spec.prepare(model, tokenizer, config)
-        state["_config"] = dataclasses.asdict(config)
+        prepared = spec.prepare(model, tokenizer, config)
+        prepared.config = dataclasses.asdict(config)
     prepare_seconds = time.perf_counter() - t0
-    state["memory"] = {name: m.clone() for name, m in (memory or {}).items()}
+    grams = Memory({name: m.clone() for name, m in (memory or {}).items()})
 
     applied: list[WeightDelta] = []
     batch_keys: list[dict] = []
@@ -111,18 +111,19 @@ def edit(model, tokenizer, requests: Iterable[EditRequest | Mapping[str, Any]], 
             for start in range(0, len(requests), size):
                 batch = requests[start:start + size]
                 t = time.perf_counter()
-                factors, info = spec.compute(model, tokenizer, batch, config, state)
+                factors, infos = spec.compute(model, tokenizer, batch, config, prepared, grams)
+                if len(infos) != len(batch):
+                    raise RuntimeError(f"{method}.compute returned {len(infos)} infos for {len(batch)} requests")
                 base = {name: tensor_sha256(model.get_parameter(name)) for name in factors}
                 delta = WeightDelta(factors, {"method": method, "hyperparameters": dataclasses.asdict(config),
                                              "requests": [r.to_dict() for r in batch]}, base)
                 delta.apply(model)  # raises on non-finite weights, leaving this batch unapplied
                 applied.append(delta)
-                keys = state.pop("memory_keys", {})
+                keys, grams.staged = grams.staged, {}
                 for name, k in keys.items():  # the batch is in: later batches must preserve its keys
-                    state["memory"][name] = add_gram(state["memory"].get(name), k)
+                    grams.grams[name] = add_gram(grams.grams.get(name), k)
                 batch_keys.append(keys)
                 seconds = time.perf_counter() - t
-                infos = info if isinstance(info, list) else [info] * len(batch)  # per request, or shared
                 per_request += [dict(x, seconds=round(seconds / len(batch), 3)) for x in infos]
                 bar.update(len(batch))
     except BaseException:
@@ -138,17 +139,16 @@ def edit(model, tokenizer, requests: Iterable[EditRequest | Mapping[str, Any]], 
         "base_model_fingerprint": base_fingerprint,
         "facts_sha256": facts_sha256(requests),
         "facts": [r.to_dict() for r in requests],
-        "layer": state.get("layer"),
-        "located": state.get("located"),
-        "statistics": state.get("stats"),
-        "context_templates": state.get("contexts"),
+        "layer": prepared.layer,
+        "located": prepared.located,
+        "statistics": prepared.statistics,
+        "context_templates": prepared.contexts,
         "prepare_seconds": round(prepare_seconds, 2),
         "per_request": per_request,
         **run_info(),
     }
     return EditResult(model, WeightDelta.stack(applied, manifest), requests, per_request, applied,
-                      batch_keys if any(batch_keys) else [], state["memory"],
-                      {k: v for k, v in state.items() if k != "memory"})
+                      batch_keys if any(batch_keys) else [], grams.grams, prepared)
 
 
 def add_gram(gram: torch.Tensor | None, keys: torch.Tensor) -> torch.Tensor:

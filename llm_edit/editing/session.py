@@ -37,6 +37,7 @@ import torch
 from ..core.files import atomic_write_bytes, write_json
 from ..core.models import fingerprint
 from ..core.patch import PatchError, WeightDelta, load_patch
+from .contract import Prepared
 from .edit import EditResult, add_gram, edit, facts_sha256
 from .methods import get_method
 from .requests import EditRequest, parse_request
@@ -53,7 +54,7 @@ class EditSession:
     def __init__(self, path: Path, model, info: dict, applied: list[WeightDelta], keys: list[dict]):
         self.path, self.model, self.info = path, model, info
         self.applied, self.keys = applied, keys
-        self.prepared: dict | None = None  # the method's statistics etc., from the base model
+        self.prepared: Prepared | None = None  # the method's statistics etc., from the base model
         self.memory: dict[str, torch.Tensor] = {}
         for batch in keys:
             for name, k in batch.items():
@@ -182,9 +183,9 @@ def _prepare(model, tok, info: dict) -> dict:
     spec = get_method(info["method"])
     config, _ = load_config(spec.config, info["method"], recipe=info.get("recipe"),
                             model_recipe=model_recipe_name(model), sets=list(info["sets"]))
-    state = spec.prepare(model, tok, config)
-    state["_config"] = dataclasses.asdict(config)
-    return state
+    prepared = spec.prepare(model, tok, config)
+    prepared.config = dataclasses.asdict(config)
+    return prepared
 
 
 def _light(manifest: dict) -> dict:

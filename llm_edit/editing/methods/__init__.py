@@ -1,17 +1,18 @@
 """The registry of editing methods: the one place a method is added.
 
 A method is a small unit: a typed config dataclass (its recipe keys) and three functions,
-``prepare(model, tok, config) -> state`` (work shared by all requests, done before any edit),
-``compute(model, tok, requests, config, state) -> (factors, info)`` (the weight change for one
-batch of requests, not yet applied; ``info`` is one dict for the batch or a list with one per
-request), and ``batch_size(config)``. Orchestration (applying,
-rolling back on failure, manifests) lives in ``llm_edit.editing.edit`` and is the same for every method.
+``prepare(model, tok, config) -> Prepared`` (work shared by all requests, done before any edit:
+layers, key statistics, context prefixes), ``compute(model, tok, requests, config, prepared,
+memory) -> (factors, infos)`` (the weight change for one batch of requests, not yet applied,
+and one info dict per request), and ``batch_size(config)``. The contract types are in
+``llm_edit.editing.contract``. Orchestration (applying, rolling back on failure, manifests)
+lives in ``llm_edit.editing.edit`` and is the same for every method.
 
-A method that must remember earlier batches (AlphaEdit) reads ``state["memory"]`` (module name
-→ Σ K Kᵀ of the keys of every earlier batch, float64) and stages its batch's keys in
-``state["memory_keys"]`` (module name → (n, d_in)); the orchestration adds them to the memory
-only once the batch's patch is applied, and ``llm_edit.editing.session`` carries the memory across
-calls and processes.
+A method that must remember earlier batches (AlphaEdit) reads ``memory.grams`` (module name →
+Σ K Kᵀ of the keys of every earlier batch, float64) and stages its batch's keys in
+``memory.staged`` (module name → (n, d_in)); the orchestration adds them to the memory only once
+the batch's patch is applied, and ``llm_edit.editing.session`` carries the memory across calls
+and processes.
 """
 from __future__ import annotations
 

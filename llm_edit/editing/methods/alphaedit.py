@@ -13,9 +13,9 @@ P_l comes from C_l = E[k kᵀ], the statistics ROME and MEMIT use (eigenvalues b
 mean_eigenvalue`` as a multiple of C's mean eigenvalue, which carries over between models whose
 keys differ in scale). K_p K_pᵀ is the session memory (``llm_edit.editing.session``): the Gram
 matrix of every earlier batch's keys at that layer, handed in by the orchestration as
-``state["memory"]``. This method never stores it: it stages the batch's keys in
-``state["memory_keys"]`` and the orchestration adds them once the batch's patch is applied, so
-a failed batch leaves the memory as it was.
+``memory.grams``. This method never stores it: it stages the batch's keys in ``memory.staged``
+and the orchestration adds them once the batch's patch is applied, so a failed batch leaves the
+memory as it was.
 
 Deviations from the reference code: the solve runs in float64 (the reference: float32 on the
 GPU); the keys kept for the memory are the ones measured in the layer loop, which already see
@@ -31,6 +31,7 @@ import torch
 
 from ...core.arch import arch_of
 from ...core.config import ConfigError
+from ..contract import Memory, Prepared
 from ..rank_one import null_space_projector, null_space_update
 from ..stats import second_moment
 from ..values import (ValueOptions, check_layer_range, check_value_options, context_templates, optimise_values,
@@ -61,7 +62,7 @@ class AlphaEditConfig(ValueOptions):
         check_value_options(self)
 
 
-def prepare(model, tok, config: AlphaEditConfig) -> dict:
+def prepare(model, tok, config: AlphaEditConfig) -> Prepared:
     """The layers, the null-space projector of each layer's preserved keys, the context prefixes."""
     layers, located = resolve_layers(model, tok, config)
     spec = arch_of(model)
@@ -82,15 +83,15 @@ def prepare(model, tok, config: AlphaEditConfig) -> dict:
                               f"{threshold:.3g}: the null space is empty and no edit can pass "
                               "(raise nullspace_threshold)")
     contexts = context_templates(model, tok, config.context_lengths, config.contexts_per_length, config.seed)
-    return {"projectors": projectors, "stats": stats, "contexts": contexts, "layer": list(layers),
-            "located": located, "memory": {}}
+    return Prepared(layer=list(layers), modules=[spec.mlp_out.format(layer) for layer in layers], contexts=contexts,
+                    statistics=stats, located=located, projectors=projectors)
 
 
-def compute(model, tok, requests, config: AlphaEditConfig, state: dict):
+def compute(model, tok, requests, config: AlphaEditConfig, prepared: Prepared, memory: Memory):
     """Factors of the batch's projected update of every layer in the range; stages the batch's
-    keys for the session memory (``state["memory_keys"]``)."""
+    keys for the session memory (``memory.staged``)."""
     spec = arch_of(model)
-    layers, contexts, memory = state["layer"], state["contexts"], state["memory"]
+    layers, contexts = prepared.layers, prepared.contexts
     top = spec.layer(layers[-1])
     t0 = time.perf_counter()
     values = optimise_values(model, tok, top, requests, contexts, steps=config.v_steps, lr=config.v_lr,
@@ -101,12 +102,12 @@ def compute(model, tok, requests, config: AlphaEditConfig, state: dict):
     t1 = time.perf_counter()
 
     def solve(layer, residuals, keys):
-        return null_space_update(residuals, keys, state["projectors"][layer], memory.get(spec.mlp_out.format(layer)),
-                                 config.alpha)
+        return null_space_update(residuals, keys, prepared.projectors[layer],
+                                 memory.grams.get(spec.mlp_out.format(layer)), config.alpha)
 
     factors, batch_keys = spread_over_layers(model, tok, requests, contexts, layers, targets,
                                              config.bare_key_weight, solve)
-    state["memory_keys"] = batch_keys
+    memory.staged = batch_keys
     t2 = time.perf_counter()
     info = [{"objective": "insert", "loss_before": v.nll_before, "loss_after_optimisation": v.nll_after,
              "steps": v.steps, "delta_norm": float(v.delta.norm()),

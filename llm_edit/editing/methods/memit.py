@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import torch
 
 from ...core.arch import arch_of
+from ..contract import Memory, Prepared
 from ..rank_one import batch_update
 from ..stats import second_moment
 from ..values import (ValueOptions, check_layer_range, check_value_options, context_templates, optimise_values,
@@ -63,7 +64,7 @@ class MEMITEraseConfig(EraseOptions, MEMITConfig):
         self.validate_erase()
 
 
-def prepare(model, tok, config: MEMITConfig) -> dict:
+def prepare(model, tok, config: MEMITConfig) -> Prepared:
     """The layers, C for each of their MLP output projections, and the context prefixes."""
     layers, located = resolve_layers(model, tok, config)
     spec = arch_of(model)
@@ -74,13 +75,14 @@ def prepare(model, tok, config: MEMITConfig) -> dict:
                                               seed=config.seed)
         stats.append(manifest)
     contexts = context_templates(model, tok, config.context_lengths, config.contexts_per_length, config.seed)
-    return {"covs": covs, "stats": stats, "contexts": contexts, "layer": list(layers), "located": located}
+    return Prepared(layer=list(layers), modules=[spec.mlp_out.format(layer) for layer in layers], contexts=contexts,
+                    statistics=stats, located=located, covariances=covs)
 
 
-def compute(model, tok, requests, config: MEMITConfig, state: dict):
+def compute(model, tok, requests, config: MEMITConfig, prepared: Prepared, memory: Memory):
     """Factors of the batch's update of every layer in the range, in each weight's layout."""
     spec = arch_of(model)
-    layers, contexts = state["layer"], state["contexts"]
+    layers, contexts = prepared.layers, prepared.contexts
     top = spec.layer(layers[-1])
     t0 = time.perf_counter()
     values = optimise_values(model, tok, top, requests, contexts, steps=config.v_steps, lr=config.v_lr,
@@ -92,7 +94,7 @@ def compute(model, tok, requests, config: MEMITConfig, state: dict):
     t1 = time.perf_counter()
 
     def solve(layer, residuals, keys):
-        cov = state["covs"][layer]
+        cov = prepared.covariances[layer]
         return batch_update(residuals, keys, cov.to(keys.device) if cov is not None else None,
                             config.mom2_update_weight)
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 from ...core.arch import arch_of, num_layers
 from ...core.config import ConfigError
+from ..contract import Memory, Prepared
 from ..rank_one import rank_one_update
 from ..stats import second_moment
 from ..values import ValueOptions, check_value_options, context_templates, mean_subject_key, optimise_values
@@ -55,7 +56,7 @@ class ROMEEraseConfig(EraseOptions, ROMEConfig):
         self.validate_erase()
 
 
-def prepare(model, tok, config: ROMEConfig) -> dict:
+def prepare(model, tok, config: ROMEConfig) -> Prepared:
     """Work shared by all requests: the layer, C for its MLP output and the context prefixes."""
     located = None
     layer = config.layer
@@ -71,25 +72,26 @@ def prepare(model, tok, config: ROMEConfig) -> dict:
                                         n_tokens=config.stats_tokens, seq_len=config.stats_seq_len,
                                         seed=config.seed)
     contexts = context_templates(model, tok, config.context_lengths, config.contexts_per_length, config.seed)
-    return {"cov": cov, "stats": stats_manifest, "contexts": contexts, "layer": layer, "module": name,
-            "located": located}
+    return Prepared(layer=layer, modules=[name], contexts=contexts, statistics=stats_manifest, located=located,
+                    covariances={layer: cov})
 
 
-def compute(model, tok, requests, config: ROMEConfig, state: dict):
+def compute(model, tok, requests, config: ROMEConfig, prepared: Prepared, memory: Memory):
     """Factors of the rank-one update for one request, in the weight's storage layout."""
     (request,) = requests
     spec = arch_of(model)
-    name = state["module"]
+    (name,) = prepared.modules
     t0 = time.perf_counter()
-    key = mean_subject_key(model, tok, name, request, state["contexts"], config.bare_key_weight)
+    key = mean_subject_key(model, tok, name, request, prepared.contexts, config.bare_key_weight)
     t1 = time.perf_counter()
     objective = value_objective(config, 1)
-    (value,) = optimise_values(model, tok, name, [request], state["contexts"], steps=config.v_steps, lr=config.v_lr,
+    (value,) = optimise_values(model, tok, name, [request], prepared.contexts, steps=config.v_steps, lr=config.v_lr,
                                kl_factor=config.kl_factor, weight_decay=config.v_weight_decay,
                                clamp_norm_factor=config.clamp_norm_factor, kl_prompts=config.kl_prompts,
                                nll_stop=config.nll_stop, **objective)
     t2 = time.perf_counter()
-    cov = state["cov"].to(key.device) if state["cov"] is not None else None
+    cov = prepared.covariances[prepared.layer]
+    cov = cov.to(key.device) if cov is not None else None
     left, right = rank_one_update(value.delta, key, cov)
     t3 = time.perf_counter()
     if spec.mlp_out_transposed:  # Conv1D stores (in, out): (left @ right)ᵀ = rightᵀ @ leftᵀ
@@ -98,4 +100,4 @@ def compute(model, tok, requests, config: ROMEConfig, state: dict):
             "loss_after_optimisation": value.nll_after, "steps": value.steps,
             "delta_norm": float(value.delta.norm()), "value_norm": float(value.initial.norm()),
             "key_seconds": round(t1 - t0, 3), "value_seconds": round(t2 - t1, 3), "solve_seconds": round(t3 - t2, 3)}
-    return {name + ".weight": (left, right)}, info
+    return {name + ".weight": (left, right)}, [info]

@@ -1,0 +1,42 @@
+"""The typed contract between ``edit`` and a method: what ``prepare`` hands to every ``compute``.
+
+A method's ``prepare(model, tok, config) -> Prepared`` measures, once and before any edit, what
+every batch reads: the edited layers, their key statistics, the context prefixes. In a sequence
+of edits (``edit(prepared=...)``, sessions) it is reused, so the statistics stay the original
+model's. ``compute(model, tok, requests, config, prepared, memory) -> (factors, infos)`` then
+returns one batch's weight change, not yet applied, and one info dict per request.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class Prepared:
+    """What ``prepare`` measured. ``layer`` is what manifests report: ROME's one block (an int),
+    MEMIT's and AlphaEdit's range (a list); ``statistics`` likewise one manifest or one per layer."""
+
+    layer: int | list[int]
+    modules: list[str]  # the edited MLP output projections, bottom to top
+    contexts: list[str]  # "{}" and the sampled prefixes keys are averaged over (ROME eq. 3)
+    statistics: dict | list[dict] | None  # manifests of C (None: C = I)
+    located: dict | None = None  # the causal-tracing record when the layers were chosen by it
+    covariances: dict[int, torch.Tensor | None] = field(default_factory=dict)  # C per layer (ROME, MEMIT)
+    projectors: dict[int, torch.Tensor] = field(default_factory=dict)  # null-space projector per layer (AlphaEdit)
+    config: dict = field(default_factory=dict)  # the settings it was made for: reuse needs the same
+
+    @property
+    def layers(self) -> list[int]:
+        return [self.layer] if isinstance(self.layer, int) else list(self.layer)
+
+
+@dataclass
+class Memory:
+    """AlphaEdit's memory of earlier batches (Fang et al. 2025, eq. 12): module → Σ KᵀK of their
+    keys, float64. ``compute`` never writes ``grams``: it stages its batch's keys in ``staged``,
+    and ``edit`` adds them only once that batch's patch is applied."""
+
+    grams: dict[str, torch.Tensor] = field(default_factory=dict)
+    staged: dict[str, torch.Tensor] = field(default_factory=dict)
