@@ -36,7 +36,8 @@ from llm_edit.core.models import model_recipe_name  # noqa: E402
 from llm_edit.core.arch import arch_of  # noqa: E402
 from llm_edit.core.config import load_config, parse_set  # noqa: E402
 from llm_edit.core.files import run_info, write_json  # noqa: E402
-from llm_edit.editing.values import optimise_values, spread_over_layers  # noqa: E402
+from llm_edit.editing.keys import spread_over_layers  # noqa: E402
+from llm_edit.editing.values import optimise_values  # noqa: E402
 from llm_edit.editing.rank_one import null_space_projector, null_space_update  # noqa: E402
 from llm_edit.editing.methods.alphaedit import AlphaEditConfig, prepare  # noqa: E402
 from llm_edit.evaluating.metrics import edit_table, generic_perplexity, summarise  # noqa: E402

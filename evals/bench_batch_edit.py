@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from llm_edit import edit, load_model, read_requests  # noqa: E402
 from llm_edit.core.config import load_config  # noqa: E402
 from llm_edit.core.files import run_info, write_json  # noqa: E402
-from llm_edit.editing.values import context_templates  # noqa: E402
+from llm_edit.editing.keys import context_templates  # noqa: E402
 from llm_edit.evaluating.metrics import edit_table, summarise  # noqa: E402
 from llm_edit.editing.methods import get_method  # noqa: E402
 from llm_edit.core.models import model_recipe_name  # noqa: E402

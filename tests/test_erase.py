@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import llm_edit
-from llm_edit.locating import trace as locate
+from llm_edit.locating import average
 from llm_edit.editing.objectives import object_unlikelihood
 from llm_edit.evaluating.metrics import target_logprob
 from llm_edit.core.models import fingerprint
@@ -82,17 +82,17 @@ def test_erasure_saves_model_and_patch(tmp_path, tiny):
 
 
 def test_layer_auto_takes_the_traced_peak(tiny, monkeypatch):
-    """``layer: auto`` resolves through locate.auto_layers and is recorded in the manifest. A
+    """``layer: auto`` resolves through locating.average.auto_layers and is recorded in the manifest. A
     random model answers no known fact, so the average here is over facts regardless."""
     model, tok = tiny("gpt2")
     facts = [{"prompt": "{} is in", "subject": "Eiffel Tower", "target": "Paris"},
              {"prompt": "{} is a city in", "subject": "Osaka", "target": "Japan"}]
-    avg = locate.trace_facts(model, tok, facts, samples=2, only_correct=False, progress=False, use_cache=False)
+    avg = average.trace_facts(model, tok, facts, samples=2, only_correct=False, progress=False, use_cache=False)
 
     def fake_auto(model, tok, n=1, progress=True):
         return avg.layers(n), {"rule": "test", "layers": avg.layers(n)}
 
-    monkeypatch.setattr(locate, "auto_layers", fake_auto)
+    monkeypatch.setattr(average, "auto_layers", fake_auto)
     result = llm_edit.forget(model, tok, [FACT], method="rome-erase", layer="auto", progress=False)
     assert result.manifest["layer"] == avg.peak("mlp")
     assert result.manifest["hyperparameters"]["layer"] == "auto"
@@ -103,7 +103,7 @@ def test_layer_auto_takes_the_traced_peak(tiny, monkeypatch):
 
 def test_rmu_layer_auto_is_resolved_before_training(tiny, monkeypatch):
     model, tok = tiny("llama")
-    monkeypatch.setattr(locate, "auto_layers", lambda model, tok, n=1, progress=True: ([0], {"layers": [0]}))
+    monkeypatch.setattr(average, "auto_layers", lambda model, tok, n=1, progress=True: ([0], {"layers": [0]}))
     result = llm_edit.forget(model, tok, [FACT], [{"text": "Some other text to keep."}], method="rmu",
                              layer="auto", steps=1, progress=False)
     assert result.manifest["hyperparameters"]["layer"] == 0

@@ -4,7 +4,8 @@ import torch
 
 from llm_edit.core.arch import arch_of
 from llm_edit.editing.requests import parse_request
-from llm_edit.editing.values import context_templates, optimise_values
+from llm_edit.editing.keys import context_templates
+from llm_edit.editing.values import optimise_values
 
 from conftest import FAST_PATHS
 

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from llm_edit.locating import trace as locate
+from llm_edit.locating import average, plots, trace as locate
 from llm_edit.core.arch import arch_of, num_layers
 from llm_edit.core.files import FactFileError
 from llm_edit.core.hooks import replay_blocks
@@ -83,7 +83,7 @@ def test_replay_blocks_restores_the_modules_even_on_error(tiny):
 
 def test_average_tracing_is_the_mean_of_per_fact_effects(tiny):
     model, tok = tiny("gpt2")
-    avg = locate.trace_facts(model, tok, FACTS, kinds=["mlp", "hidden"], limit=None, samples=2, window=2,
+    avg = average.trace_facts(model, tok, FACTS, kinds=["mlp", "hidden"], limit=None, samples=2, window=2,
                              only_correct=False, progress=False, use_cache=False)
     assert avg.n_facts == 3 and len(avg.effects["mlp"]["last_subject"]) == num_layers(model)
     mean0 = sum(f["mlp_last_subject"][0] for f in avg.per_fact) / 3
@@ -92,16 +92,16 @@ def test_average_tracing_is_the_mean_of_per_fact_effects(tiny):
     assert avg.peak("mlp") == values.index(max(values))
     assert avg.layers(3)[-1] == avg.peak("mlp") and len(avg.layers(3)) <= 3
     with pytest.raises(ValueError, match="answers none"):  # a random model knows nothing
-        locate.trace_facts(model, tok, FACTS, samples=2, progress=False, use_cache=False)
+        average.trace_facts(model, tok, FACTS, samples=2, progress=False, use_cache=False)
 
 
 def test_plots_are_png(tmp_path, tiny):
     model, tok = tiny("llama")
     result = locate.trace(model, tok, PROMPT, SUBJECT, "Paris", kinds=["attn"], samples=2, noise=0.5)
     result.plot(tmp_path / "t.png", "attn")
-    avg = locate.trace_facts(model, tok, FACTS[:2], kinds=["mlp"], samples=2, only_correct=False, progress=False,
+    avg = average.trace_facts(model, tok, FACTS[:2], kinds=["mlp"], samples=2, only_correct=False, progress=False,
                              use_cache=False)
-    locate.plot_average(avg, tmp_path / "a.png")
+    plots.plot_average(avg, tmp_path / "a.png")
     for name in ("t.png", "a.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

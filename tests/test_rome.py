@@ -5,7 +5,7 @@ import llm_edit
 from llm_edit.core.arch import arch_of
 from llm_edit.core.config import ConfigError
 from llm_edit.editing.requests import parse_request
-from llm_edit.editing.values import context_templates, mean_subject_key
+from llm_edit.editing.keys import context_templates, mean_subject_key
 from llm_edit.evaluating.metrics import target_logprob
 from llm_edit.editing.contract import Memory
 from llm_edit.editing.methods import METHODS, rome
@@ -138,7 +138,7 @@ def test_edit_result_saves_a_patch_that_reapplies(tmp_path, tiny, eiffel):
 
 
 def test_bare_key_weight_mixes_the_unprefixed_key(tiny, eiffel):
-    from llm_edit.editing.values import subject_keys
+    from llm_edit.editing.keys import subject_keys
 
     model, tok = tiny("llama")
     name = arch_of(model).mlp_out.format(1)

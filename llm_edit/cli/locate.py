@@ -31,6 +31,8 @@ def run(args) -> int:
     from ..core.files import atomic_directory, run_info, write_json
     from ..core.models import fingerprint
     from ..locating import trace as locate
+    from ..locating.average import trace_facts
+    from ..locating.plots import plot_average
 
     kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
     unknown = [k for k in kinds if k not in locate.KINDS]
@@ -83,10 +85,10 @@ def run(args) -> int:
         print("llm-edit: error: --noise applies to one trace; average tracing estimates it from the known facts",
               file=sys.stderr)
         return EXIT_BAD_INPUT
-    avg = locate.trace_facts(model, tok, facts, limit=args.limit, batch_size=args.batch_size, **settings)
+    avg = trace_facts(model, tok, facts, limit=args.limit, batch_size=args.batch_size, **settings)
     with atomic_directory(Path(args.out), overwrite=args.overwrite) as out:
         write_json(out / "average.json", {**avg.to_dict(), "facts_file": args.facts, "manifest": manifest})
-        locate.plot_average(avg, out / "average.png")
+        plot_average(avg, out / "average.png")
     print(f"average indirect effect over {avg.n_facts} facts the model answers correctly "
           f"(of {avg.n_tried} tried), {avg.seconds:.0f} s")
     print("layer " + "".join(f"{k + '@subj':>12}{k + '@last':>12}" for k in kinds))

@@ -1,14 +1,12 @@
-"""Keys and values for locate-then-edit methods (ROME, MEMIT and AlphaEdit share these).
+"""Values for locate-then-edit methods (ROME, MEMIT and AlphaEdit share these; keys are in ``keys``).
 
-A *key* k is the input of an MLP output projection at the subject's last token; a *value* is
-that projection's output there. ``subject_keys`` reads keys; ``optimise_values`` finds, for
-each request of a batch, the change δ of a module's output at the subject's last token that makes the model say the new
-object (ROME §3.1, eq. 4). Both take a module name, so they serve any edited module.
+A *value* is an MLP output projection's output at the subject's last token. ``optimise_values``
+finds, for each request of a batch, the change δ of that output that makes the model say the
+new object (ROME §3.1, eq. 4). It takes a module name, so it serves any edited module.
 """
 from __future__ import annotations
 
 import contextlib
-import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,7 +14,7 @@ import torch
 
 from ..core.arch import arch_of
 from ..core.hooks import Trace
-from ..core.text import encode_with_subject, make_batch, pad_id, target_ids
+from ..core.text import encode_with_subject, pad_id, target_ids
 from .objectives import clamp_norm, kl_to_initial, mean_target_nll, object_unlikelihood, relative_weight_decay
 from .requests import EditRequest
 
@@ -32,154 +30,6 @@ def frozen(model: torch.nn.Module):
     finally:
         for p, flag in flags:
             p.requires_grad_(flag)
-
-
-_PREFIX_STARTS = ["The", "Therefore", "Because", "I", "You"]
-_prefix_cache: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
-
-
-def context_templates(model, tok, lengths=(5, 10), per_length: int = 5, seed: int = 0) -> list[str]:
-    """``["{}"]`` plus short texts sampled from the model, each followed by ``". {}"``.
-
-    ROME averages the key over such random prefixes so that the edit holds in any context
-    (Meng et al. 2022, eq. 3). Sampling: top-k 5 from the starts the reference code uses, with a
-    fixed seed; cached per model object so a batch of edits shares one set.
-    """
-    key = (tuple(lengths), per_length, seed)
-    cached = _prefix_cache.setdefault(model, {})
-    if key in cached:
-        return cached[key]
-    device = next(model.parameters()).device
-    out = ["{}"]
-    starts = [_PREFIX_STARTS[i % len(_PREFIX_STARTS)] for i in range(per_length)]
-    side, tok.padding_side = tok.padding_side, "left"
-    try:
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            torch.manual_seed(seed)
-            for length in lengths:
-                enc = tok(starts, return_tensors="pt", padding=True).to(device)
-                gen = model.generate(**enc, do_sample=True, top_k=5, max_new_tokens=length,
-                                     min_new_tokens=length, pad_token_id=tok.pad_token_id)
-                texts = tok.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
-                out += [(s + t).replace("{", " ").replace("}", " ").strip() + ". {}"
-                        for s, t in zip(starts, texts)]
-    finally:
-        tok.padding_side = side
-    cached[key] = out
-    return out
-
-
-@torch.no_grad()
-def subject_keys(model, tok, module_name: str, templates: list[str], subjects: list[str],
-                 batch_size: int = 32, output: bool = False) -> torch.Tensor:
-    """Input (or, with ``output``, the output) of ``module_name`` at each prompt's last subject
-    token, shape (n, d), float32."""
-    device = next(model.parameters()).device
-    rows = []
-    for i in range(0, len(templates), batch_size):
-        enc = [encode_with_subject(tok, t, s) for t, s in zip(templates[i:i + batch_size],
-                                                               subjects[i:i + batch_size])]
-        batch = make_batch(tok.pad_token_id, [e[0] for e in enc], subject_index=[e[1] for e in enc])
-        batch = batch.to(device)
-        with Trace(model, [module_name], retain_input=not output, retain_output=output, stop=True) as tr:
-            model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
-        keys = tr[module_name].output if output else tr[module_name].input
-        rows.append(keys[torch.arange(len(enc), device=device), batch.subject_index].float())
-    return torch.cat(rows)
-
-
-def mean_subject_keys(model, tok, module_name: str, requests: list[EditRequest], contexts: list[str],
-                      bare_weight: float | None = None) -> torch.Tensor:
-    """k* of each request: the key averaged over context prefixes (ROME eq. 3), (n, d_in);
-    every request's prompts go through in the same batched passes.
-
-    ``contexts[0]`` must be the bare ``"{}"``. With ``bare_weight`` None every template counts
-    the same (ROME, r-ROME); otherwise the bare prompt's key gets that weight and the prefixed
-    ones share the rest. Deviation, measured in the README: where the subject opens the prompt
-    its bare key sits at position 0 (an attention sink on models without BOS) and differs from
-    every prefixed key, so an equal average can miss the very prompt being edited.
-    """
-    templates = [c.replace("{}", r.prompt) for r in requests for c in contexts]
-    subjects = [r.subject for r in requests for _ in contexts]
-    keys = subject_keys(model, tok, module_name, templates, subjects).view(len(requests), len(contexts), -1)
-    if bare_weight is None or len(contexts) == 1:
-        return keys.mean(1)
-    return bare_weight * keys[:, 0] + (1 - bare_weight) * keys[:, 1:].mean(1)
-
-
-def mean_subject_key(model, tok, module_name: str, request: EditRequest, contexts: list[str],
-                     bare_weight: float | None = None) -> torch.Tensor:
-    """k* of one request (``mean_subject_keys``), (d_in,)."""
-    return mean_subject_keys(model, tok, module_name, [request], contexts, bare_weight)[0]
-
-
-def top_states(model, tok, module_name: str, requests: list[EditRequest], contexts: list[str]) -> torch.Tensor:
-    """The output of ``module_name`` (MEMIT, AlphaEdit: the top edited block) at each request's
-    last subject token, averaged over the context prompts: (n, d), float32. MEMIT re-measures it
-    after each layer's update to find what the layers above still have to write."""
-    templates = [c.replace("{}", r.prompt) for r in requests for c in contexts]
-    subjects = [r.subject for r in requests for _ in contexts]
-    states = subject_keys(model, tok, module_name, templates, subjects, output=True)
-    return states.view(len(requests), len(contexts), -1).mean(1)
-
-
-def check_layer_range(config) -> None:
-    """Validate the layer-range keys MEMIT and AlphaEdit share (``layers``, ``auto_layer_count``,
-    ``batch_size``): raises ``ValueError`` naming the key."""
-    if isinstance(config.layers, str):
-        if config.layers != "auto":
-            raise ValueError(f"layers must be a list of block indices or 'auto', got {config.layers!r}")
-    elif not config.layers or any(l < 0 for l in config.layers) or config.layers != sorted(set(config.layers)):
-        raise ValueError(f"layers must be distinct block indices in increasing order, got {config.layers}")
-    if config.auto_layer_count < 1 or config.batch_size < 1:
-        raise ValueError("auto_layer_count >= 1 and batch_size >= 1 are required")
-
-
-def resolve_layers(model, tok, config) -> tuple[list[int], dict | None]:
-    """The edited blocks (``layers: auto``: causal tracing's, ending at the traced peak) and the
-    tracing summary; a block the model lacks raises ``ConfigError``."""
-    from ..core.arch import num_layers
-    from ..core.config import ConfigError
-
-    located, layers = None, config.layers
-    if layers == "auto":
-        from ..locating.trace import auto_layers
-
-        layers, located = auto_layers(model, tok, config.auto_layer_count)
-    if layers[-1] >= num_layers(model):
-        raise ConfigError(f"layer {layers[-1]} does not exist: the model has {num_layers(model)} layers")
-    return list(layers), located
-
-
-def spread_over_layers(model, tok, requests: list[EditRequest], contexts: list[str], layers: list[int],
-                       targets: torch.Tensor, bare_key_weight: float | None, solve):
-    """MEMIT's Algorithm 1 (Meng et al. 2023, §4.3), the layer loop MEMIT and AlphaEdit share:
-    for each layer from bottom to top, the keys K and the residual R = (Z − H)/(layers
-    remaining), H the top layer's current states at the subject; ``solve(layer, residuals,
-    keys)`` gives the layer's update as factors (d_out, n), (n, d_in), applied before moving up
-    because the next layer's keys and H depend on it. Every update is taken out again at the end.
-    Returns the factors per weight (in its storage layout) and the keys per module."""
-    from ..core.patch import WeightDelta
-
-    spec = arch_of(model)
-    top = spec.layer(layers[-1])
-    factors, keys_by_module, applied = {}, {}, []
-    try:
-        for i, layer in enumerate(layers):
-            name = spec.mlp_out.format(layer)
-            keys = mean_subject_keys(model, tok, name, requests, contexts, bare_key_weight)
-            residuals = (targets - top_states(model, tok, top, requests, contexts)) / (len(layers) - i)
-            left, right = solve(layer, residuals, keys)
-            if spec.mlp_out_transposed:  # Conv1D stores (in, out)
-                left, right = right.T, left.T
-            factors[name + ".weight"] = (left, right)
-            keys_by_module[name] = keys
-            # in place only while the next layers' residuals are computed, reverted below: no base to check
-            applied.append(WeightDelta({name + ".weight": (left, right)}).apply(model, check_base=False))
-    finally:
-        for delta in reversed(applied):
-            delta.revert(model)
-    return factors, keys_by_module
 
 
 @dataclass

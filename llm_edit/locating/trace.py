@@ -33,17 +33,16 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import io
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable
 
 import torch
 
 from ..core.arch import arch_of, num_layers
-from ..core.files import DATA_DIR, atomic_write_bytes, write_json
+from ..core.files import DATA_DIR, write_json
 from ..core.hooks import Trace, replay_blocks
 from ..core.models import cache_home, fingerprint
 from ..core.text import SubjectNotFound, subject_span, target_ids
@@ -173,6 +172,8 @@ class TraceResult:
         return asdict(self)
 
     def plot(self, path: str | Path, kind: str) -> None:
+        from .plots import plot_trace
+
         plot_trace(self, kind, path)
 
 
@@ -367,189 +368,3 @@ def _cache_kwarg(model, cache) -> dict:
         return {}
     name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
     return {name: cache}
-
-
-# -- average tracing ------------------------------------------------------------------------------
-
-@dataclass
-class AverageTrace:
-    """Average indirect effect per layer, ``effects[kind][position]`` (position: ``last_subject``
-    or ``last``), over ``n_facts`` facts the model answers correctly."""
-
-    effects: dict[str, dict[str, list[float]]]
-    n_facts: int
-    n_tried: int
-    kinds: list[str]
-    samples: int
-    window: int
-    seed: int
-    noise_scale: float
-    facts_sha256: str
-    model_fingerprint: str
-    seconds: float
-    per_fact: list[dict] = field(default_factory=list)
-
-    def peak(self, kind: str = "mlp", position: str = "last_subject") -> int:
-        values = self.effects[kind][position]
-        return max(range(len(values)), key=lambda l: values[l])
-
-    def layers(self, n: int = 1, kind: str = "mlp") -> list[int]:
-        """The ``n`` layers ending at the peak (MEMIT edits a range ending where the effect peaks)."""
-        top = self.peak(kind)
-        return list(range(max(0, top - n + 1), top + 1))
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-def _facts_sha256(facts: list[dict]) -> str:
-    blob = "".join(json.dumps(f, sort_keys=True) + "\n" for f in facts)
-    return hashlib.sha256(blob.encode()).hexdigest()
-
-
-def trace_facts(model, tok, facts: list[dict], *, kinds: Iterable[str] = ("mlp",), limit: int | None = 50,
-                samples: int = 10, window: int = 10, seed: int = 0, only_correct: bool = True,
-                batch_size: int = 256, progress: bool = True, use_cache: bool = True) -> AverageTrace:
-    """Average tracing over ``facts`` (dicts with prompt, subject, target): the first ``limit``
-    facts whose object the model predicts (its top next token is the object's first token)
-    are traced at the subject's last token and the last token. Cached per (model, facts,
-    settings) under ``$LLM_EDIT_HOME/cache/locate``."""
-    import time
-
-    kinds = list(kinds)
-    digest = _facts_sha256(facts)
-    fp = fingerprint(model)
-    # one file per setting; a cached run that traced more kinds serves a request for fewer
-    key = hashlib.sha256(json.dumps([digest, limit, samples, window, seed, only_correct]).encode()).hexdigest()
-    path = cache_home() / "locate" / fp[:16] / f"average-{key[:16]}.json"
-    if use_cache and path.is_file():
-        cached = AverageTrace(**json.loads(path.read_text()))
-        if set(kinds) <= set(cached.kinds):
-            return cached
-    scale = noise_scale(model, tok)
-    t0 = time.perf_counter()
-    n_layers = num_layers(model)
-    sums = {k: {"last_subject": [0.0] * n_layers, "last": [0.0] * n_layers} for k in kinds}
-    per_fact, tried = [], 0
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=limit or len(facts), desc="average tracing", unit="fact", disable=not progress)
-    for fact in facts:
-        if limit is not None and len(per_fact) >= limit:
-            break
-        tried += 1
-        try:
-            result = trace(model, tok, fact["prompt"], fact["subject"], fact["target"], kinds=kinds, samples=samples,
-                           window=window, noise=scale, seed=seed, positions=["last_subject", "last"],
-                           batch_size=batch_size, require_correct=only_correct)
-        except SubjectNotFound:
-            continue
-        if only_correct and not result.correct:
-            continue
-        record = {"prompt": result.prompt, "subject": fact["subject"], "target": fact["target"],
-                  "p_clean": result.p_clean, "p_corrupted": result.p_corrupted}
-        n_tok = len(result.tokens)
-        for kind in kinds:
-            ie = result.indirect_effect(kind)
-            for name, t in (("last_subject", result.subject_last), ("last", n_tok - 1)):
-                row = ie[t].tolist()
-                sums[kind][name] = [a + b for a, b in zip(sums[kind][name], row)]
-                record[f"{kind}_{name}"] = row
-        per_fact.append(record)
-        bar.update(1)
-    bar.close()
-    if not per_fact:
-        raise ValueError("no fact could be traced: the model answers none of them correctly "
-                         "(or none has its subject in the prompt)")
-    n = len(per_fact)
-    effects = {k: {pos: [v / n for v in vals] for pos, vals in by_pos.items()} for k, by_pos in sums.items()}
-    avg = AverageTrace(effects=effects, n_facts=n, n_tried=tried, kinds=kinds, samples=samples, window=window,
-                       seed=seed, noise_scale=scale, facts_sha256=digest, model_fingerprint=fp,
-                       seconds=round(time.perf_counter() - t0, 2), per_fact=per_fact)
-    if use_cache:
-        write_json(path, avg.to_dict())
-    return avg
-
-
-def auto_layers(model, tok, n: int = 1, *, progress: bool = True) -> tuple[list[int], dict]:
-    """The ``n`` layers ending at the peak of the average MLP indirect effect at the subject's
-    last token, over the first 50 known facts the model answers correctly (cached per model;
-    ``llm-edit locate --facts knowns`` fills the same cache). Returns the layers and a record
-    for manifests."""
-    avg = trace_facts(model, tok, known_facts(), kinds=("mlp",), limit=50, progress=progress)
-    layers = avg.layers(n)
-    return layers, {"rule": "peak of the average MLP indirect effect at the last subject token, "
-                            f"{n} layer(s) ending there", "layers": layers, "facts": avg.n_facts,
-                    "facts_sha256": avg.facts_sha256, "samples": avg.samples,
-                    "effect_at_peak": avg.effects["mlp"]["last_subject"][layers[-1]]}
-
-
-# -- plots ------------------------------------------------------------------------------------------
-
-_CMAPS = {"hidden": "Purples", "mlp": "Greens", "attn": "Reds"}
-
-
-def _save_figure(fig, path: str | Path) -> None:
-    import matplotlib.pyplot as plt
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=130, bbox_inches="tight")
-    plt.close(fig)
-    atomic_write_bytes(Path(path), buf.getvalue())
-
-
-def plot_trace(result: TraceResult, kind: str, path: str | Path) -> None:
-    """ROME-style heat map: tokens down, layers across, colour = p(target) after restoring;
-    subject tokens marked with *; rows before the subject show p_corrupted (IE = 0)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    grid = [[result.p_corrupted if v is None else v for v in row] for row in result.scores[kind]]
-    n_tok, n_layers = len(grid), len(grid[0])
-    fig, ax = plt.subplots(figsize=(max(4.0, 0.16 * n_layers + 2), 0.32 * n_tok + 1.2))
-    image = ax.pcolor(torch.tensor(grid).numpy(), cmap=_CMAPS[kind], vmin=result.p_corrupted)
-    ax.invert_yaxis()
-    ax.set_yticks([i + 0.5 for i in range(n_tok)])
-    labels = [repr(t)[1:-1] + (" *" if result.subject_first <= i <= result.subject_last else "")
-              for i, t in enumerate(result.tokens)]
-    ax.set_yticklabels(labels)
-    step = max(1, n_layers // 10)
-    ax.set_xticks([i + 0.5 for i in range(0, n_layers, step)])
-    ax.set_xticklabels(list(range(0, n_layers, step)))
-    ax.set_xlabel(f"restored layer ({KINDS[kind]}" + (f", window {result.window})" if kind != "hidden" else ")"))
-    ax.set_title(f"Restoring the {KINDS[kind]} after corrupting the subject (*)\n"
-                 f"p({result.target.strip()!r}): clean {result.p_clean:.3f}, corrupted {result.p_corrupted:.3f}",
-                 fontsize=9)
-    fig.colorbar(image, ax=ax, label=f"p({result.target.strip()!r})")
-    _save_figure(fig, path)
-
-
-def plot_average(avg: AverageTrace, path: str | Path, title: str = "") -> None:
-    """Average indirect effect per layer, one line per kind; solid at the subject's last
-    token, dashed at the prompt's last token; the chosen layer marked."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    colours = {"hidden": "tab:purple", "mlp": "tab:green", "attn": "tab:red"}
-    fig, ax = plt.subplots(figsize=(7, 3.8))
-    for kind in avg.kinds:
-        for pos, style in (("last_subject", "-"), ("last", "--")):
-            values = avg.effects[kind][pos]
-            where = "last subject token" if pos == "last_subject" else "last token"
-            ax.plot(range(len(values)), values, style, color=colours[kind], label=f"{KINDS[kind]}, {where}")
-    if "mlp" in avg.kinds:
-        peak = avg.peak("mlp")
-        ax.axvline(peak, color="grey", lw=0.8, ls=":")
-        ax.annotate(f"peak: layer {peak}", (peak, max(avg.effects["mlp"]["last_subject"])),
-                    textcoords="offset points", xytext=(5, 5), fontsize=8)
-    ax.set_xlabel("layer")
-    ax.set_ylabel("average indirect effect on p(object)")
-    ax.set_title(title or f"Average causal trace over {avg.n_facts} known facts ({avg.samples} noise draws)",
-                 fontsize=10)
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
-    _save_figure(fig, path)

@@ -145,7 +145,7 @@ def forget(model, tokenizer, forget: Iterable | str | Path, retain: Iterable | s
     base_fingerprint = fingerprint(model)
     located = None
     if getattr(config, "layer", None) == "auto":  # before any adapter: tracing reads the original model
-        from ..locating.trace import auto_layers
+        from ..locating.average import auto_layers
 
         (layer,), located = auto_layers(model, tokenizer, 1, progress=progress)
         config = dataclasses.replace(config, layer=layer)

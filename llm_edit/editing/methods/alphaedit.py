@@ -32,10 +32,10 @@ import torch
 from ...core.arch import arch_of
 from ...core.config import ConfigError
 from ..contract import Memory, Prepared
+from ..keys import check_layer_range, context_templates, resolve_layers, spread_over_layers
 from ..rank_one import null_space_projector, null_space_update
 from ..stats import second_moment
-from ..values import (ValueOptions, check_layer_range, check_value_options, context_templates, optimise_values,
-                      resolve_layers, spread_over_layers)
+from ..values import ValueOptions, check_value_options, optimise_values
 
 
 @dataclass

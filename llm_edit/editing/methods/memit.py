@@ -29,10 +29,10 @@ import torch
 
 from ...core.arch import arch_of
 from ..contract import Memory, Prepared
+from ..keys import check_layer_range, context_templates, resolve_layers, spread_over_layers
 from ..rank_one import batch_update
 from ..stats import second_moment
-from ..values import (ValueOptions, check_layer_range, check_value_options, context_templates, optimise_values,
-                      resolve_layers, spread_over_layers)
+from ..values import ValueOptions, check_value_options, optimise_values
 from .erase import EraseOptions, value_objective
 
 

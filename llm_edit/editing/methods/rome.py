@@ -7,7 +7,7 @@ change δ is optimised so that the model says the new object (eq. 4); the closed
 update (eq. 2) then writes v_init + δ at k* while disturbing other keys as little as C = E[kkᵀ]
 allows. All maths lives in ``kv.py``/``maths.py``, shared with the other locate-then-edit methods.
 
-``layer: auto`` takes the layer from causal tracing (``locate.auto_layers``: the peak of the
+``layer: auto`` takes the layer from causal tracing (``locating.average.auto_layers``: the peak of the
 average MLP indirect effect at the subject's last token, cached per model).
 
 ``rome-erase`` (``ROMEEraseConfig``) is the same rank-one edit with another target value: for
@@ -24,9 +24,10 @@ from dataclasses import dataclass
 from ...core.arch import arch_of, num_layers
 from ...core.config import ConfigError
 from ..contract import Memory, Prepared
+from ..keys import context_templates, mean_subject_key
 from ..rank_one import rank_one_update
 from ..stats import second_moment
-from ..values import ValueOptions, check_value_options, context_templates, mean_subject_key, optimise_values
+from ..values import ValueOptions, check_value_options, optimise_values
 from .erase import EraseOptions, value_objective
 
 
@@ -61,7 +62,7 @@ def prepare(model, tok, config: ROMEConfig) -> Prepared:
     located = None
     layer = config.layer
     if layer == "auto":
-        from ...locating.trace import auto_layers
+        from ...locating.average import auto_layers
 
         (layer,), located = auto_layers(model, tok, 1)
     if layer >= num_layers(model):

@@ -9,7 +9,7 @@ weights; here the LoRA adapter on every linear layer is trained (layers after ``
 no gradient, so in effect layers 0..``layer`` move). Forget and retain terms use all answer
 tokens (the paper uses every token of its raw-text corpora; for text items that is the same).
 
-``layer: auto`` steers the block where causal tracing finds the facts (``locate.auto_layers``),
+``layer: auto`` steers the block where causal tracing finds the facts (``locating.average.auto_layers``),
 resolved by ``llm_edit.forget`` before training and recorded in the manifest.
 """
 from __future__ import annotations
