@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -81,6 +82,13 @@ def check_stats_options(corpus: str, n_tokens: int, seq_len: int) -> None:
         raise ValueError(f"stats_corpus {corpus!r}: no such file")
 
 
+@dataclass
+class _CacheBudget:
+    """Bytes of prefix caches a group of value optimisations may still keep (shared by its chunks)."""
+
+    bytes_left: int
+
+
 class _PromptChunk:
     """A fixed batch of value-optimisation rows, each split at the subject's last token (where
     δ enters): the prefix before it does not depend on δ, so it goes through the model without
@@ -91,8 +99,8 @@ class _PromptChunk:
 
     def __init__(self, rows: list[tuple], pad: int, device):
         self.rows = rows
-        prefixes = [row[2][:row[3]] for row in rows]
-        rests = [(row[2] + row[4][:-1])[row[3]:] for row in rows]
+        prefixes = [row.ids[:row.split] for row in rows]
+        rests = [(row.ids + row.target[:-1])[row.split:] for row in rows]
         width_p, width_r = max(len(p) for p in prefixes), max(len(r) for r in rests)
         self.prefix_ids = torch.tensor([[pad] * (width_p - len(p)) + p for p in prefixes], device=device)
         self.prefix_mask = torch.tensor([[0] * (width_p - len(p)) + [1] * len(p) for p in prefixes], device=device)
@@ -102,8 +110,8 @@ class _PromptChunk:
             width_r, device=device)
         self.labels = torch.full((len(rows), width_r), -100, dtype=torch.long, device=device)
         for b, row in enumerate(rows):
-            for j, token in enumerate(row[4]):  # target token j is predicted at len(ids) - 1 + j
-                self.labels[b, len(row[2]) - 1 + j - row[3]] = token
+            for j, token in enumerate(row.target):  # target token j is predicted at len(ids) - 1 + j
+                self.labels[b, len(row.ids) - 1 + j - row.split] = token
         self.cache = None
 
     def inputs(self, select):
@@ -112,7 +120,7 @@ class _PromptChunk:
         mask = self.rest_mask if self.prefix_ids.shape[1] == 0 else torch.cat([self.prefix_mask, self.rest_mask], 1)
         return pick(self.rest_ids), pick(mask), pick(self.positions), pick(self.labels)
 
-    def prefix_cache(self, model, select, room: list[int]):
+    def prefix_cache(self, model, select, room: "_CacheBudget"):
         """A cache of the selected rows' prefixes to run the rest on (a copy: running appends)."""
         import copy
 
@@ -127,8 +135,8 @@ class _PromptChunk:
                 cache = cache_of(model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(
                     min=0), use_cache=True))
             size = _cache_bytes(cache)
-            if select is None and size is not None and size <= room[0] and hasattr(cache, "batch_select_indices"):
-                room[0] -= size
+            if select is None and size is not None and size <= room.bytes_left and hasattr(cache, "batch_select_indices"):
+                room.bytes_left -= size
                 self.cache = cache
             else:
                 return cache
@@ -208,7 +216,7 @@ def optimise_values(model, tok, module_name: str, requests: list[EditRequest], c
     results: list[ValueResult] = []
     for group in tqdm(groups, desc=f"value groups of {len(requests)} requests", unit="group",
                       disable=not progress or len(groups) == 1, leave=False):
-        rows = [(k,) + row[1:] for k, i in enumerate(group) for row in rows_of[i]]
+        rows = [row._replace(request=k) for k, i in enumerate(group) for row in rows_of[i]]
         results += _optimise_group(model, tok, module_name, rows, len(group), n_ctx=len(contexts),
                                    n_ess=len(kl_prompts), steps=steps, lr=lr, kl_factor=kl_factor,
                                    weight_decay=weight_decay, clamp_norm_factor=clamp_norm_factor,
@@ -218,7 +226,14 @@ def optimise_values(model, tok, module_name: str, requests: list[EditRequest], c
 
 
 # A value-optimisation row: (request, essence slot or -1, ids, subject's last token, target ids).
-_Row = tuple[int, int, list[int], int, list[int]]
+class _Row(NamedTuple):
+    """One prompt of one request in value optimisation."""
+
+    request: int  # the request's index within its group
+    essence: int  # -1: a rewrite prompt (prefix + prompt, then the target); e >= 0: essence prompt e (KL only)
+    ids: list[int]  # the prompt's tokens
+    split: int  # the subject's last token, where δ enters: the tokens before it never change
+    target: list[int]  # the new object's tokens (none for essence prompts)
 
 
 def _value_rows(tok, request: EditRequest, target: str, contexts: list[str], kl_prompts: list[str]) -> list[_Row]:
@@ -228,10 +243,10 @@ def _value_rows(tok, request: EditRequest, target: str, contexts: list[str], kl_
     rows = []
     for c in contexts:
         ids, sub = encode_with_subject(tok, c.replace("{}", request.prompt), request.subject)
-        rows.append((0, -1, ids, sub, new_ids))
+        rows.append(_Row(0, -1, ids, sub, new_ids))
     for e, kp in enumerate(kl_prompts):
         ids, sub = encode_with_subject(tok, kp, request.subject)
-        rows.append((0, e, ids, sub, []))
+        rows.append(_Row(0, e, ids, sub, []))
     return rows
 
 
@@ -257,7 +272,7 @@ def _groups_within(rows_of: list[list[_Row]], bytes_per_token: int | None, budge
         return [list(range(len(rows_of)))]
     groups, size = [[]], 0.0
     for i, rows in enumerate(rows_of):
-        need = _PADDING_ALLOWANCE * bytes_per_token * sum(row[3] for row in rows)
+        need = _PADDING_ALLOWANCE * bytes_per_token * sum(row.split for row in rows)
         if groups[-1] and size + need > budget:
             groups.append([])
             size = 0.0
@@ -280,27 +295,28 @@ def _optimise_group(model, tok, module_name: str, rows: list[_Row], n: int, *, n
     # Each loss term is a mean over one request's rows, so rows can be batched in any grouping.
     # A row is split at the subject's last token, where δ enters: the part before it never
     # changes (``_PromptChunk``). Sorting by the changing part keeps its padding small.
-    rows.sort(key=lambda row: (len(row[2]) + len(row[4]) - row[3], row[3]))
+    rows.sort(key=lambda row: (len(row.ids) + len(row.target) - row.split, row.split))
     pad = pad_id(tok)
     fixed_chunks = [_PromptChunk(rows[k:k + max_rows], pad, device) for k in range(0, len(rows), max_rows)]
-    cache_room = [prefix_cache_bytes]
+    cache_room = _CacheBudget(prefix_cache_bytes)
     deltas: list[torch.Tensor | None] = [None] * n
     initial: list[torch.Tensor | None] = [None] * n  # v_init: the value averaged over the rewrite rows
     # Essence rows at δ = 0, kept as final-norm states (d floats), not as next-token log-probs
     # (vocabulary-sized: 0.2 GB for a batch of 1,000 on a 49k vocabulary); the initial
     # distribution is recomputed from them, in the same batched head call, whenever needed.
     ess_init: dict[tuple[int, int], torch.Tensor] = {}
+    initial_sum: dict[int, torch.Tensor] = {}  # Σ of v over each request's rewrite rows, read at δ = 0
 
     def forward(chunk: "_PromptChunk", active: set[int]):
         """For the chunk's rows of active requests: each row's share of its request's objective
         (already divided by n_ctx) or of its KL (divided by n_ess), and the log-probability of
         the whole target. Returns (rows, terms, log-probabilities); None when no row is active."""
-        keep = [b for b, row in enumerate(chunk.rows) if row[0] in active]
+        keep = [b for b, row in enumerate(chunk.rows) if row.request in active]
         if not keep:
             return None
         select = None if len(keep) == len(chunk.rows) else torch.tensor(keep, device=device)
         rows_here = [chunk.rows[b] for b in keep]
-        owner = [row[0] for row in rows_here]
+        owner = [row.request for row in rows_here]
         past = chunk.prefix_cache(model, select, cache_room)
         suffix_ids, mask, positions, labels = chunk.inputs(select)
 
@@ -311,8 +327,8 @@ def _optimise_group(model, tok, module_name: str, rows: list[_Row], n: int, *, n
             if deltas[owner[0]] is None:  # the first pass, at δ = 0: record v_init
                 at_subject = hidden[:, 0].detach().float()
                 for b, row in enumerate(rows_here):
-                    if row[1] < 0:
-                        initial_sum[row[0]] = initial_sum.get(row[0], 0) + at_subject[b]
+                    if row.essence < 0:
+                        initial_sum[row.request] = initial_sum.get(row.request, 0) + at_subject[b]
                 return output
             hidden = hidden.clone()
             hidden[:, 0] += torch.stack([deltas[i] for i in owner]).to(hidden.dtype)
@@ -336,10 +352,10 @@ def _optimise_group(model, tok, module_name: str, rows: list[_Row], n: int, *, n
                 lp_sum[b] = sums[b]
                 terms[b] = (object_unlikelihood(sums[b:b + 1]) if objective == "suppress"
                             else mean_target_nll(sums[b:b + 1], n_tok[b:b + 1])) / n_ctx
-        ess = [b for b, row in enumerate(rows_here) if row[1] >= 0]
+        ess = [b for b, row in enumerate(rows_here) if row.essence >= 0]
         if ess:
             states = final[torch.tensor(ess, device=device), 0]
-            keys = [(rows_here[b][0], rows_here[b][1]) for b in ess]
+            keys = [(rows_here[b].request, rows_here[b].essence) for b in ess]
             for key, state in zip(keys, states):
                 ess_init.setdefault(key, state.detach())
             both = torch.log_softmax(lm_head(torch.cat([states, torch.stack([ess_init[k] for k in keys])])).float(),
@@ -365,15 +381,14 @@ def _optimise_group(model, tok, module_name: str, rows: list[_Row], n: int, *, n
             for rows_here, terms, lp_sum in tqdm(passes(active), total=len(fixed_chunks), desc=desc, unit="chunk",
                                                  disable=not progress, leave=False):
                 for row, term, lp in zip(rows_here, terms, lp_sum):
-                    if row[1] < 0:
-                        values[row[0]] += term.item()
-                        probs[row[0]] = max(probs[row[0]], lp.exp().item())
+                    if row.essence < 0:
+                        values[row.request] += term.item()
+                        probs[row.request] = max(probs[row.request], lp.exp().item())
         return values, probs
 
     before, after = [0.0] * n, [0.0] * n
     taken, done = [0] * n, [False] * n
     with frozen(model):
-        initial_sum: dict[int, torch.Tensor] = {}
         values, _ = objective_values(set(range(n)), f"measuring {n} values")  # at δ = 0: v_init, essence rows
         for i in range(n):
             before[i] = values[i]
@@ -393,10 +408,10 @@ def _optimise_group(model, tok, module_name: str, rows: list[_Row], n: int, *, n
             values, probs = {i: 0.0 for i in active}, {i: 0.0 for i in active}
             for rows_here, terms, lp_sum in passes(active):
                 for row, term, lp in zip(rows_here, terms, lp_sum):
-                    if row[1] < 0:
-                        values[row[0]] += term.item()
-                        probs[row[0]] = max(probs[row[0]], lp.exp().item())
-                loss = torch.stack([term * (1.0 if row[1] < 0 else kl_factor)
+                    if row.essence < 0:
+                        values[row.request] += term.item()
+                        probs[row.request] = max(probs[row.request], lp.exp().item())
+                loss = torch.stack([term * (1.0 if row.essence < 0 else kl_factor)
                                     for row, term in zip(rows_here, terms)]).sum()
                 if not torch.isfinite(loss):
                     raise FloatingPointError(f"value optimisation diverged (loss={loss.item()})")
