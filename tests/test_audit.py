@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from llm_edit.auditing.audit import AuditConfig, probe_prompts, quantizable, quantized, recovery, verdict
+from llm_edit.auditing.attacks import quantizable, quantized
+from llm_edit.auditing.audit import AuditConfig, probe_prompts, recovery, verdict
 from llm_edit.unlearning.items import Formatting, parse_item
 
 ROOT = Path(__file__).resolve().parents[1]

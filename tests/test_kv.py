@@ -75,7 +75,7 @@ def test_rebuilding_prefixes_each_step_gives_the_cached_result(tiny):
 def test_requests_go_in_groups_that_fit_the_cache_budget(tiny):
     """A budget that holds about two requests' prefixes splits three requests into two groups;
     the results come back in request order, each what the request gets alone."""
-    from llm_edit.editing.values import _PADDING_ALLOWANCE, _cache_bytes_per_token, _groups_within, _value_rows
+    from llm_edit.editing.value_rows import _PADDING_ALLOWANCE, _cache_bytes_per_token, _groups_within, _value_rows
 
     model, tok = tiny("llama")
     requests = [parse_request(r) for r in REQUESTS]
