@@ -91,6 +91,16 @@ class ValueResult:
     steps: int
 
 
+def optimise_with(config, model, tok, module_name: str, requests: list[EditRequest], contexts: list[str],
+                  **options) -> list[ValueResult]:
+    """``optimise_values`` with a locate-then-edit config's value keys (``ValueOptions`` and the
+    method's ``v_steps``, ``v_lr``, ``clamp_norm_factor``); ``options`` adds the rest."""
+    return optimise_values(model, tok, module_name, requests, contexts, steps=config.v_steps, lr=config.v_lr,
+                           kl_factor=config.kl_factor, weight_decay=config.v_weight_decay,
+                           clamp_norm_factor=config.clamp_norm_factor, kl_prompts=config.kl_prompts,
+                           nll_stop=config.nll_stop, **options)
+
+
 def optimise_values(model, tok, module_name: str, requests: list[EditRequest], contexts: list[str], *,
                     steps: int, lr: float, kl_factor: float, weight_decay: float,
                     clamp_norm_factor: float, kl_prompts: list[str], nll_stop: float,

@@ -144,12 +144,8 @@ def forget(model, tokenizer, forget: Iterable | str | Path, retain: Iterable | s
                                       sets=list(sets), overrides=hparams)
     base_fingerprint = fingerprint(model)
     located = None
-    if getattr(config, "layer", None) == "auto":  # before any adapter: tracing reads the original model
-        from ..locating.average import auto_layers
-
-        (layer,), located = auto_layers(model, tokenizer, 1, progress=progress)
-        config = dataclasses.replace(config, layer=layer)
-        located = dict(located, requested="auto")
+    if spec.resolve is not None:  # before any adapter: e.g. RMU's layer: auto traces the original model
+        config, located = spec.resolve(model, tokenizer, config, progress)
     retain_source = "none (the method has no retain term)"
     retain_items = None
     if spec.needs_retain:

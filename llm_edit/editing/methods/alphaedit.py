@@ -35,7 +35,7 @@ from ..contract import Memory, Prepared
 from ..keys import check_layer_range, context_templates, resolve_layers, spread_over_layers
 from ..rank_one import null_space_projector, null_space_update
 from ..stats import second_moment
-from ..values import ValueOptions, check_value_options, optimise_values
+from ..values import ValueOptions, check_value_options, optimise_with
 
 
 @dataclass
@@ -94,10 +94,7 @@ def compute(model, tok, requests, config: AlphaEditConfig, prepared: Prepared, m
     layers, contexts = prepared.layers, prepared.contexts
     top = spec.layer(layers[-1])
     t0 = time.perf_counter()
-    values = optimise_values(model, tok, top, requests, contexts, steps=config.v_steps, lr=config.v_lr,
-                             kl_factor=config.kl_factor, weight_decay=config.v_weight_decay,
-                             clamp_norm_factor=config.clamp_norm_factor, kl_prompts=config.kl_prompts,
-                             nll_stop=config.nll_stop, progress=len(requests) > 1)
+    values = optimise_with(config, model, tok, top, requests, contexts, progress=len(requests) > 1)
     targets = torch.stack([v.initial + v.delta for v in values])
     t1 = time.perf_counter()
 

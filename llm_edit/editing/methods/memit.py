@@ -5,7 +5,7 @@ ends where causal tracing finds the facts (§4.3, Algorithm 1):
 
 1. for each request i, the hidden state z_i that makes the model say the new object is found
    at the top layer's residual stream (block output) at the subject's last token:
-   z_i = h_i + δ_i, δ_i by ``kv.optimise_values`` (eq. 16: the same loss as ROME's, all
+   z_i = h_i + δ_i, δ_i by ``kv.optimise_with`` (eq. 16: the same loss as ROME's, all
    requests optimised together);
 2. for each layer l in R from bottom to top: the keys K_l of the requests (averaged over the
    context prefixes as ROME's), the *current* top-layer hidden states H (re-measured, since
@@ -32,7 +32,7 @@ from ..contract import Memory, Prepared
 from ..keys import check_layer_range, context_templates, resolve_layers, spread_over_layers
 from ..rank_one import batch_update
 from ..stats import second_moment
-from ..values import ValueOptions, check_value_options, optimise_values
+from ..values import ValueOptions, check_value_options, optimise_with
 from .erase import EraseOptions, value_objective
 
 
@@ -85,11 +85,8 @@ def compute(model, tok, requests, config: MEMITConfig, prepared: Prepared, memor
     layers, contexts = prepared.layers, prepared.contexts
     top = spec.layer(layers[-1])
     t0 = time.perf_counter()
-    values = optimise_values(model, tok, top, requests, contexts, steps=config.v_steps, lr=config.v_lr,
-                             kl_factor=config.kl_factor, weight_decay=config.v_weight_decay,
-                             clamp_norm_factor=config.clamp_norm_factor, kl_prompts=config.kl_prompts,
-                             nll_stop=config.nll_stop, progress=len(requests) > 1,
-                             **value_objective(config, len(requests)))
+    values = optimise_with(config, model, tok, top, requests, contexts, progress=len(requests) > 1,
+                           **value_objective(config, len(requests)))
     targets = torch.stack([v.initial + v.delta for v in values])
     t1 = time.perf_counter()
 

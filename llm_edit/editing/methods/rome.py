@@ -27,7 +27,7 @@ from ..contract import Memory, Prepared
 from ..keys import context_templates, mean_subject_key
 from ..rank_one import rank_one_update
 from ..stats import second_moment
-from ..values import ValueOptions, check_value_options, optimise_values
+from ..values import ValueOptions, check_value_options, optimise_with
 from .erase import EraseOptions, value_objective
 
 
@@ -86,10 +86,7 @@ def compute(model, tok, requests, config: ROMEConfig, prepared: Prepared, memory
     key = mean_subject_key(model, tok, name, request, prepared.contexts, config.bare_key_weight)
     t1 = time.perf_counter()
     objective = value_objective(config, 1)
-    (value,) = optimise_values(model, tok, name, [request], prepared.contexts, steps=config.v_steps, lr=config.v_lr,
-                               kl_factor=config.kl_factor, weight_decay=config.v_weight_decay,
-                               clamp_norm_factor=config.clamp_norm_factor, kl_prompts=config.kl_prompts,
-                               nll_stop=config.nll_stop, **objective)
+    (value,) = optimise_with(config, model, tok, name, [request], prepared.contexts, **objective)
     t2 = time.perf_counter()
     cov = prepared.covariances[prepared.layer]
     cov = cov.to(key.device) if cov is not None else None

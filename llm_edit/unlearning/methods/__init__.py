@@ -24,6 +24,9 @@ class Unlearner:
     needs_reference: bool
     summary: str
     prepare: Callable | None = None
+    # resolve(model, tok, config, progress) -> (config, located): settings that depend on the
+    # original model (RMU's layer: auto), run before any adapter exists
+    resolve: Callable | None = None
 
 
 UNLEARNERS: Registry[Unlearner] = Registry("unlearning method", {u.name: u for u in [
@@ -40,7 +43,8 @@ UNLEARNERS: Registry[Unlearner] = Registry("unlearning method", {u.name: u for u
     Unlearner("idk_dpo", idk.IdkDPOConfig, idk.dpo_loss, True, True,
               "DPO preferring 'I don't know' over the forget answer, + retain term", idk.prepare),
     Unlearner("rmu", rmu.RMUConfig, rmu.loss, True, True,
-              "steer one layer's activations on forget data toward a random direction (WMDP)", rmu.prepare),
+              "steer one layer's activations on forget data toward a random direction (WMDP)", rmu.prepare,
+              rmu.resolve),
 ]})
 
 

@@ -14,6 +14,7 @@ resolved by ``llm_edit.forget`` before training and recorded in the manifest.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -61,3 +62,13 @@ def loss(ctx, forget, retain, config, control):
         retain_loss = losses.rmu_retain(h_retain, frozen, (retain_batch.labels != -100).float())
     total = forget_loss + config.alpha * retain_loss
     return total, {"forget": forget_loss.detach(), "retain": retain_loss.detach()}
+
+
+def resolve(model, tok, config, progress: bool):
+    """``layer: auto``: the block where causal tracing finds the facts, on the original model."""
+    if config.layer != "auto":
+        return config, None
+    from ...locating.average import auto_layers
+
+    (layer,), located = auto_layers(model, tok, 1, progress=progress)
+    return dataclasses.replace(config, layer=layer), dict(located, requested="auto")
