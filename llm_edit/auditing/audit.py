@@ -432,6 +432,19 @@ def _summarise(rows, items, config, retain_report, timings) -> dict:
             "items": [x.to_dict() for x in items], "details": rows, "timings": timings}
 
 
+def audit_summary(report: dict, title: str) -> str:
+    """The verdict line and the probe table: what the console shows, and how ``audit.md`` begins."""
+    from ..evaluating.report import _fmt
+
+    lines = [f"# {title}", "", f"**{report['verdict']}**", "",
+             "| probe | measure | unlearned | original | retain | recovery | verdict | note |",
+             "|---|---|---|---|---|---|---|---|"]
+    for t in report["table"]:
+        lines.append(f"| {t['probe']} | {t['kind']} | {_fmt(t['unlearned'])} | {_fmt(t['original'])} | "
+                     f"{_fmt(t['retain'])} | {_fmt(t['recovery'])} | {t['verdict']} | {t['note']} |")
+    return "\n".join(lines)
+
+
 def write_audit(out: Path, report: dict, title: str) -> None:
     """``audit.json``, ``audit.md`` (verdict line, then the table) and ``recovery.png``."""
     import matplotlib
@@ -440,16 +453,11 @@ def write_audit(out: Path, report: dict, title: str) -> None:
     import matplotlib.pyplot as plt
 
     from ..core.files import atomic_write_bytes, atomic_write_text, write_json
-    from ..evaluating.report import _fmt, _png
+    from ..evaluating.report import _png
 
     write_json(out / "audit.json", report)
     c = report["config"]
-    lines = [f"# {title}", "", f"**{report['verdict']}**", "",
-             "| probe | measure | unlearned | original | retain | recovery | verdict | note |",
-             "|---|---|---|---|---|---|---|---|"]
-    for t in report["table"]:
-        lines.append(f"| {t['probe']} | {t['kind']} | {_fmt(t['unlearned'])} | {_fmt(t['original'])} | "
-                     f"{_fmt(t['retain'])} | {_fmt(t['recovery'])} | {t['verdict']} | {t['note']} |")
+    lines = [audit_summary(report, title)]
     u = report["utility"]
     lines += ["", "## Utility guard", "",
               f"perplexity on generic text: unlearned {u['unlearned']['perplexity']:.3f}, original "
@@ -458,7 +466,7 @@ def write_audit(out: Path, report: dict, title: str) -> None:
                  f"{u['original']['retain_answered']:.3f}" if u["unlearned"].get("retain_answered") is not None else "")
               + f" → **{u['verdict']}**", "",
               "## How to read it", "",
-              f"- answered: a fact's greedy continuation starts with its object; a question's greedy answer has "
+              f"- answered: a fact's object appears in its greedy continuation; a question's greedy answer has "
               f"ROUGE-L recall ≥ {c['answered_rouge']} against the reference (at most {c['max_new_tokens']} tokens).",
               "- recovery = (unlearned − floor) / (original − floor), clipped to [0, 1]; floor = the retain model's "
               "value when given, else 0 (AUC: 0.5).",

@@ -25,7 +25,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    from ..auditing.audit import AuditConfig, audit, write_audit
+    from ..auditing.audit import AuditConfig, audit, audit_summary, write_audit
     from ..core.config import build_config, parse_set
     from ..core.files import atomic_directory
     from ..core.models import load_model
@@ -60,6 +60,6 @@ def run(args) -> int:
                    "facts": str(args.facts), "seconds": round(time.perf_counter() - t0, 1)})
     with atomic_directory(Path(args.out), overwrite=args.overwrite) as out:
         write_audit(out, report, f"Audit of {args.model} on {Path(args.facts).name}")
-    print(Path(args.out, "audit.md").read_text().split("\n## Utility guard")[0])
+    print(audit_summary(report, f"Audit of {args.model} on {Path(args.facts).name}"))
     print(f"audit in {report['seconds']:.0f} s -> {args.out}")
     return 0

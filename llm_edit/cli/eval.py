@@ -38,7 +38,7 @@ def run(args) -> int:
     check_out(args)
     if args.suite == "counterfact":
         return _eval_counterfact(args)
-    from ..evaluating.report import write_tofu
+    from ..evaluating.report import tofu_summary, write_tofu
     from ..evaluating.tofu import attach_reference, evaluate_tofu, read_reference
 
     task = tofu_task(args)  # data problems fail before the model loads
@@ -65,7 +65,7 @@ def run(args) -> int:
     with atomic_directory(Path(args.out), overwrite=args.overwrite) as out:
         write_tofu(out, report, rows, f"TOFU evaluation of {args.model}", reference=reference)
     a = report["aggregates"]
-    print(Path(args.out, "report.md").read_text().split("\n## Data")[0])
+    print(tofu_summary(rows, f"TOFU evaluation of {args.model}"))
     print(f"forget quality: {a['forget_quality']['value'] if a['forget_quality']['value'] is not None else 'n/a'}"
           f"; model utility: {a['model_utility']}; report: {Path(args.out) / 'report.md'}")
     return 0

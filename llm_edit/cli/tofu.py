@@ -40,7 +40,7 @@ def run(args) -> int:
     from ..core.config import ConfigError, load_config
     from ..core.files import atomic_directory
     from ..core.models import ALIASES
-    from ..evaluating.report import write_tofu
+    from ..evaluating.report import tofu_summary, write_tofu
     from ..evaluating.tofu_protocol import _recipe_name, run_tofu
     from ..unlearning.finetune import FinetuneConfig
     from ..unlearning.methods import get_unlearner
@@ -69,6 +69,6 @@ def run(args) -> int:
         write_tofu(out, result, rows, f"TOFU ({args.split}) on {args.model}", reference=rows["retain"],
                    notes=[f"whole protocol: {result['seconds']:.0f} s"]
                    + [f"{name}: {info.get('seconds')} s" for name, info in result["runs"].items()])
-    print(Path(args.out, "report.md").read_text().split("\n## Data")[0])
+    print(tofu_summary(rows, f"TOFU ({args.split}) on {args.model}"))
     print(f"whole protocol in {result['seconds']:.0f} s; report: {Path(args.out) / 'report.md'}")
     return 0

@@ -45,14 +45,22 @@ def tofu_table(rows: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def tofu_markdown(rows: dict[str, dict], title: str, notes: list[str] = ()) -> str:
+def tofu_summary(rows: dict[str, dict], title: str) -> str:
+    """The title, the table and why a column is n/a: what the console shows, and how
+    ``report.md`` begins."""
     any_report = next(iter(rows.values()))
-    conv = any_report["conventions"]
     missing = [n for n, r in rows.items() if (r["aggregates"].get("forget_quality") or {}).get("value") is None]
     parts = [f"# {title}", "", tofu_table(rows), ""]
     if missing:
         parts += [f"Forget quality and PrivLeak are n/a for {', '.join(missing)}: "
                   + any_report["aggregates"]["forget_quality"]["status"], ""]
+    return "\n".join(parts)
+
+
+def tofu_markdown(rows: dict[str, dict], title: str, notes: list[str] = ()) -> str:
+    any_report = next(iter(rows.values()))
+    conv = any_report["conventions"]
+    parts = [tofu_summary(rows, title)]
     task = any_report["task"]
     parts += ["## Data", "", f"- split: `{task['split']}`" + (f", first {task['authors']} authors" if task["authors"] else
                                                               ", full TOFU"),
