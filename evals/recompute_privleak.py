@@ -19,15 +19,9 @@ from pathlib import Path
 from llm_edit.evaluating import tofu_metrics as M
 from llm_edit.core.files import atomic_write_text, write_json
 from llm_edit.evaluating.report import tofu_table
+from llm_edit.evaluating.tofu import privleak_record
 
 _OLD_NOTE = re.compile(r"PrivLeak vs retain: -?[0-9.]+")
-
-
-def _privleak(aucs: dict, ref: dict) -> dict:
-    per_attack = {a: M.privleak(aucs[a], ref[a]) for a in ref}
-    return {"value": per_attack["min_k"], "status": "ok", "attack": "min_k",
-            "min_k_plus_plus": per_attack["min_k_plus_plus"], "per_attack": per_attack,
-            "definition": M.CONVENTIONS["privleak"]}
 
 
 def fix_protocol_report(folder: Path) -> list[str]:
@@ -36,7 +30,7 @@ def fix_protocol_report(folder: Path) -> list[str]:
     ref = rows["retain"]["aggregates"]["mia_auc"]
     for row in rows.values():
         if row["aggregates"].get("privleak", {}).get("status") == "ok":
-            row["aggregates"]["privleak"] = _privleak(row["aggregates"]["mia_auc"], ref)
+            row["aggregates"]["privleak"] = privleak_record(row["aggregates"]["mia_auc"], ref)
         row["conventions"] = M.CONVENTIONS
     md = (folder / "report.md").read_text()
     table = re.compile(r"^\| model \|.*?(?=\n\n)", re.S | re.M)
