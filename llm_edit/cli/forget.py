@@ -27,7 +27,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.add_argument("--checkpoint-dir", help="save resumable checkpoints here (and resume from the newest)")
     p.add_argument("--no-eval", action="store_true", help="skip the before/after table")
-    p.add_argument("--show", type=int, default=10, help="rows of each table to print (all go to results.csv)")
+    p.add_argument("--show", type=int, default=10, help="rows of each table to print (all go to results.json)")
 
 
 def run(args) -> int:
@@ -76,8 +76,11 @@ def run(args) -> int:
     # first to suffer), and a sample of the retain items
     groups = {"forget": forget_items, "neighbour": given_neighbours(forget_items) or neighbour_facts(forget_items),
               "retain": (retain_items or [])[:20]}
-    before = [row for role, items in groups.items() for row in answer_rows(model, tok, items, fmt, role)] \
-        if evaluate else []
+
+    def table(m):
+        return [row for role, items in groups.items() for row in answer_rows(m, tok, items, fmt, role)]
+
+    before = table(model) if evaluate else []
     extra = {} if erasing else {"checkpoint_dir": args.checkpoint_dir, "accelerator": acc}
     result = forget(model, tok, forget_items, retain_items, args.method, recipe=args.recipe, sets=args.sets,
                     progress=main_process, **extra)
@@ -85,8 +88,7 @@ def run(args) -> int:
         return 0
     rows, summary = [], {}
     if evaluate:
-        after = [row for role, items in groups.items() for row in answer_rows(result.model, tok, items, fmt, role)]
-        rows, summary = compare_forget_rows(before, after)
+        rows, summary = compare_forget_rows(before, table(result.model))
     result.manifest["eval"] = summary
     result.save(Path(args.out), overwrite=args.overwrite, extra_json={"results.json": rows} if evaluate else None)
     if evaluate:
