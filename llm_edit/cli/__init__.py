@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
+import signal
 import sys
+import threading
 
 from .common import EXIT_BAD_INPUT
 
@@ -40,13 +43,49 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+INTERRUPTED = "llm-edit: interrupted; nothing was written"
+
+
+def _leave_during_start_up(signum, frame) -> None:
+    # Start-up only imports (torch, several seconds) and parses: nothing to clean up. Raising
+    # KeyboardInterrupt here instead can land in importlib's lock callbacks, where CPython prints
+    # "Exception ignored ... Traceback" and carries on as if nothing happened.
+    os.write(2, (INTERRUPTED + "\n").encode())
+    os._exit(130)
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    if threading.current_thread() is not threading.main_thread():  # signal handlers: main thread only
+        return build_parser().parse_args(argv)
+    previous = signal.signal(signal.SIGINT, _leave_during_start_up)
+    try:
+        return build_parser().parse_args(argv)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
-        args = build_parser().parse_args(argv)  # imports torch: Ctrl-C here is handled below too
+        args = _parse(argv)
         return importlib.import_module(f".{args.command}", __name__).run(args)
     except KeyboardInterrupt:  # first: the clause below imports modules, which an interrupt may have cut short
-        print("llm-edit: interrupted; nothing was written", file=sys.stderr)
+        print(INTERRUPTED, file=sys.stderr)
         return 130
     except _bad_input_errors() as e:
         print(f"llm-edit: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
+
+
+def entry() -> None:
+    """The console script and ``python -m llm_edit``: ``main()``, then an exit Ctrl-C cannot garble."""
+    status = main()
+    # The work is done (or was interrupted and cleaned up): a Ctrl-C during the interpreter's
+    # shutdown would only turn a finished run into a signal death with no message.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if status == 130:
+        # CPython remembers an interrupt that landed inside C-run start-up code (torch's import)
+        # and kills itself with SIGINT at exit even though main() handled it; leave without that.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130)
+    sys.exit(status)
