@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
+from tqdm.auto import tqdm
 
 from ..core.arch import arch_of
 from ..core.hooks import Trace
@@ -141,8 +144,6 @@ def optimise_values(model, tok, module_name: str, requests: list[EditRequest], c
     for r, t in zip(requests, targets):
         if not t:
             raise ValueError(f"no target for the {objective!r} objective of {r.text!r}")
-    from tqdm.auto import tqdm
-
     # Requests are optimised in groups whose prefixes' caches fit ``prefix_cache_bytes``:
     # requests never interact (each δ_i has its own rows and Adam state), so a group gives each
     # of its requests what the whole batch would, while memory stays that of one group however
@@ -154,169 +155,201 @@ def optimise_values(model, tok, module_name: str, requests: list[EditRequest], c
     for group in tqdm(groups, desc=f"value groups of {len(requests)} requests", unit="group",
                       disable=not progress or len(groups) == 1, leave=False):
         rows = [row._replace(request=k) for k, i in enumerate(group) for row in rows_of[i]]
-        results += _optimise_group(model, tok, module_name, rows, len(group), n_ctx=len(contexts),
-                                   n_ess=len(kl_prompts), steps=steps, lr=lr, kl_factor=kl_factor,
-                                   weight_decay=weight_decay, clamp_norm_factor=clamp_norm_factor,
-                                   nll_stop=nll_stop, objective=objective, stop_prob=stop_prob, max_rows=max_rows,
-                                   prefix_cache_bytes=prefix_cache_bytes, progress=progress)
+        optimisation = _GroupOptimisation(model, tok, module_name, rows, len(group), n_ctx=len(contexts),
+                                          n_ess=len(kl_prompts), objective=objective, max_rows=max_rows,
+                                          prefix_cache_bytes=prefix_cache_bytes, progress=progress)
+        results += optimisation.run(steps=steps, lr=lr, kl_factor=kl_factor, weight_decay=weight_decay,
+                                    clamp_norm_factor=clamp_norm_factor, nll_stop=nll_stop, stop_prob=stop_prob)
     return results
 
 
-def _optimise_group(model, tok, module_name: str, rows: list[_Row], n: int, *, n_ctx: int, n_ess: int,
-                    steps: int, lr: float, kl_factor: float, weight_decay: float, clamp_norm_factor: float,
-                    nll_stop: float, objective: str, stop_prob: float, max_rows: int, prefix_cache_bytes: int,
-                    progress: bool) -> list[ValueResult]:
-    """``optimise_values`` for the ``n`` requests whose rows are ``rows`` (request indices 0..n-1)."""
-    from ..core.scoring import forward_options
+class _Pass(NamedTuple):
+    """One chunk's forward pass at the current δ: per row, its share of the loss and (rewrite
+    rows) the log-probability of the whole target; None where a row has no such term."""
 
-    device = next(model.parameters()).device
-    spec = arch_of(model)
-    lm_head = model.get_submodule(spec.lm_head)
-    _, cache_arg = forward_options(model)
-    # Each loss term is a mean over one request's rows, so rows can be batched in any grouping.
-    # A row is split at the subject's last token, where δ enters: the part before it never
-    # changes (``_PromptChunk``). Sorting by the changing part keeps its padding small.
-    rows.sort(key=lambda row: (len(row.ids) + len(row.target) - row.split, row.split))
-    pad = pad_id(tok)
-    fixed_chunks = [_PromptChunk(rows[k:k + max_rows], pad, device) for k in range(0, len(rows), max_rows)]
-    cache_room = _CacheBudget(prefix_cache_bytes)
-    deltas: list[torch.Tensor | None] = [None] * n
-    initial: list[torch.Tensor | None] = [None] * n  # v_init: the value averaged over the rewrite rows
-    # Essence rows at δ = 0, kept as final-norm states (d floats), not as next-token log-probs
-    # (vocabulary-sized: 0.2 GB for a batch of 1,000 on a 49k vocabulary); the initial
-    # distribution is recomputed from them, in the same batched head call, whenever needed.
-    ess_init: dict[tuple[int, int], torch.Tensor] = {}
-    initial_sum: dict[int, torch.Tensor] = {}  # Σ of v over each request's rewrite rows, read at δ = 0
+    rows: list[_Row]
+    terms: list[torch.Tensor | None]
+    target_logprobs: list[torch.Tensor | None]
 
-    def forward(chunk: "_PromptChunk", active: set[int]):
-        """For the chunk's rows of active requests: each row's share of its request's objective
-        (already divided by n_ctx) or of its KL (divided by n_ess), and the log-probability of
-        the whole target. Returns (rows, terms, log-probabilities); None when no row is active."""
-        keep = [b for b, row in enumerate(chunk.rows) if row.request in active]
-        if not keep:
-            return None
-        select = None if len(keep) == len(chunk.rows) else torch.tensor(keep, device=device)
-        rows_here = [chunk.rows[b] for b in keep]
-        owner = [row.request for row in rows_here]
-        past = chunk.prefix_cache(model, select, cache_room)
-        suffix_ids, mask, positions, labels = chunk.inputs(select)
 
-        def add_delta(output, name):
-            if name != module_name:
-                return output
-            hidden = output[0] if isinstance(output, tuple) else output
-            if deltas[owner[0]] is None:  # the first pass, at δ = 0: record v_init
-                at_subject = hidden[:, 0].detach().float()
-                for b, row in enumerate(rows_here):
-                    if row.essence < 0:
-                        initial_sum[row.request] = initial_sum.get(row.request, 0) + at_subject[b]
-                return output
-            hidden = hidden.clone()
-            hidden[:, 0] += torch.stack([deltas[i] for i in owner]).to(hidden.dtype)
-            return (hidden,) + tuple(output[1:]) if isinstance(output, tuple) else hidden
+class _GroupOptimisation:
+    """The value optimisation of ``n`` requests whose prompts are ``rows`` (request indices
+    0..n-1): the fixed chunks, each request's δ and v_init, and the essence prompts' states at
+    δ = 0. ``run`` measures at δ = 0, then steps Adam until every request stops or ``steps``."""
 
-        # Stop after the final norm and apply the LM head only where a loss is taken: the
-        # full-vocabulary head over every position would cost more than the layers above δ.
-        with Trace(model, [module_name, spec.final_norm], edit_output=add_delta, retain_output=True,
-                   detach=False, stop=True) as tr:
-            model(input_ids=suffix_ids, attention_mask=mask, position_ids=positions, use_cache=past is not None,
-                  **({cache_arg: past} if past is not None else {}))
-        final = tr[spec.final_norm].output
-        terms, lp_sum = [None] * len(rows_here), [None] * len(rows_here)
-        t_rows, t_pos = (labels != -100).nonzero(as_tuple=True)
-        if len(t_rows):
-            logp = torch.log_softmax(lm_head(final[t_rows, t_pos]).float(), dim=-1)
-            picked = logp.gather(-1, labels[t_rows, t_pos].unsqueeze(-1)).squeeze(-1)
-            sums = torch.zeros(len(rows_here), dtype=picked.dtype, device=device).index_add(0, t_rows, picked)
-            n_tok = torch.bincount(t_rows, minlength=len(rows_here))
-            for b in set(t_rows.tolist()):
-                lp_sum[b] = sums[b]
-                terms[b] = (object_unlikelihood(sums[b:b + 1]) if objective == "suppress"
-                            else mean_target_nll(sums[b:b + 1], n_tok[b:b + 1])) / n_ctx
-        ess = [b for b, row in enumerate(rows_here) if row.essence >= 0]
-        if ess:
-            states = final[torch.tensor(ess, device=device), 0]
-            keys = [(rows_here[b].request, rows_here[b].essence) for b in ess]
-            for key, state in zip(keys, states):
-                ess_init.setdefault(key, state.detach())
-            both = torch.log_softmax(lm_head(torch.cat([states, torch.stack([ess_init[k] for k in keys])])).float(),
-                                     dim=-1)
-            ess_logp, init_logp = both[:len(ess)], both[len(ess):].detach()
-            for b, own, init in zip(ess, ess_logp, init_logp):
-                terms[b] = kl_to_initial(own[None], init[None]) / n_ess
-        return rows_here, terms, lp_sum
+    def __init__(self, model, tok, module_name: str, rows: list[_Row], n: int, *, n_ctx: int, n_ess: int,
+                 objective: str, max_rows: int, prefix_cache_bytes: int, progress: bool):
+        from ..core.scoring import forward_options
 
-    def passes(active: set[int]):
-        for chunk in fixed_chunks:
-            out = forward(chunk, active)
-            if out is not None:
-                yield out
+        self.model, self.module_name, self.n, self.n_ctx, self.n_ess = model, module_name, n, n_ctx, n_ess
+        self.objective, self.progress = objective, progress
+        self.device = next(model.parameters()).device
+        spec = arch_of(model)
+        self.final_norm, self.lm_head = spec.final_norm, model.get_submodule(spec.lm_head)
+        _, self.cache_arg = forward_options(model)
+        # Each loss term is a mean over one request's rows, so rows can be batched in any grouping.
+        # A row is split at the subject's last token, where δ enters: the part before it never
+        # changes (``_PromptChunk``). Sorting by the changing part keeps its padding small.
+        rows.sort(key=lambda row: (len(row.ids) + len(row.target) - row.split, row.split))
+        pad = pad_id(tok)
+        self.chunks = [_PromptChunk(rows[k:k + max_rows], pad, self.device) for k in range(0, len(rows), max_rows)]
+        self.cache_room = _CacheBudget(prefix_cache_bytes)
+        self.deltas: list[torch.Tensor | None] = [None] * n  # None until measured at δ = 0
+        self.initial_sum: dict[int, torch.Tensor] = {}  # Σ of v over each request's rewrite rows, at δ = 0
+        # Essence rows at δ = 0, kept as final-norm states (d floats), not as next-token log-probs
+        # (vocabulary-sized: 0.2 GB for a batch of 1,000 on a 49k vocabulary); the initial
+        # distribution is recomputed from them, in the same batched head call, whenever needed.
+        self.essence_init: dict[tuple[int, int], torch.Tensor] = {}
 
-    def objective_values(active: set[int], desc: str):
-        """The objective of each active request at the current δ (no gradient)."""
-        from tqdm.auto import tqdm
+    def run(self, *, steps: int, lr: float, kl_factor: float, weight_decay: float, clamp_norm_factor: float,
+            nll_stop: float, stop_prob: float) -> list[ValueResult]:
+        n = self.n
+        before, after = [0.0] * n, [0.0] * n
+        taken, done = [0] * n, [False] * n
+        with frozen(self.model):
+            values, _ = self.measure(set(range(n)), f"measuring {n} values")  # at δ = 0: v_init, essence rows
+            initial = [self.initial_sum[i] / self.n_ctx for i in range(n)]
+            for i in range(n):
+                before[i] = values[i]
+                self.deltas[i] = torch.zeros_like(initial[i], requires_grad=True)
+            opt = torch.optim.Adam(self.deltas, lr=lr)
+            max_norms = [clamp_norm_factor * v.norm() for v in initial]
+            bar = tqdm(total=steps, desc=f"optimising {n} values", unit="step", disable=not self.progress,
+                       leave=False)
+            for _ in range(steps):
+                active = {i for i in range(n) if not done[i]}
+                bar.set_postfix(active=len(active))
+                if not active:
+                    break
+                opt.zero_grad(set_to_none=True)
+                values, probs = self._backward_losses(active, kl_factor)
+                stepped = []
+                for i in sorted(active):
+                    if (values[i] < nll_stop) if self.objective == "insert" else (probs[i] < stop_prob):
+                        # stopped at this δ: drop the gradient its rows left, so Adam leaves it as it is
+                        done[i], after[i], self.deltas[i].grad = True, values[i], None
+                    else:
+                        stepped.append(i)
+                if stepped:
+                    torch.stack([relative_weight_decay(self.deltas[i], initial[i]) for i in stepped]).sum().mul(
+                        weight_decay).backward()
+                opt.step()
+                with torch.no_grad():
+                    for i in stepped:
+                        taken[i] += 1
+                        clamp_norm(self.deltas[i], float(max_norms[i]))
+                bar.update(1)
+            bar.close()
+            unfinished = {i for i in range(n) if not done[i]}
+            if unfinished:
+                values, _ = self.measure(unfinished, f"scoring {len(unfinished)} unfinished values")
+                for i in unfinished:
+                    after[i] = values[i]
+        return [ValueResult(self.deltas[i].detach(), initial[i], before[i], after[i], taken[i]) for i in range(n)]
 
+    def measure(self, active: set[int], desc: str) -> tuple[dict[int, float], dict[int, float]]:
+        """The objective of each active request at the current δ, and its largest target
+        probability over its prompts (no gradient)."""
         values, probs = {i: 0.0 for i in active}, {i: 0.0 for i in active}
         with torch.no_grad():
             # minutes for a batch of a thousand: a bar over its chunks
-            for rows_here, terms, lp_sum in tqdm(passes(active), total=len(fixed_chunks), desc=desc, unit="chunk",
-                                                 disable=not progress, leave=False):
-                for row, term, lp in zip(rows_here, terms, lp_sum):
-                    if row.essence < 0:
-                        values[row.request] += term.item()
-                        probs[row.request] = max(probs[row.request], lp.exp().item())
+            for chunk_pass in tqdm(self._passes(active), total=len(self.chunks), desc=desc, unit="chunk",
+                                   disable=not self.progress, leave=False):
+                _tally(chunk_pass, values, probs)
         return values, probs
 
-    before, after = [0.0] * n, [0.0] * n
-    taken, done = [0] * n, [False] * n
-    with frozen(model):
-        values, _ = objective_values(set(range(n)), f"measuring {n} values")  # at δ = 0: v_init, essence rows
-        for i in range(n):
-            before[i] = values[i]
-            initial[i] = initial_sum[i] / n_ctx
-            deltas[i] = torch.zeros_like(initial[i], requires_grad=True)
-        opt = torch.optim.Adam(deltas, lr=lr)
-        max_norms = [clamp_norm_factor * v.norm() for v in initial]
-        from tqdm.auto import tqdm
+    def _backward_losses(self, active: set[int], kl_factor: float) -> tuple[dict[int, float], dict[int, float]]:
+        """Accumulate the gradient of every active request's loss, chunk by chunk; returns what
+        ``measure`` returns, at the δ before this step."""
+        values, probs = {i: 0.0 for i in active}, {i: 0.0 for i in active}
+        for chunk_pass in self._passes(active):
+            _tally(chunk_pass, values, probs)
+            loss = torch.stack([term * (1.0 if row.essence < 0 else kl_factor)
+                                for row, term in zip(chunk_pass.rows, chunk_pass.terms)]).sum()
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"value optimisation diverged (loss={loss.item()})")
+            loss.backward()
+        return values, probs
 
-        bar = tqdm(total=steps, desc=f"optimising {n} values", unit="step", disable=not progress, leave=False)
-        for _ in range(steps):
-            active = {i for i in range(n) if not done[i]}
-            bar.set_postfix(active=len(active))
-            if not active:
-                break
-            opt.zero_grad(set_to_none=True)
-            values, probs = {i: 0.0 for i in active}, {i: 0.0 for i in active}
-            for rows_here, terms, lp_sum in passes(active):
-                for row, term, lp in zip(rows_here, terms, lp_sum):
-                    if row.essence < 0:
-                        values[row.request] += term.item()
-                        probs[row.request] = max(probs[row.request], lp.exp().item())
-                loss = torch.stack([term * (1.0 if row.essence < 0 else kl_factor)
-                                    for row, term in zip(rows_here, terms)]).sum()
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"value optimisation diverged (loss={loss.item()})")
-                loss.backward()
-            stepped = []
-            for i in sorted(active):
-                if (values[i] < nll_stop) if objective == "insert" else (probs[i] < stop_prob):
-                    # stopped at this δ: drop the gradient its rows left, so Adam leaves it as it is
-                    done[i], after[i], deltas[i].grad = True, values[i], None
-                else:
-                    stepped.append(i)
-            if stepped:
-                torch.stack([relative_weight_decay(deltas[i], initial[i]) for i in stepped]).sum().mul(
-                    weight_decay).backward()
-            opt.step()
-            with torch.no_grad():
-                for i in stepped:
-                    taken[i] += 1
-                    clamp_norm(deltas[i], float(max_norms[i]))
-            bar.update(1)
-        bar.close()
-        unfinished = {i for i in range(n) if not done[i]}
-        if unfinished:
-            values, _ = objective_values(unfinished, f"scoring {len(unfinished)} unfinished values")
-            for i in unfinished:
-                after[i] = values[i]
-    return [ValueResult(deltas[i].detach(), initial[i], before[i], after[i], taken[i]) for i in range(n)]
+    def _passes(self, active: set[int]):
+        for chunk in self.chunks:
+            chunk_pass = self._forward(chunk, active)
+            if chunk_pass is not None:
+                yield chunk_pass
+
+    def _forward(self, chunk: _PromptChunk, active: set[int]) -> _Pass | None:
+        """The chunk's rows of active requests at the current δ; None when none is active. Each
+        rewrite row's term is its share of its request's objective (divided by n_ctx), each
+        essence row's its share of the KL (divided by n_ess)."""
+        keep = [b for b, row in enumerate(chunk.rows) if row.request in active]
+        if not keep:
+            return None
+        select = None if len(keep) == len(chunk.rows) else torch.tensor(keep, device=self.device)
+        rows = [chunk.rows[b] for b in keep]
+        past = chunk.prefix_cache(self.model, select, self.cache_room)
+        suffix_ids, mask, positions, labels = chunk.inputs(select)
+        # Stop after the final norm and apply the LM head only where a loss is taken: the
+        # full-vocabulary head over every position would cost more than the layers above δ.
+        with Trace(self.model, [self.module_name, self.final_norm], edit_output=partial(self._add_delta, rows),
+                   retain_output=True, detach=False, stop=True) as tr:
+            self.model(input_ids=suffix_ids, attention_mask=mask, position_ids=positions,
+                       use_cache=past is not None, **({self.cache_arg: past} if past is not None else {}))
+        final = tr[self.final_norm].output
+        terms, target_logprobs = self._rewrite_terms(rows, final, labels)
+        for b, term in self._essence_terms(rows, final):
+            terms[b] = term
+        return _Pass(rows, terms, target_logprobs)
+
+    def _add_delta(self, rows: list[_Row], output, name: str):
+        """The edited module's output with each row's δ added at the subject's last token (the
+        first position after the cached prefix); at δ = 0 (first pass) it records v_init."""
+        if name != self.module_name:
+            return output
+        hidden = output[0] if isinstance(output, tuple) else output
+        if self.deltas[rows[0].request] is None:
+            at_subject = hidden[:, 0].detach().float()
+            for b, row in enumerate(rows):
+                if row.essence < 0:
+                    self.initial_sum[row.request] = self.initial_sum.get(row.request, 0) + at_subject[b]
+            return output
+        hidden = hidden.clone()
+        hidden[:, 0] += torch.stack([self.deltas[row.request] for row in rows]).to(hidden.dtype)
+        return (hidden,) + tuple(output[1:]) if isinstance(output, tuple) else hidden
+
+    def _rewrite_terms(self, rows: list[_Row], final: torch.Tensor, labels: torch.Tensor):
+        """Per rewrite row: the objective's share and the target's summed log-probability."""
+        terms, target_logprobs = [None] * len(rows), [None] * len(rows)
+        t_rows, t_pos = (labels != -100).nonzero(as_tuple=True)
+        if not len(t_rows):
+            return terms, target_logprobs
+        logp = torch.log_softmax(self.lm_head(final[t_rows, t_pos]).float(), dim=-1)
+        picked = logp.gather(-1, labels[t_rows, t_pos].unsqueeze(-1)).squeeze(-1)
+        sums = torch.zeros(len(rows), dtype=picked.dtype, device=self.device).index_add(0, t_rows, picked)
+        n_tok = torch.bincount(t_rows, minlength=len(rows))
+        for b in set(t_rows.tolist()):
+            target_logprobs[b] = sums[b]
+            terms[b] = (object_unlikelihood(sums[b:b + 1]) if self.objective == "suppress"
+                        else mean_target_nll(sums[b:b + 1], n_tok[b:b + 1])) / self.n_ctx
+        return terms, target_logprobs
+
+    def _essence_terms(self, rows: list[_Row], final: torch.Tensor):
+        """(row, KL share) for the essence rows: KL of the next token to its distribution at δ = 0."""
+        ess = [b for b, row in enumerate(rows) if row.essence >= 0]
+        if not ess:
+            return []
+        states = final[torch.tensor(ess, device=self.device), 0]
+        keys = [(rows[b].request, rows[b].essence) for b in ess]
+        for key, state in zip(keys, states):
+            self.essence_init.setdefault(key, state.detach())
+        both = torch.log_softmax(self.lm_head(torch.cat([states, torch.stack([self.essence_init[k] for k in keys])]))
+                                 .float(), dim=-1)
+        ess_logp, init_logp = both[:len(ess)], both[len(ess):].detach()
+        return [(b, kl_to_initial(own[None], init[None]) / self.n_ess) for b, own, init in zip(ess, ess_logp, init_logp)]
+
+
+def _tally(chunk_pass: _Pass, values: dict[int, float], probs: dict[int, float]) -> None:
+    """Add a pass's rewrite rows to their requests' objective and largest target probability."""
+    for row, term, logprob in zip(chunk_pass.rows, chunk_pass.terms, chunk_pass.target_logprobs):
+        if row.essence < 0:
+            values[row.request] += term.item()
+            probs[row.request] = max(probs[row.request], logprob.exp().item())
