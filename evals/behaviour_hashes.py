@@ -3,7 +3,8 @@
 Each line is the sha256 of one output with its volatile fields removed (creation times,
 timings, cache paths, versions): the factor tensors and hyper-parameters of a fixed-seed ROME
 edit and of a MEMIT batch (on a tiny model and, with ``--real``, on the default model), the
-loss log of a fixed-seed NPO run on a tiny model, and a TOFU evaluation report of a tiny model.
+loss log of a fixed-seed NPO run on a tiny model, a TOFU evaluation report of a tiny model and
+three causal traces of a tiny model.
 Run it before and after a change; the two outputs must be equal.
 
     python evals/behaviour_hashes.py --real --tofu-data ../shared/data/tofu
@@ -86,6 +87,11 @@ def main(argv=None) -> int:
     task = make_task("forget01", authors=2, data=args.tofu_data, eval_limit=4)
     report = evaluate_tofu(model, tok, task, EvalSettings(max_new_tokens=8), progress=False, use_cache=False)
     lines["tofu report, tiny-llama"] = _sha(report)
+    from llm_edit.locating.trace import trace
+    traced = [trace(model, tok, "The Eiffel Tower is located in the city of", "Eiffel Tower", noise=0.5, **kw).to_dict()
+              for kw in ({}, {"kinds": ["mlp"], "positions": ["last_subject", "last"], "samples": 3},
+                         {"reuse_prefix": False, "kinds": ["hidden"], "samples": 2, "batch_size": 8})]
+    lines["causal traces, tiny-llama"] = _sha(traced)
     if args.real:
         lines.update(edits("llama", facts, []))
     for name, digest in lines.items():

@@ -36,10 +36,12 @@ import hashlib
 import json
 import math
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, NamedTuple
 
 import torch
+from tqdm.auto import tqdm
 
 from ..core.arch import arch_of, num_layers
 from ..core.files import DATA_DIR, write_json
@@ -197,6 +199,108 @@ def _layer_of(spec, module_name: str) -> int:
     return int(module_name[len(spec.layers) + 1:].split(".")[0])
 
 
+@dataclass
+class _SubjectNoise:
+    """``edit_output`` that adds the noise draws to the subject tokens' embeddings, for a pass of
+    ``n_runs`` restored runs per draw (rows sample-major) over the positions ``start``.. ."""
+
+    draws: torch.Tensor  # (samples, subject tokens, d_model)
+    embed: str
+    first: int
+    last: int
+    n_runs: int = 1
+    start: int = 0
+
+    def __call__(self, output, name: str):
+        hidden = _tensor_of(output)
+        lo, hi = max(self.first, self.start), min(self.last + 1, self.start + hidden.shape[1])
+        if name != self.embed or lo >= hi:
+            return output
+        hidden = hidden.clone()
+        noise = self.draws[:, lo - self.first:hi - self.first].repeat_interleave(self.n_runs, 0)
+        hidden[:, lo - self.start:hi - self.start] += noise.to(hidden.dtype)
+        return _with_tensor(output, hidden)
+
+
+class _Job(NamedTuple):
+    """One restored run: a state (kind, token, layer) and the modules set back to clean."""
+
+    kind: str
+    token: int
+    layer: int
+    modules: list[str]
+
+
+class _Pass(NamedTuple):
+    """Restored runs sent through the model together: they share the first token run (the
+    corrupted prefix before ``start`` comes from a cache) and the blocks below ``floor``
+    (replayed from the corrupted run)."""
+
+    start: int
+    floor: int
+    jobs: list[_Job]
+
+
+@dataclass
+class _Restore:
+    """``edit_output`` of one pass: the subject's noise, and each job's clean states put back."""
+
+    noise: _SubjectNoise
+    clean: dict[str, torch.Tensor]  # module -> its clean output over the whole prompt
+    jobs: list[_Job]
+
+    def __post_init__(self):
+        self.where: dict[str, list[tuple[int, int]]] = {}  # module -> (job, token) pairs
+        for j, job in enumerate(self.jobs):
+            for m in job.modules:
+                self.where.setdefault(m, []).append((j, job.token))
+
+    def __call__(self, output, name: str):
+        if name == self.noise.embed:
+            return self.noise(output, name)
+        if name not in self.where:
+            return output
+        hidden = _tensor_of(output).clone()
+        n, start = self.noise.n_runs, self.noise.start
+        for j, t in self.where[name]:  # rows of job j: j, j + n, j + 2n, ... (sample-major)
+            hidden[j::n, t - start] = self.clean[name][t].to(hidden.dtype)
+        return _with_tensor(output, hidden)
+
+
+def _wanted_positions(positions, first: int, last: int, n_tok: int) -> set[int]:
+    if positions is None:
+        return set(range(first, n_tok))
+    named = {"last_subject": last, "last": n_tok - 1}
+    wanted = {named[p] if isinstance(p, str) else (p + n_tok if p < 0 else p) for p in positions}
+    if not wanted <= set(range(n_tok)):
+        raise ValueError(f"positions {list(positions)} outside the prompt's {n_tok} tokens")
+    return wanted
+
+
+def _plan_passes(spec, kinds: list[str], tokens: list[int], n_layers: int, window: int, *, reuse_prefix: bool,
+                 runs_per_pass: int) -> list[_Pass]:
+    """Group the restored runs into passes. A run restoring token t at layer l equals the
+    corrupted run before t (causality) and below l: with ``reuse_prefix`` it feeds only tokens
+    t.. on top of the corrupted prefix's KV cache (tokens bucketed by ``TOKEN_BUCKET``), and the
+    blocks below its lowest restored layer (rounded down to a multiple of ``step``, so that
+    passes stay large) replay the corrupted outputs."""
+    step = max(1, math.ceil(n_layers / FLOOR_BUCKETS))
+    groups: dict[tuple[int, int], list[_Job]] = {}
+    for kind in kinds:
+        for k, t in enumerate(tokens):
+            start = tokens[k - k % TOKEN_BUCKET] if reuse_prefix else 0
+            for l in range(n_layers):
+                modules = _restore_modules(spec, kind, l, n_layers, window)
+                floor = min(_layer_of(spec, m) for m in modules)
+                groups.setdefault((start, floor - floor % step), []).append(_Job(kind, t, l, modules))
+    return [_Pass(start, floor, jobs[i:i + runs_per_pass]) for (start, floor), jobs in sorted(groups.items())
+            for i in range(0, len(jobs), runs_per_pass)]
+
+
+def _last_probs(lm_head, final: torch.Tensor) -> torch.Tensor:
+    return torch.softmax(lm_head(final[:, -1]).float(), dim=-1)
+
+
 @torch.no_grad()
 def trace(model, tok, prompt: str, subject: str, target: str | None = None, *,
           kinds: Iterable[str] = ("hidden", "mlp", "attn"), samples: int = 10, window: int = 10,
@@ -230,124 +334,70 @@ def trace(model, tok, prompt: str, subject: str, target: str | None = None, *,
     blocks = [spec.layer(i) for i in range(n_layers)]
     restorable = sorted({m for kind in kinds for l in range(n_layers)
                          for m in _restore_modules(spec, kind, l, n_layers, window)})
+    result = partial(TraceResult, prompt=_template(prompt, subject).replace("{}", subject, 1), subject=subject,
+                     tokens=[tok.decode([i]) for i in ids], subject_first=first, subject_last=last, samples=samples,
+                     window=window, seed=seed)
 
-    def last_probs(final):
-        return torch.softmax(lm_head(final[:, -1]).float(), dim=-1)
-
-    # clean run: every state that may be restored, and the target token
+    # 1. clean run: every state that may be restored, and the target token
     with Trace(model, restorable + [spec.final_norm], retain_output=True, stop=True) as tr:
         model(input_ids=input_ids)
     clean = {m: _tensor_of(tr[m].output)[0] for m in restorable}
-    probs = last_probs(tr[spec.final_norm].output)[0]
+    probs = _last_probs(lm_head, tr[spec.final_norm].output)[0]
     top = int(probs.argmax())
     target_id = target_ids(tok, target)[0] if target else top
     p_clean = probs[target_id].item()
-    tokens = [tok.decode([i]) for i in ids]
-    filled = _template(prompt, subject).replace("{}", subject, 1)
     if require_correct and top != target_id:
-        return TraceResult(prompt=filled, subject=subject, target=tok.decode([target_id]), target_token_id=target_id,
-                           tokens=tokens, subject_first=first, subject_last=last, p_clean=p_clean,
-                           p_corrupted=math.nan, scores={}, noise_scale=math.nan, samples=samples, window=window,
-                           seed=seed, seconds=round(time.perf_counter() - t_start, 3), correct=False)
+        return result(target=tok.decode([target_id]), target_token_id=target_id, p_clean=p_clean,
+                      p_corrupted=math.nan, scores={}, noise_scale=math.nan,
+                      seconds=round(time.perf_counter() - t_start, 3), correct=False)
 
+    # 2. corrupted run: its block outputs are replayed below each restored run's lowest layer
     scale = noise_scale(model, tok) if noise is None else float(noise)
     d_model = model.get_submodule(spec.embed).weight.shape[1]
     generator = torch.Generator().manual_seed(seed)
     draws = (torch.randn(samples, last - first + 1, d_model, generator=generator) * scale).to(device)
-
-    def add_noise(n_runs: int, start: int):
-        """Noise on the subject tokens of a run over positions start.. (rows: sample-major)."""
-        def edit(output, name):
-            hidden = _tensor_of(output)
-            lo, hi = max(first, start), min(last + 1, start + hidden.shape[1])
-            if name != spec.embed or lo >= hi:
-                return output
-            hidden = hidden.clone()
-            noise = draws[:, lo - first:hi - first].repeat_interleave(n_runs, 0)
-            hidden[:, lo - start:hi - start] += noise.to(hidden.dtype)
-            return _with_tensor(output, hidden)
-        return edit
-
-    # corrupted run: its block outputs are replayed below each restored run's lowest layer
-    with Trace(model, [spec.embed] + blocks + [spec.final_norm], edit_output=add_noise(1, 0), retain_output=True,
+    corrupt = _SubjectNoise(draws, spec.embed, first, last)
+    with Trace(model, [spec.embed] + blocks + [spec.final_norm], edit_output=corrupt, retain_output=True,
                stop=True) as tr:
         model(input_ids=input_ids.expand(samples, -1))
     corrupted_blocks = [tr[b].output for b in blocks]
-    p_corrupted = last_probs(tr[spec.final_norm].output)[:, target_id].mean().item()
+    p_corrupted = _last_probs(lm_head, tr[spec.final_norm].output)[:, target_id].mean().item()
 
-    wanted = set(range(first, n_tok))
-    if positions is not None:
-        named = {"last_subject": last, "last": n_tok - 1}
-        wanted = {named[p] if isinstance(p, str) else (p + n_tok if p < 0 else p) for p in positions}
-        if not wanted <= set(range(n_tok)):
-            raise ValueError(f"positions {list(positions)} outside the prompt's {n_tok} tokens")
-    # A run restoring token t at layer l equals the corrupted run before t (causality) and below
-    # l: with ``reuse_prefix`` it feeds only tokens t.. on top of the corrupted prefix's KV cache,
-    # and the blocks below its lowest restored layer (rounded down to a multiple of ``step``, so
-    # that passes stay large) replay the corrupted outputs.
-    step = max(1, math.ceil(n_layers / FLOOR_BUCKETS))
-    wanted_t = sorted(t for t in wanted if t >= first)
-    groups: dict[tuple[int, int], list] = {}
-    for kind in kinds:
-        for k, t in enumerate(wanted_t):
-            start = wanted_t[k - k % TOKEN_BUCKET] if reuse_prefix else 0
-            for l in range(n_layers):
-                modules = _restore_modules(spec, kind, l, n_layers, window)
-                floor = min(_layer_of(spec, m) for m in modules)
-                groups.setdefault((start, floor - floor % step), []).append(((kind, t, l), modules))
-    per_pass = max(1, batch_size // samples)
-    chunks = [(start, floor, group[i:i + per_pass]) for (start, floor), group in sorted(groups.items())
-              for i in range(0, len(group), per_pass)]
+    # 3. restored runs, batched into passes
+    wanted = _wanted_positions(positions, first, last, n_tok)
+    passes = _plan_passes(spec, kinds, sorted(t for t in wanted if t >= first), n_layers, window,
+                          reuse_prefix=reuse_prefix, runs_per_pass=max(1, batch_size // samples))
     prefix_caches: dict[int, object] = {}
-    results: dict[tuple, float] = {}
-    from tqdm.auto import tqdm
-
-    for start, floor, chunk in tqdm(chunks, desc="causal trace", unit="pass", disable=not progress, leave=False):
-        n_runs = len(chunk)
-        restore: dict[str, list[tuple[int, int]]] = {}
-        for j, ((kind, t, l), modules) in enumerate(chunk):
-            for m in modules:
-                restore.setdefault(m, []).append((j, t))
+    restored: dict[tuple[str, int, int], float] = {}
+    for start, floor, jobs in tqdm(passes, desc="causal trace", unit="pass", disable=not progress, leave=False):
+        n_runs = len(jobs)
         cache = None
         if start > 0:
             if start not in prefix_caches:
-                prefix_caches[start] = _prefix_cache(model, input_ids[:, :start].expand(samples, -1), spec,
-                                                     add_noise(1, 0))
+                prefix_caches[start] = _prefix_cache(model, input_ids[:, :start].expand(samples, -1), spec, corrupt)
             cache = copy.deepcopy(prefix_caches[start])
             cache.batch_repeat_interleave(n_runs)
-
-        def edit(output, name, _noise=add_noise(n_runs, start), _restore=restore, _start=start, _n=n_runs):
-            if name == spec.embed:
-                return _noise(output, name)
-            if name not in _restore:
-                return output
-            hidden = _tensor_of(output).clone()
-            for j, t in _restore[name]:  # rows of job j: j, j + n, j + 2n, ... (sample-major)
-                hidden[j::_n, t - _start] = clean[name][t].to(hidden.dtype)
-            return _with_tensor(output, hidden)
-
+        restore = _Restore(_SubjectNoise(draws, spec.embed, first, last, n_runs, start), clean, jobs)
         replayed = [_with_tensor(o, _tensor_of(o)[:, start:].repeat_interleave(n_runs, 0))
                     for o in corrupted_blocks[:floor]]
-        names = [spec.embed] + sorted(restore) + [spec.final_norm]
+        names = [spec.embed] + sorted(restore.where) + [spec.final_norm]
         with replay_blocks([model.get_submodule(b) for b in blocks[:floor]], replayed):
-            with Trace(model, names, edit_output=edit, retain_output=True, stop=True) as tr:
+            with Trace(model, names, edit_output=restore, retain_output=True, stop=True) as tr:
                 model(input_ids=input_ids[:, start:].expand(n_runs * samples, -1), use_cache=cache is not None,
                       **_cache_kwarg(model, cache))
-        p = last_probs(tr[spec.final_norm].output)[:, target_id].view(samples, n_runs).mean(0)
-        for j, (job, _) in enumerate(chunk):
-            results[job] = p[j].item()
+        p = _last_probs(lm_head, tr[spec.final_norm].output)[:, target_id].view(samples, n_runs).mean(0)
+        for j, job in enumerate(jobs):
+            restored[job.kind, job.token, job.layer] = p[j].item()
 
-    scores = {kind: [[results.get((kind, t, l)) if t >= first else None for l in range(n_layers)]
+    scores = {kind: [[restored.get((kind, t, l)) if t >= first else None for l in range(n_layers)]
                      for t in range(n_tok)] for kind in kinds}
     for kind in kinds:  # before the subject a restored run *is* the corrupted run
         for t in range(first):
             if t in wanted:
                 scores[kind][t] = [p_corrupted] * n_layers
-    return TraceResult(prompt=filled, subject=subject,
-                       target=tok.decode([target_id]), target_token_id=target_id, tokens=tokens,
-                       subject_first=first, subject_last=last, p_clean=p_clean, p_corrupted=p_corrupted,
-                       scores=scores, noise_scale=scale, samples=samples, window=window, seed=seed,
-                       seconds=round(time.perf_counter() - t_start, 3), correct=(top == target_id))
+    return result(target=tok.decode([target_id]), target_token_id=target_id, p_clean=p_clean,
+                  p_corrupted=p_corrupted, scores=scores, noise_scale=scale,
+                  seconds=round(time.perf_counter() - t_start, 3), correct=(top == target_id))
 
 
 def _prefix_cache(model, ids, spec, noise_edit):
