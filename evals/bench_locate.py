@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from llm_edit import load_model  # noqa: E402
 from llm_edit.core.arch import num_layers  # noqa: E402
 from llm_edit.core.files import run_info, write_json  # noqa: E402
-from llm_edit.locating import trace as locate  # noqa: E402
+from llm_edit.locating import passes  # noqa: E402
 from llm_edit.locating.trace import noise_scale, trace  # noqa: E402
 
 PROMPT, SUBJECT, TARGET = "The Eiffel Tower is located in the city of", "Eiffel Tower", "Paris"
@@ -33,10 +33,10 @@ PROMPT, SUBJECT, TARGET = "The Eiffel Tower is located in the city of", "Eiffel 
 
 def work(n_tok: int, first: int, n_layers: int, kind: str, window: int, fast: bool) -> int:
     """Token×block evaluations of the restored runs per noise draw (the compute that matters)."""
-    step = max(1, math.ceil(n_layers / locate.FLOOR_BUCKETS))
+    step = max(1, math.ceil(n_layers / passes.FLOOR_BUCKETS))
     total = 0
     for k, t in enumerate(range(first, n_tok)):
-        start = first + k - k % locate.TOKEN_BUCKET
+        start = first + k - k % passes.TOKEN_BUCKET
         for l in range(n_layers):
             floor = l if kind == "hidden" else max(0, l - window // 2)
             floor -= floor % step

@@ -31,31 +31,25 @@ edits) and at the prompt's last token over facts the model answers correctly; th
 """
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import math
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
-from typing import Iterable, NamedTuple
+from typing import Iterable
 
 import torch
-from tqdm.auto import tqdm
 
 from ..core.arch import arch_of, num_layers
 from ..core.files import DATA_DIR, write_json
-from ..core.hooks import Trace, replay_blocks
+from ..core.hooks import Trace
 from ..core.models import cache_home, fingerprint
 from ..core.text import SubjectNotFound, subject_span, target_ids
+from .passes import SubjectNoise, last_probs, plan_passes, restore_modules, restored_probs, tensor_of
 
 KINDS = {"hidden": "hidden state (block output)", "mlp": "MLP output", "attn": "attention output"}
 KNOWNS = DATA_DIR / "known_1000.json"
-# How restored runs are grouped into passes (see ``trace``): layers are bucketed into this many
-# floors, tokens into runs of this many consecutive positions. Fewer, larger passes multiply
-# bigger matrices; more, smaller ones skip more work. Measured in evals/bench_locate.py.
-FLOOR_BUCKETS = 6
-TOKEN_BUCKET = 3
 
 
 def known_facts(path: str | Path | None = None) -> list[dict]:
@@ -179,94 +173,6 @@ class TraceResult:
         plot_trace(self, kind, path)
 
 
-def _tensor_of(output):
-    return output[0] if isinstance(output, tuple) else output
-
-
-def _with_tensor(output, tensor):
-    return (tensor,) + tuple(output[1:]) if isinstance(output, tuple) else tensor
-
-
-def _restore_modules(spec, kind: str, layer: int, n_layers: int, window: int) -> list[str]:
-    if kind == "hidden":
-        return [spec.layer(layer)]
-    low, high = max(0, layer - window // 2), min(n_layers, layer - (-window // 2))
-    path = spec.mlp_out if kind == "mlp" else spec.attn_out
-    return [path.format(j) for j in range(low, high)]
-
-
-def _layer_of(spec, module_name: str) -> int:
-    return int(module_name[len(spec.layers) + 1:].split(".")[0])
-
-
-@dataclass
-class _SubjectNoise:
-    """``edit_output`` that adds the noise draws to the subject tokens' embeddings, for a pass of
-    ``n_runs`` restored runs per draw (rows sample-major) over the positions ``start``.. ."""
-
-    draws: torch.Tensor  # (samples, subject tokens, d_model)
-    embed: str
-    first: int
-    last: int
-    n_runs: int = 1
-    start: int = 0
-
-    def __call__(self, output, name: str):
-        hidden = _tensor_of(output)
-        lo, hi = max(self.first, self.start), min(self.last + 1, self.start + hidden.shape[1])
-        if name != self.embed or lo >= hi:
-            return output
-        hidden = hidden.clone()
-        noise = self.draws[:, lo - self.first:hi - self.first].repeat_interleave(self.n_runs, 0)
-        hidden[:, lo - self.start:hi - self.start] += noise.to(hidden.dtype)
-        return _with_tensor(output, hidden)
-
-
-class _Job(NamedTuple):
-    """One restored run: a state (kind, token, layer) and the modules set back to clean."""
-
-    kind: str
-    token: int
-    layer: int
-    modules: list[str]
-
-
-class _Pass(NamedTuple):
-    """Restored runs sent through the model together: they share the first token run (the
-    corrupted prefix before ``start`` comes from a cache) and the blocks below ``floor``
-    (replayed from the corrupted run)."""
-
-    start: int
-    floor: int
-    jobs: list[_Job]
-
-
-@dataclass
-class _Restore:
-    """``edit_output`` of one pass: the subject's noise, and each job's clean states put back."""
-
-    noise: _SubjectNoise
-    clean: dict[str, torch.Tensor]  # module -> its clean output over the whole prompt
-    jobs: list[_Job]
-
-    def __post_init__(self):
-        self.where: dict[str, list[tuple[int, int]]] = {}  # module -> (job, token) pairs
-        for j, job in enumerate(self.jobs):
-            for m in job.modules:
-                self.where.setdefault(m, []).append((j, job.token))
-
-    def __call__(self, output, name: str):
-        if name == self.noise.embed:
-            return self.noise(output, name)
-        if name not in self.where:
-            return output
-        hidden = _tensor_of(output).clone()
-        n, start = self.noise.n_runs, self.noise.start
-        for j, t in self.where[name]:  # rows of job j: j, j + n, j + 2n, ... (sample-major)
-            hidden[j::n, t - start] = self.clean[name][t].to(hidden.dtype)
-        return _with_tensor(output, hidden)
-
-
 def _wanted_positions(positions, first: int, last: int, n_tok: int) -> set[int]:
     if positions is None:
         return set(range(first, n_tok))
@@ -275,30 +181,6 @@ def _wanted_positions(positions, first: int, last: int, n_tok: int) -> set[int]:
     if not wanted <= set(range(n_tok)):
         raise ValueError(f"positions {list(positions)} outside the prompt's {n_tok} tokens")
     return wanted
-
-
-def _plan_passes(spec, kinds: list[str], tokens: list[int], n_layers: int, window: int, *, reuse_prefix: bool,
-                 runs_per_pass: int) -> list[_Pass]:
-    """Group the restored runs into passes. A run restoring token t at layer l equals the
-    corrupted run before t (causality) and below l: with ``reuse_prefix`` it feeds only tokens
-    t.. on top of the corrupted prefix's KV cache (tokens bucketed by ``TOKEN_BUCKET``), and the
-    blocks below its lowest restored layer (rounded down to a multiple of ``step``, so that
-    passes stay large) replay the corrupted outputs."""
-    step = max(1, math.ceil(n_layers / FLOOR_BUCKETS))
-    groups: dict[tuple[int, int], list[_Job]] = {}
-    for kind in kinds:
-        for k, t in enumerate(tokens):
-            start = tokens[k - k % TOKEN_BUCKET] if reuse_prefix else 0
-            for l in range(n_layers):
-                modules = _restore_modules(spec, kind, l, n_layers, window)
-                floor = min(_layer_of(spec, m) for m in modules)
-                groups.setdefault((start, floor - floor % step), []).append(_Job(kind, t, l, modules))
-    return [_Pass(start, floor, jobs[i:i + runs_per_pass]) for (start, floor), jobs in sorted(groups.items())
-            for i in range(0, len(jobs), runs_per_pass)]
-
-
-def _last_probs(lm_head, final: torch.Tensor) -> torch.Tensor:
-    return torch.softmax(lm_head(final[:, -1]).float(), dim=-1)
 
 
 @torch.no_grad()
@@ -333,7 +215,7 @@ def trace(model, tok, prompt: str, subject: str, target: str | None = None, *,
     lm_head = model.get_submodule(spec.lm_head)
     blocks = [spec.layer(i) for i in range(n_layers)]
     restorable = sorted({m for kind in kinds for l in range(n_layers)
-                         for m in _restore_modules(spec, kind, l, n_layers, window)})
+                         for m in restore_modules(spec, kind, l, n_layers, window)})
     result = partial(TraceResult, prompt=_template(prompt, subject).replace("{}", subject, 1), subject=subject,
                      tokens=[tok.decode([i]) for i in ids], subject_first=first, subject_last=last, samples=samples,
                      window=window, seed=seed)
@@ -341,8 +223,8 @@ def trace(model, tok, prompt: str, subject: str, target: str | None = None, *,
     # 1. clean run: every state that may be restored, and the target token
     with Trace(model, restorable + [spec.final_norm], retain_output=True, stop=True) as tr:
         model(input_ids=input_ids)
-    clean = {m: _tensor_of(tr[m].output)[0] for m in restorable}
-    probs = _last_probs(lm_head, tr[spec.final_norm].output)[0]
+    clean = {m: tensor_of(tr[m].output)[0] for m in restorable}
+    probs = last_probs(lm_head, tr[spec.final_norm].output)[0]
     top = int(probs.argmax())
     target_id = target_ids(tok, target)[0] if target else top
     p_clean = probs[target_id].item()
@@ -356,39 +238,19 @@ def trace(model, tok, prompt: str, subject: str, target: str | None = None, *,
     d_model = model.get_submodule(spec.embed).weight.shape[1]
     generator = torch.Generator().manual_seed(seed)
     draws = (torch.randn(samples, last - first + 1, d_model, generator=generator) * scale).to(device)
-    corrupt = _SubjectNoise(draws, spec.embed, first, last)
+    corrupt = SubjectNoise(draws, spec.embed, first, last)
     with Trace(model, [spec.embed] + blocks + [spec.final_norm], edit_output=corrupt, retain_output=True,
                stop=True) as tr:
         model(input_ids=input_ids.expand(samples, -1))
     corrupted_blocks = [tr[b].output for b in blocks]
-    p_corrupted = _last_probs(lm_head, tr[spec.final_norm].output)[:, target_id].mean().item()
+    p_corrupted = last_probs(lm_head, tr[spec.final_norm].output)[:, target_id].mean().item()
 
     # 3. restored runs, batched into passes
     wanted = _wanted_positions(positions, first, last, n_tok)
-    passes = _plan_passes(spec, kinds, sorted(t for t in wanted if t >= first), n_layers, window,
-                          reuse_prefix=reuse_prefix, runs_per_pass=max(1, batch_size // samples))
-    prefix_caches: dict[int, object] = {}
-    restored: dict[tuple[str, int, int], float] = {}
-    for start, floor, jobs in tqdm(passes, desc="causal trace", unit="pass", disable=not progress, leave=False):
-        n_runs = len(jobs)
-        cache = None
-        if start > 0:
-            if start not in prefix_caches:
-                prefix_caches[start] = _prefix_cache(model, input_ids[:, :start].expand(samples, -1), spec, corrupt)
-            cache = copy.deepcopy(prefix_caches[start])
-            cache.batch_repeat_interleave(n_runs)
-        restore = _Restore(_SubjectNoise(draws, spec.embed, first, last, n_runs, start), clean, jobs)
-        replayed = [_with_tensor(o, _tensor_of(o)[:, start:].repeat_interleave(n_runs, 0))
-                    for o in corrupted_blocks[:floor]]
-        names = [spec.embed] + sorted(restore.where) + [spec.final_norm]
-        with replay_blocks([model.get_submodule(b) for b in blocks[:floor]], replayed):
-            with Trace(model, names, edit_output=restore, retain_output=True, stop=True) as tr:
-                model(input_ids=input_ids[:, start:].expand(n_runs * samples, -1), use_cache=cache is not None,
-                      **_cache_kwarg(model, cache))
-        p = _last_probs(lm_head, tr[spec.final_norm].output)[:, target_id].view(samples, n_runs).mean(0)
-        for j, job in enumerate(jobs):
-            restored[job.kind, job.token, job.layer] = p[j].item()
-
+    passes = plan_passes(spec, kinds, sorted(t for t in wanted if t >= first), n_layers, window,
+                         reuse_prefix=reuse_prefix, runs_per_pass=max(1, batch_size // samples))
+    restored = restored_probs(model, input_ids, passes, clean, corrupted_blocks, corrupt, target_id,
+                              progress=progress)
     scores = {kind: [[restored.get((kind, t, l)) if t >= first else None for l in range(n_layers)]
                      for t in range(n_tok)] for kind in kinds}
     for kind in kinds:  # before the subject a restored run *is* the corrupted run
@@ -400,21 +262,3 @@ def trace(model, tok, prompt: str, subject: str, target: str | None = None, *,
                   seconds=round(time.perf_counter() - t_start, 3), correct=(top == target_id))
 
 
-def _prefix_cache(model, ids, spec, noise_edit):
-    """The corrupted run's key/value cache over the tokens before a restored position."""
-    from transformers import DynamicCache
-
-    cache = DynamicCache(config=model.config)
-    with Trace(model, [spec.embed, spec.final_norm], edit_output=noise_edit, stop=True):
-        model(input_ids=ids, use_cache=True, **_cache_kwarg(model, cache))
-    return cache
-
-
-def _cache_kwarg(model, cache) -> dict:
-    """transformers renamed ``past_key_values`` to ``cache`` (5.x); pass whichever it takes."""
-    import inspect
-
-    if cache is None:
-        return {}
-    name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-    return {name: cache}
