@@ -10,8 +10,8 @@ import torch
 
 from ..unlearning.items import ForgetItem, Formatting
 
-if TYPE_CHECKING:  # audit imports the attacks: the config's name only, for annotations
-    from .audit import AuditConfig
+if TYPE_CHECKING:  # the config's name only, for annotations
+    from .probes import AuditConfig
 
 
 def quantizable(model) -> list[str]:
