@@ -12,7 +12,8 @@ import math
 from dataclasses import dataclass
 
 from . import losses
-from .trainer import TrainConfig, Trainer
+from .contract import TrainConfig
+from .trainer import Trainer
 
 
 @dataclass

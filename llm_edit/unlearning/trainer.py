@@ -1,6 +1,7 @@
 """The unlearning training loop: LoRA (or full fine-tuning) through ``accelerate``.
 
-One loop serves every unlearner; a method only supplies its loss (``llm_edit.unlearning.methods``).
+One loop serves every unlearner; a method only supplies its loss (``llm_edit.unlearning.methods``;
+what a loss sees is in ``contract.py``).
 The same code runs on CPU, one GPU, or several processes under ``accelerate launch`` (DDP,
 FSDP or DeepSpeed from accelerate's own config):
 
@@ -12,8 +13,9 @@ FSDP or DeepSpeed from accelerate's own config):
 * **Reference model.** NPO, KL and IdkDPO compare with the model before unlearning: with LoRA
   that is the same network with the adapter disabled (no second copy in memory); with full
   fine-tuning a frozen copy.
-* **Checkpoints** (``checkpoint_dir``, every ``checkpoint_every`` steps) hold the trainable
-  weights and optimizer state as safetensors plus a JSON state: no pickles, resumable.
+* **Checkpoints** (``checkpoint_dir``, every ``checkpoint_every`` steps; ``checkpoints.py``)
+  hold the trainable weights and optimizer state as safetensors plus a JSON state: no pickles,
+  resumable.
 * **Early stopping** when the mean forget-answer probability falls to ``stop_forget_prob``, or
   when a user callback returns True, so users do not over-unlearn.
 """
@@ -21,12 +23,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import dataclasses
-import hashlib
-import json
 import time
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -35,101 +33,9 @@ import torch
 from ..core.config import ConfigError
 from ..core.text import pad_id, token_logprobs
 from . import losses
-from .items import ForgetItem, Formatting, TrainBatch, collate, encode
-
-
-@dataclass
-class TrainConfig:
-    """Hyper-parameters every unlearner shares (recipe keys; method configs add their own)."""
-
-    steps: int = 20  # optimizer steps (an upper bound when early stopping is on)
-    lr: float = 1e-4
-    batch_size: int = 4  # forget items per process per micro-step
-    retain_batch_size: int = 4  # retain items per process per micro-step
-    grad_accum: int = 1
-    retain_weight: float = 1.0  # α of "forget loss + α · retain loss"
-    retain_loss: str = "nll"  # nll | kl (KL(π_ref‖π_θ) on answer tokens)
-    lora_r: int = 8
-    lora_alpha: float = 16.0
-    lora_dropout: float = 0.0
-    lora_modules: str = "all-linear"  # all-linear | mlp | attention: which linear layers get LoRA
-    lora_layers: list[int] | None = None  # block indices to adapt (None: all)
-    full_finetune: bool = False  # train every weight instead of a LoRA adapter on all linear layers
-    # with full_finetune: train only this fraction of the blocks' weight matrices, those with the
-    # largest forget-loss gradient (SURE, Zhang et al. 2025 §5): large steps where they matter, so
-    # forgetting survives quantization without moving the rest of the model
-    saliency_fraction: float | None = None
-    weight_decay: float = 0.0
-    warmup_steps: int = 0
-    max_grad_norm: float = 1.0  # 0 turns clipping off
-    gradient_checkpointing: bool = False
-    max_length: int = 128  # tokens per sequence (answers are cut, prompts never)
-    use_chat_template: bool = True  # for question/answer items, when the tokenizer has one
-    system_prompt: str | None = None  # None: the chat template's own default
-    retain_samples: int = 64  # without a retain set: this many texts sampled from the model ...
-    retain_sample_tokens: int = 64  # ... of this many tokens each
-    stop_forget_prob: float | None = None  # stop once mean P(forget answer) <= this
-    eval_every: int = 5  # steps between early-stopping checks
-    checkpoint_every: int = 0  # 0: no checkpoints
-    seed: int = 0
-
-    def validate(self) -> None:
-        if self.retain_loss not in ("nll", "kl"):
-            raise ValueError(f"retain_loss must be 'nll' or 'kl', got {self.retain_loss!r}")
-        for name in ("steps", "batch_size", "retain_batch_size", "grad_accum", "lora_r", "max_length",
-                     "eval_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1")
-        if self.lr <= 0:
-            raise ValueError("lr must be positive")
-        if self.saliency_fraction is not None and not (self.full_finetune and 0 < self.saliency_fraction <= 1):
-            raise ValueError("saliency_fraction needs full_finetune: true and a value in (0, 1]")
-        if self.lora_modules not in ("all-linear", "mlp", "attention"):
-            raise ValueError(f"lora_modules must be all-linear, mlp or attention, got {self.lora_modules!r}")
-
-
-class StepContext:
-    """What a method's loss may do in one micro-step: encode items, run the model (with or
-    without gradients), and the shared retain term."""
-
-    def __init__(self, trainer: "Trainer"):
-        self._trainer = trainer
-
-    def batch(self, items: list[ForgetItem], answers: list[str] | None = None) -> TrainBatch:
-        t = self._trainer
-        answers = answers or [None] * len(items)
-        encoded = [t.encode(item, answer) for item, answer in zip(items, answers)]
-        return collate(encoded, t.pad_id).to(t.device)
-
-    def forward(self, *batches: TrainBatch | None, hidden_layer: int | None = None) -> list:
-        """Logits (or the block output of ``hidden_layer``) for each batch (None stays None)
-        from the model being trained."""
-        return self._trainer.run(self._trainer.model, batches, hidden_layer)
-
-    @torch.no_grad()
-    def reference(self, *batches: TrainBatch | None, hidden_layer: int | None = None) -> list:
-        """The same for the model before unlearning (adapter disabled, or the frozen copy)."""
-        with self._trainer.reference_model() as ref:
-            return self._trainer.run(ref, batches, hidden_layer)
-
-    @staticmethod
-    def logp(logits: torch.Tensor, batch: TrainBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        return token_logprobs(logits, batch.labels)
-
-    def retain_term(self, logits: torch.Tensor | None, batch: TrainBatch | None, config: TrainConfig) -> torch.Tensor:
-        """NLL or KL(π_ref‖π_θ) on the retain batch's answer tokens (0 without a retain batch)."""
-        if batch is None:
-            return torch.zeros((), device=self._trainer.device)
-        if config.retain_loss == "nll":
-            return losses.nll(*self.logp(logits, batch))
-        (ref_logits,) = self.reference(batch)
-        return losses.kl_to_reference(logits, ref_logits, batch.labels)
-
-    def with_retain(self, forget_loss: torch.Tensor, retain_logits, retain_batch, config: TrainConfig):
-        """``forget + α·retain`` and the parts to log: how every method with a retain term ends."""
-        retain_loss = self.retain_term(retain_logits, retain_batch, config)
-        total = forget_loss + config.retain_weight * retain_loss
-        return total, {"forget": forget_loss.detach(), "retain": retain_loss.detach()}
+from .checkpoints import load_checkpoint, save_checkpoint
+from .contract import StepContext, TrainConfig
+from .items import ForgetItem, Formatting, collate, encode
 
 
 def _stream(n: int, seed: int, start: int, count: int) -> list[int]:
@@ -171,11 +77,10 @@ def lora_targets(model, modules: str, layers: list[int] | None) -> list[str] | s
     return names
 
 
-def _config_hash(config) -> str:
-    return hashlib.sha256(json.dumps(dataclasses.asdict(config), sort_keys=True).encode()).hexdigest()[:16]
-
-
 class Trainer:
+    """One unlearning run: the wrapped model (LoRA or full fine-tuning), its optimizer and data
+    streams; ``train()`` runs the loop and returns the log, ``restore()`` undoes everything."""
+
     def __init__(self, model, tok, forget: list[ForgetItem], retain: list[ForgetItem] | None, unlearner,
                  config: TrainConfig, *, accelerator=None, progress: bool = True,
                  callback: Callable | None = None, checkpoint_dir: str | Path | None = None,
@@ -343,57 +248,12 @@ class Trainer:
         self.model.train(was_training)
         return sum(probs) / len(probs)
 
-    # -- checkpoints -------------------------------------------------------------------------
-    def _trainable_state(self) -> dict[str, torch.Tensor]:
-        unwrapped = self.accelerator.unwrap_model(self.model)
-        return {n: p.detach().cpu().contiguous() for n, p in unwrapped.named_parameters() if p.requires_grad}
-
+    # -- checkpoints (checkpoints.py) ----------------------------------------------------------
     def save_checkpoint(self, step: int) -> None:
-        from safetensors.torch import save_file
-
-        from ..core.files import atomic_directory, write_json
-
-        if not self.accelerator.is_main_process:
-            return
-        opt = self.optimizer.state_dict()
-        flat = {f"{pid}.{k}": v.detach().cpu().contiguous() for pid, st in opt["state"].items()
-                for k, v in st.items() if torch.is_tensor(v)}
-        final = self.checkpoint_dir / f"step-{step:06d}"
-        with atomic_directory(final, overwrite=True) as tmp:
-            save_file(self._trainable_state(), str(tmp / "trainable.safetensors"))
-            save_file(flat, str(tmp / "optimizer.safetensors"))
-            write_json(tmp / "state.json", {"step": step, "config_hash": _config_hash(self.config),
-                                            "param_groups": opt["param_groups"], "log": self.log,
-                                            "scheduler": self.scheduler.state_dict()})
+        save_checkpoint(self, step)
 
     def load_checkpoint(self) -> int:
-        """Resume from the newest checkpoint in ``checkpoint_dir``; returns the next step."""
-        from safetensors.torch import load_file
-
-        if self.checkpoint_dir is None or not self.checkpoint_dir.is_dir():
-            return 0
-        steps = sorted(self.checkpoint_dir.glob("step-*"))
-        if not steps:
-            return 0
-        folder = steps[-1]
-        state = json.loads((folder / "state.json").read_text())
-        if state["config_hash"] != _config_hash(self.config):
-            raise ConfigError(f"{folder}: checkpoint was made with other hyper-parameters; "
-                             f"use another --checkpoint-dir or delete it")
-        unwrapped = self.accelerator.unwrap_model(self.model)
-        trainable = load_file(str(folder / "trainable.safetensors"))
-        missing = unwrapped.load_state_dict(trainable, strict=False)
-        if missing.unexpected_keys:
-            raise ValueError(f"{folder}: unexpected weights {missing.unexpected_keys[:3]}")
-        flat = load_file(str(folder / "optimizer.safetensors"))
-        opt_state: dict = {}
-        for key, tensor in flat.items():
-            pid, name = key.split(".", 1)
-            opt_state.setdefault(int(pid), {})[name] = tensor
-        self.optimizer.load_state_dict({"state": opt_state, "param_groups": state["param_groups"]})
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.log = state["log"]
-        return state["step"]
+        return load_checkpoint(self)
 
     # -- the loop --------------------------------------------------------------------------------
     def train(self) -> list[dict]:

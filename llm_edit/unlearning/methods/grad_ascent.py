@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ...unlearning import losses
-from ..trainer import TrainConfig
+from ..contract import TrainConfig
 
 
 @dataclass

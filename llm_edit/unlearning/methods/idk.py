@@ -14,7 +14,7 @@ from pathlib import Path
 from ...core.config import ConfigError
 from ...core.files import DATA_DIR
 from ...unlearning import losses
-from ..trainer import TrainConfig
+from ..contract import TrainConfig
 
 DEFAULT_REFUSALS = DATA_DIR / "idontknow.txt"
 

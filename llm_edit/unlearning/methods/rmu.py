@@ -21,7 +21,7 @@ import torch
 
 from ...core.config import ConfigError
 from ...unlearning import losses
-from ..trainer import TrainConfig
+from ..contract import TrainConfig
 
 
 @dataclass

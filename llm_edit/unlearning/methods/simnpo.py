@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ...unlearning import losses
-from ..trainer import TrainConfig
+from ..contract import TrainConfig
 
 
 @dataclass
