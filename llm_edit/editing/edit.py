@@ -100,12 +100,39 @@ def edit(model, tokenizer, requests: Iterable[EditRequest | Mapping[str, Any]], 
     prepare_seconds = time.perf_counter() - t0
     grams = Memory({name: m.clone() for name, m in (memory or {}).items()})
 
+    applied, batch_keys, per_request = _apply_batches(model, tokenizer, requests, method, spec, config, prepared,
+                                                     grams, progress)
+    manifest = {
+        "method": method,
+        "hyperparameters": dataclasses.asdict(config),
+        "recipe": str(recipe_path),
+        "base_model": getattr(model, "name_or_path", None),
+        "base_model_fingerprint": base_fingerprint,
+        "facts_sha256": facts_sha256(requests),
+        "facts": [r.to_dict() for r in requests],
+        "layer": prepared.layer,
+        "located": prepared.located,
+        "statistics": prepared.statistics,
+        "context_templates": prepared.contexts,
+        "prepare_seconds": round(prepare_seconds, 2),
+        "per_request": per_request,
+        **run_info(),
+    }
+    return EditResult(model, WeightDelta.stack(applied, manifest), requests, per_request, applied,
+                      batch_keys if any(batch_keys) else [], grams.grams, prepared)
+
+
+def _apply_batches(model, tokenizer, requests: list[EditRequest], method: str, spec, config, prepared: Prepared,
+                   grams: Memory, progress: bool) -> tuple[list[WeightDelta], list[dict], list[dict]]:
+    """Compute and apply one batch after another (later batches see earlier ones); returns the
+    applied deltas, each batch's keys and each request's info. A failure part-way reverts every
+    batch applied so far, so the model is left as it was."""
+    from tqdm.auto import tqdm
+
     applied: list[WeightDelta] = []
     batch_keys: list[dict] = []
     per_request: list[dict] = []
     size = spec.batch_size(config)
-    from tqdm.auto import tqdm
-
     try:
         with tqdm(total=len(requests), desc=f"{method} edits", unit="fact", disable=not progress) as bar:
             for start in range(0, len(requests), size):
@@ -130,25 +157,7 @@ def edit(model, tokenizer, requests: Iterable[EditRequest | Mapping[str, Any]], 
         for delta in reversed(applied):
             delta.revert(model)
         raise
-
-    manifest = {
-        "method": method,
-        "hyperparameters": dataclasses.asdict(config),
-        "recipe": str(recipe_path),
-        "base_model": getattr(model, "name_or_path", None),
-        "base_model_fingerprint": base_fingerprint,
-        "facts_sha256": facts_sha256(requests),
-        "facts": [r.to_dict() for r in requests],
-        "layer": prepared.layer,
-        "located": prepared.located,
-        "statistics": prepared.statistics,
-        "context_templates": prepared.contexts,
-        "prepare_seconds": round(prepare_seconds, 2),
-        "per_request": per_request,
-        **run_info(),
-    }
-    return EditResult(model, WeightDelta.stack(applied, manifest), requests, per_request, applied,
-                      batch_keys if any(batch_keys) else [], grams.grams, prepared)
+    return applied, batch_keys, per_request
 
 
 def add_gram(gram: torch.Tensor | None, keys: torch.Tensor) -> torch.Tensor:

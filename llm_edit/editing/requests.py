@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Iterable, Iterator, Mapping, NamedTuple
 
 from ..core.files import FactFileError, parsed_records
 
@@ -69,98 +69,123 @@ _ROME_TOP = {"case_id", "pararel_idx", "requested_rewrite", "paraphrase_prompts"
 _ROME_REWRITE = {"prompt", "subject", "target_new", "target_true", "relation_id"}
 
 
-def parse_request(obj: Any, source: str = "<request>", line: int | None = None) -> EditRequest:
-    """Validate one object of any supported shape and return an ``EditRequest``."""
-    if isinstance(obj, EditRequest):
-        return obj
+class _Fields:
+    """Reads one record's fields, failing with the file, line and field's name."""
 
-    def fail(field_name: str | None, message: str):
-        raise FactFileError(source, line, field_name, message)
+    def __init__(self, source: str, line: int | None):
+        self.source, self.line = source, line
 
-    if not isinstance(obj, Mapping):
-        fail(None, f"expected a JSON object, got {type(obj).__name__}")
+    def fail(self, field_name: str | None, message: str):
+        raise FactFileError(self.source, self.line, field_name, message)
 
-    def text(d: Mapping, key: str, *, required: bool = True, name: str | None = None) -> str | None:
+    def text(self, d: Mapping, key: str, *, required: bool = True, name: str | None = None) -> str | None:
         name = name or key
         if key not in d or d[key] is None:
             if required:
-                fail(name, "is missing")
+                self.fail(name, "is missing")
             return None
         value = d[key]
         if isinstance(value, Mapping) and "str" in value:  # ROME's {"str": ..., "id": ...}
             value = value["str"]
         if not isinstance(value, str):
-            fail(name, f"must be a string, got {type(value).__name__}")
+            self.fail(name, f"must be a string, got {type(value).__name__}")
         if not value.strip():
-            fail(name, "is empty")
+            self.fail(name, "is empty")
         return value
 
-    def strings(value: Any, name: str) -> tuple[str, ...]:
+    def strings(self, value: Any, name: str) -> tuple[str, ...]:
         if isinstance(value, str):
             value = [value]
         if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
-            fail(name, "must be a list of non-empty strings")
+            self.fail(name, "must be a list of non-empty strings")
         return tuple(value)
 
-    def unknown(d: Mapping, allowed: set[str], prefix: str = "") -> None:
+    def unknown(self, d: Mapping, allowed: set[str], prefix: str = "") -> None:
         extra = sorted(set(d) - allowed)
         if extra:
-            fail(prefix + extra[0], f"is not a known field (known: {', '.join(sorted(allowed))})")
+            self.fail(prefix + extra[0], f"is not a known field (known: {', '.join(sorted(allowed))})")
 
-    if "requested_rewrite" in obj:  # ROME's nested CounterFact
-        unknown(obj, _ROME_TOP)
-        rewrite = obj["requested_rewrite"]
-        if not isinstance(rewrite, Mapping):
-            fail("requested_rewrite", "must be an object")
-        unknown(rewrite, _ROME_REWRITE, "requested_rewrite.")
-        prompt = text(rewrite, "prompt", name="requested_rewrite.prompt")
-        subject = text(rewrite, "subject", name="requested_rewrite.subject")
-        target_new = text(rewrite, "target_new", name="requested_rewrite.target_new")
-        target_true = text(rewrite, "target_true", required=False, name="requested_rewrite.target_true")
-        paraphrases = strings(obj.get("paraphrase_prompts", []), "paraphrase_prompts")
-        neighbors = strings(obj.get("neighborhood_prompts", []), "neighborhood_prompts")
-        if neighbors and target_true is None:
-            fail("requested_rewrite.target_true", "is needed to score neighborhood_prompts")
-        neighborhood = tuple(Neighbor(p, target_true) for p in neighbors)
-    elif "ground_truth" in obj or "rephrase_prompt" in obj or "locality_prompt" in obj:  # EasyEdit
-        unknown(obj, _EASYEDIT)
-        prompt = text(obj, "prompt")
-        subject = text(obj, "subject")
-        target_new = text(obj, "target_new")
-        target_true = text(obj, "ground_truth", required=False)
-        paraphrases = strings(obj.get("rephrase_prompt") or [], "rephrase_prompt")
-        neighborhood = ()
-        if obj.get("locality_prompt"):
-            loc_target = text(obj, "locality_ground_truth")
-            neighborhood = (Neighbor(text(obj, "locality_prompt"), loc_target),)
+
+class _Parsed(NamedTuple):
+    prompt: str
+    subject: str
+    target_new: str
+    target_true: str | None
+    paraphrases: tuple[str, ...]
+    neighborhood: tuple[Neighbor, ...]
+
+
+def _rome_shape(obj: Mapping, f: _Fields) -> _Parsed:
+    """ROME's nested CounterFact record."""
+    f.unknown(obj, _ROME_TOP)
+    rewrite = obj["requested_rewrite"]
+    if not isinstance(rewrite, Mapping):
+        f.fail("requested_rewrite", "must be an object")
+    f.unknown(rewrite, _ROME_REWRITE, "requested_rewrite.")
+    parsed = _Parsed(f.text(rewrite, "prompt", name="requested_rewrite.prompt"),
+                     f.text(rewrite, "subject", name="requested_rewrite.subject"),
+                     f.text(rewrite, "target_new", name="requested_rewrite.target_new"),
+                     f.text(rewrite, "target_true", required=False, name="requested_rewrite.target_true"),
+                     f.strings(obj.get("paraphrase_prompts", []), "paraphrase_prompts"), ())
+    target_true = parsed.target_true
+    neighbors = f.strings(obj.get("neighborhood_prompts", []), "neighborhood_prompts")
+    if neighbors and target_true is None:
+        f.fail("requested_rewrite.target_true", "is needed to score neighborhood_prompts")
+    return parsed._replace(neighborhood=tuple(Neighbor(p, target_true) for p in neighbors))
+
+
+def _easyedit_shape(obj: Mapping, f: _Fields) -> _Parsed:
+    f.unknown(obj, _EASYEDIT)
+    parsed = _Parsed(f.text(obj, "prompt"), f.text(obj, "subject"), f.text(obj, "target_new"),
+                     f.text(obj, "ground_truth", required=False),
+                     f.strings(obj.get("rephrase_prompt") or [], "rephrase_prompt"), ())
+    if obj.get("locality_prompt"):
+        loc_target = f.text(obj, "locality_ground_truth")
+        parsed = parsed._replace(neighborhood=(Neighbor(f.text(obj, "locality_prompt"), loc_target),))
+    return parsed
+
+
+def _native_shape(obj: Mapping, f: _Fields) -> _Parsed:
+    f.unknown(obj, _NATIVE)
+    parsed = _Parsed(f.text(obj, "prompt"), f.text(obj, "subject"), f.text(obj, "target_new"),
+                     f.text(obj, "target_true", required=False),
+                     f.strings(obj.get("paraphrase_prompts", []), "paraphrase_prompts"), ())
+    raw = obj.get("neighborhood", [])
+    if not isinstance(raw, list):
+        f.fail("neighborhood", "must be a list of {prompt, target} objects")
+    items = []
+    for i, n in enumerate(raw):
+        if not isinstance(n, Mapping) or set(n) != {"prompt", "target"}:
+            f.fail(f"neighborhood[{i}]", "must be an object with exactly 'prompt' and 'target'")
+        items.append(Neighbor(f.text(n, "prompt", name=f"neighborhood[{i}].prompt"),
+                              f.text(n, "target", name=f"neighborhood[{i}].target")))
+    return parsed._replace(neighborhood=tuple(items))
+
+
+def parse_request(obj: Any, source: str = "<request>", line: int | None = None) -> EditRequest:
+    """Validate one object of any supported shape and return an ``EditRequest``."""
+    if isinstance(obj, EditRequest):
+        return obj
+    f = _Fields(source, line)
+    if not isinstance(obj, Mapping):
+        f.fail(None, f"expected a JSON object, got {type(obj).__name__}")
+    if "requested_rewrite" in obj:
+        parsed = _rome_shape(obj, f)
+    elif "ground_truth" in obj or "rephrase_prompt" in obj or "locality_prompt" in obj:
+        parsed = _easyedit_shape(obj, f)
     else:
-        unknown(obj, _NATIVE)
-        prompt = text(obj, "prompt")
-        subject = text(obj, "subject")
-        target_new = text(obj, "target_new")
-        target_true = text(obj, "target_true", required=False)
-        paraphrases = strings(obj.get("paraphrase_prompts", []), "paraphrase_prompts")
-        raw = obj.get("neighborhood", [])
-        if not isinstance(raw, list):
-            fail("neighborhood", "must be a list of {prompt, target} objects")
-        items = []
-        for i, n in enumerate(raw):
-            if not isinstance(n, Mapping) or set(n) != {"prompt", "target"}:
-                fail(f"neighborhood[{i}]", "must be an object with exactly 'prompt' and 'target'")
-            items.append(Neighbor(text(n, "prompt", name=f"neighborhood[{i}].prompt"),
-                                  text(n, "target", name=f"neighborhood[{i}].target")))
-        neighborhood = tuple(items)
-
+        parsed = _native_shape(obj, f)
+    prompt, subject, target_new, target_true = parsed.prompt, parsed.subject, parsed.target_new, parsed.target_true
     if prompt.count("{}") > 1:
-        fail("prompt", "contains '{}' more than once")
+        f.fail("prompt", "contains '{}' more than once")
     if "{}" not in prompt:
         if subject not in prompt:
-            fail("subject", f"{subject!r} does not occur in the prompt {prompt!r}")
+            f.fail("subject", f"{subject!r} does not occur in the prompt {prompt!r}")
         prompt = prompt.replace(subject, "{}", 1)
     if target_true is not None and target_true.strip() == target_new.strip():
-        fail("target_new", f"equals target_true ({target_true!r}): nothing to rewrite")
+        f.fail("target_new", f"equals target_true ({target_true!r}): nothing to rewrite")
     return EditRequest(prompt, subject, target_new.strip(), target_true.strip() if target_true else None,
-                       paraphrases, neighborhood)
+                       parsed.paraphrases, parsed.neighborhood)
 
 
 def read_requests(path: str | Path, limit: int | None = None) -> list[EditRequest]:

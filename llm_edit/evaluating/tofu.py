@@ -163,6 +163,55 @@ def _eval_cache(fp: str, task: TofuTask, settings: EvalSettings, dtype: str, tok
     return cache_home() / "cache" / "eval" / fp[:16] / f"tofu-{task.split}-{key}.json"
 
 
+def _answer_pairs(tok, roles: dict[str, list[dict]], fmt: Formatting):
+    """Every (question, answer) the metrics score, once: the question's prompt ids (shared by its
+    answers), the (prompt, answer) id pairs, and each pair's index by (question, answer)."""
+    prefix: dict[str, list[int]] = {}
+    pairs: list[tuple[list[int], list[int]]] = []
+    index: dict[tuple, int] = {}
+
+    def want(question: str, answer: str) -> None:
+        if question not in prefix:
+            prefix[question] = question_prefix(tok, question, fmt)
+        if (question, answer) not in index:
+            index[question, answer] = len(pairs)
+            pairs.append((prefix[question], answer_ids(tok, ForgetItem("qa", question, answer))))
+
+    for role, rows in roles.items():
+        for r in rows:
+            want(r["question"], r["answer"])
+            if role != "holdout":
+                for a in [r.get("paraphrased_answer")] + list(r.get("perturbed_answer") or []):
+                    if a:
+                        want(r["question"], a)
+    return prefix, pairs, index
+
+
+def _item_row(role: str, r: dict, by_key: dict, generated: dict, settings: EvalSettings, eos) -> dict:
+    """One item's metrics from its scored answers and its greedy answer."""
+    s = by_key[(r["question"], r["answer"])]
+    # the answer without its EOS, for MIA and memorisation (as open-unlearning)
+    n = len(s.logp) - 1 if eos is not None and len(s.logp) > 1 else len(s.logp)
+    logp, hit, mu, sigma = s.logp[:n], s.hit[:n], s.mu[:n], s.sigma[:n]
+    row = {"question": r["question"], "answer": r["answer"], "probability": M.normalised_probability(s.logp)}
+    if role in ("forget", "holdout"):
+        row["mia"] = {"loss": M.loss_score(logp), "zlib": M.zlib_score(logp, r["answer"]),
+                      "min_k": M.min_k_score(logp, settings.mia_k),
+                      "min_k_plus_plus": M.min_k_plus_plus_score(logp, mu, sigma, settings.mia_k)}
+        row["extraction_strength"] = M.extraction_strength(hit)
+        row["exact_memorisation"] = M.exact_memorisation(hit)
+    if role != "holdout":
+        row["generated"] = generated[(role, r["question"])]
+        row["rouge_l_recall"] = M.rouge_l_recall(row["generated"], r["answer"])
+        perturbed = [by_key[(r["question"], a)].logp for a in r.get("perturbed_answer") or [] if a]
+        true_side = r.get("paraphrased_answer") if role in ("forget", "retain") else r["answer"]
+        if perturbed and true_side:
+            row["truth_ratio"] = M.truth_ratio(perturbed, by_key[(r["question"], true_side)].logp)
+        if role in ("real_authors", "world_facts") and perturbed:
+            row["relative_probability"] = M.relative_probability(s.logp, perturbed)
+    return row
+
+
 def evaluate_tofu(model, tok, task: TofuTask, settings: EvalSettings | None = None, *, progress: bool = True,
                   use_cache: bool = True, name: str | None = None) -> dict:
     """Every TOFU metric of one model: per item and aggregated (a JSON-ready report). Forget
@@ -187,26 +236,7 @@ def evaluate_tofu(model, tok, task: TofuTask, settings: EvalSettings | None = No
     eos = tok.eos_token_id
     roles = {"forget": task.forget_eval, "retain": task.retain_eval, "real_authors": task.real_authors,
              "world_facts": task.world_facts, "holdout": task.holdout}
-    prefix = {}
-    pairs: list[tuple[list[int], list[int]]] = []
-    index: dict[tuple, int] = {}
-
-    def want(question: str, answer: str) -> tuple:
-        if question not in prefix:
-            prefix[question] = question_prefix(tok, question, fmt)
-        key = (question, answer)
-        if key not in index:
-            index[key] = len(pairs)
-            pairs.append((prefix[question], answer_ids(tok, ForgetItem("qa", question, answer))))
-        return key
-
-    for role, rows in roles.items():
-        for r in rows:
-            want(r["question"], r["answer"])
-            if role != "holdout":
-                for a in [r.get("paraphrased_answer")] + list(r.get("perturbed_answer") or []):
-                    if a:
-                        want(r["question"], a)
+    prefix, pairs, index = _answer_pairs(tok, roles, fmt)
     timings = {}
     t = time.perf_counter()
     scores = score_pairs(model, tok, pairs, batch_size=settings.batch_size, progress=progress,
@@ -227,35 +257,7 @@ def evaluate_tofu(model, tok, task: TofuTask, settings: EvalSettings | None = No
     t = time.perf_counter()
     generated = {(role, r["question"]): a for (role, r), a in zip(gen_rows, answers)}
 
-    def body(s):  # the answer without its EOS, for MIA and memorisation (as open-unlearning)
-        n = len(s.logp) - 1 if eos is not None and len(s.logp) > 1 else len(s.logp)
-        return s.logp[:n], s.hit[:n], s.mu[:n], s.sigma[:n]
-
-    splits = {}
-    for role, rows in roles.items():
-        per_item = []
-        for r in rows:
-            s = by_key[(r["question"], r["answer"])]
-            logp, hit, mu, sigma = body(s)
-            row = {"question": r["question"], "answer": r["answer"],
-                   "probability": M.normalised_probability(s.logp)}
-            if role in ("forget", "holdout"):
-                row["mia"] = {"loss": M.loss_score(logp), "zlib": M.zlib_score(logp, r["answer"]),
-                              "min_k": M.min_k_score(logp, settings.mia_k),
-                              "min_k_plus_plus": M.min_k_plus_plus_score(logp, mu, sigma, settings.mia_k)}
-                row["extraction_strength"] = M.extraction_strength(hit)
-                row["exact_memorisation"] = M.exact_memorisation(hit)
-            if role != "holdout":
-                row["generated"] = generated[(role, r["question"])]
-                row["rouge_l_recall"] = M.rouge_l_recall(row["generated"], r["answer"])
-                perturbed = [by_key[(r["question"], a)].logp for a in r.get("perturbed_answer") or [] if a]
-                true_side = r.get("paraphrased_answer") if role in ("forget", "retain") else r["answer"]
-                if perturbed and true_side:
-                    row["truth_ratio"] = M.truth_ratio(perturbed, by_key[(r["question"], true_side)].logp)
-                if role in ("real_authors", "world_facts") and perturbed:
-                    row["relative_probability"] = M.relative_probability(s.logp, perturbed)
-            per_item.append(row)
-        splits[role] = per_item
+    splits = {role: [_item_row(role, r, by_key, generated, settings, eos) for r in rows] for role, rows in roles.items()}
     report = {"model": name or getattr(model, "name_or_path", None), "model_fingerprint": fp, "dtype": dtype,
               "task": task.describe(), "settings": {**settings.__dict__, "stop_strings": list(settings.stop_strings)},
               "formatting": fmt.describe(tok), "conventions": M.CONVENTIONS, "items": splits,
