@@ -2,9 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import csv
-import io
-import time
 from pathlib import Path
 
 from .common import add_model_args, check_out, check_requests_fit, layers_to_sets, load, save_model
@@ -30,28 +27,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.add_argument("--no-save-model", action="store_true", help="write only the patch and results")
     p.add_argument("--no-eval", action="store_true", help="skip the before/after probability table")
-
-
-def _results_csv(before: list[dict], after: list[dict]) -> str:
-    buf = io.StringIO()
-    fields = ["request", "kind", "prompt", "target_true", "target_new", "p_true_before", "p_new_before",
-              "p_true_after", "p_new_after"]
-    w = csv.DictWriter(buf, fieldnames=fields)
-    w.writeheader()
-    for b, a in zip(before, after):
-        w.writerow({**{k: b[k] for k in fields[:5]}, "p_true_before": f"{b['p_true']:.6g}",
-                    "p_new_before": f"{b['p_new']:.6g}", "p_true_after": f"{a['p_true']:.6g}",
-                    "p_new_after": f"{a['p_new']:.6g}"})
-    return buf.getvalue()
-
-
-def _print_metrics(before: dict, after: dict) -> None:
-    print(f"{'metric':<16}{'before':>10}{'after':>10}")
-    for key in after:
-        if after[key] is None:
-            continue
-        fmt = (lambda v: "-" if v is None else f"{v:.3f}")
-        print(f"{key:<16}{fmt(before.get(key)):>10}{fmt(after[key]):>10}")
 
 
 def _session_settings(args, spec) -> None:
@@ -85,7 +60,7 @@ def run(args) -> int:
     from ..editing.edit import edit
     from ..editing.methods import get_method
     from ..editing.requests import numbered_requests
-    from ..evaluating.metrics import edit_table, fluency, generic_perplexity, summarise
+    from ..evaluating.before_after import measure_edit
 
     if args.out is None and args.session is None:
         from ..core.config import ConfigError
@@ -115,21 +90,11 @@ def run(args) -> int:
             print(f"session {args.session}: {len(session.applied)} batch(es), {session.facts} fact(s) re-applied")
         else:
             session = EditSession.create(args.session, model, args.method, recipe=args.recipe, sets=args.sets)
-    evaluate = not args.no_eval and any(r.target_true for r in requests)
-    before = edit_table(model, tok, requests) if evaluate else []
-    flu_prompts = [r.text for r in requests[:20]]
-    flu_before = fluency(model, tok, flu_prompts) if evaluate else None
-    ppl_before = generic_perplexity(model, tok) if evaluate else None
-    t0 = time.perf_counter()
-    if session is not None:
-        result = session.edit(tok, requests)
-    else:
-        result = edit(model, tok, requests, args.method, recipe=args.recipe, sets=args.sets)
-    seconds = time.perf_counter() - t0
-    after = edit_table(model, tok, requests) if evaluate else []
-    metrics_before = dict(summarise(before), fluency=flu_before, perplexity=ppl_before) if evaluate else {}
-    metrics_after = dict(summarise(after), fluency=fluency(model, tok, flu_prompts),
-                         perplexity=generic_perplexity(model, tok)) if evaluate else {}
+    measured = measure_edit(model, tok, requests, (lambda: session.edit(tok, requests)) if session is not None
+                            else (lambda: edit(model, tok, requests, args.method, recipe=args.recipe, sets=args.sets)),
+                            evaluate=not args.no_eval)
+    result, seconds, check = measured.result, measured.seconds, measured.check
+    metrics_before, metrics_after = (check.before, check.after) if check else ({}, {})
     if args.out is not None:
         with atomic_directory(Path(args.out), overwrite=args.overwrite) as out:
             if not args.no_save_model:
@@ -138,8 +103,8 @@ def run(args) -> int:
             write_json(out / "llm_edit_manifest.json", dict(result.manifest, edit_seconds=round(seconds, 2),
                                                              session=args.session, metrics_before=metrics_before,
                                                              metrics_after=metrics_after))
-            if evaluate:
-                (out / "results.csv").write_text(_results_csv(before, after))
+            if check:
+                (out / "results.csv").write_text(check.csv())
                 write_json(out / "metrics.json", {"before": metrics_before, "after": metrics_after})
     where = " -> ".join(x for x in (args.session and f"session {args.session} "
                                     f"({len(session.applied)} batches, {session.facts} facts)", args.out) if x)
@@ -148,6 +113,6 @@ def run(args) -> int:
     print(f"edited {len(requests)} fact(s) with {args.method} in {editing:.1f} s "
           f"({len(requests) / editing:.2f} facts/s; preparing took {prepare:.1f} s more: key statistics and "
           f"context prefixes, computed once and cached) -> {where}")
-    if evaluate:
-        _print_metrics(metrics_before, metrics_after)
+    if check:
+        print(check.text())
     return 0

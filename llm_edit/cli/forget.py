@@ -38,10 +38,9 @@ def run(args) -> int:
     from ..core.files import FactFileError
     from ..core.models import ALIASES, load_model
     from ..editing.methods import ERASERS
-    from ..evaluating.metrics import answer_rows, compare_forget_rows
-    from ..evaluating.report import forget_table_text
+    from ..evaluating.before_after import forget_groups, measure_forget
     from ..unlearning.forget import erase_requests, forget
-    from ..unlearning.items import Formatting, given_neighbours, neighbour_facts, numbered_items
+    from ..unlearning.items import Formatting, numbered_items
     from ..unlearning.methods import get_unlearner
 
     numbered_forget = numbered_items(args.facts)  # validate input before anything slow
@@ -72,27 +71,18 @@ def run(args) -> int:
     main_process = acc.is_main_process
     fmt = Formatting() if erasing else Formatting(config.use_chat_template, config.system_prompt)
     evaluate = not args.no_eval and main_process
-    # what the table compares: the forget items, facts that share their object or relation (the
-    # first to suffer), and a sample of the retain items
-    groups = {"forget": forget_items, "neighbour": given_neighbours(forget_items) or neighbour_facts(forget_items),
-              "retain": (retain_items or [])[:20]}
-
-    def table(m):
-        return [row for role, items in groups.items() for row in answer_rows(m, tok, items, fmt, role)]
-
-    before = table(model) if evaluate else []
     extra = {} if erasing else {"checkpoint_dir": args.checkpoint_dir, "accelerator": acc}
-    result = forget(model, tok, forget_items, retain_items, args.method, recipe=args.recipe, sets=args.sets,
-                    progress=main_process, **extra)
+    measured = measure_forget(model, tok, forget_groups(forget_items, retain_items), fmt,
+                              lambda: forget(model, tok, forget_items, retain_items, args.method, recipe=args.recipe,
+                                             sets=args.sets, progress=main_process, **extra), evaluate=evaluate)
     if not main_process:
         return 0
-    rows, summary = [], {}
-    if evaluate:
-        rows, summary = compare_forget_rows(before, table(result.model))
+    result, check = measured.result, measured.check
+    rows, summary = (check.rows, check.summary) if check else ([], {})
     result.manifest["eval"] = summary
-    result.save(Path(args.out), overwrite=args.overwrite, extra_json={"results.json": rows} if evaluate else None)
-    if evaluate:
-        print(forget_table_text(rows, summary, args.show))
+    result.save(Path(args.out), overwrite=args.overwrite, extra_json={"results.json": rows} if check else None)
+    if check:
+        print(check.text(args.show))
     t = result.manifest["training"]
     if erasing:
         print(f"\n{args.method}: {len(forget_items)} fact(s) erased by rank-one edits of layer "
