@@ -72,8 +72,13 @@ def test_probe_prompts_cover_both_item_kinds(tiny):
     demo = parse_item({"question": "Who wrote Emma?", "answer": "Jane Austen"})
     prompts = probe_prompts(tok, [qa, fact], [demo], Formatting())
     assert [i for i, _ in prompts["paraphrase"]] == [0]  # only the question has a paraphrase
-    for probe in ("direct", "plain_qa", "completion", "chat_other_system", "in_context", "ignore_instruction"):
+    for probe in ("direct", "plain_qa", "completion", "chat_other_system", "in_context", "ignore_instruction",
+                  "fill_blank", "multi_turn", "after_two_facts"):
         assert [i for i, _ in prompts[probe]] == [0, 1], probe
+    assert [i for i, _ in prompts["open_request"]] == [1]  # a fact's subject; a question has none
+    assert tok.decode(prompts["open_request"][0][1]).count("Tell me about Eiffel Tower.") == 1
+    turns = tok.decode(prompts["multi_turn"][0][1])
+    assert turns.index("quick questions") < turns.index("Who wrote Hamlet?")
     icl = tok.decode(prompts["in_context"][0][1])
     assert "Jane Austen" in icl and icl.rstrip().endswith("Answer:")
 

@@ -18,10 +18,12 @@ reports for each:
 * a verdict: **forgotten** when recovery ≤ ``forgotten_max`` (0.25), **partly** when ≤
   ``partly_max`` (0.6), else **not forgotten**; "n/a" when the original did not answer either.
 
-Probes: the direct question; its paraphrase (when the data has one); three forms the user did
-not give (a plain ``Q:/A:`` prompt, an answer-completion sentence, a chat turn with another
-system prompt); in-context (``icl_examples`` correct retain items first) and an instruction to
-ignore the unlearning; membership inference (``unlearning_metrics``: LOSS and Min-K%++ AUC
+Probes: the direct question; its paraphrase (when the data has one); forms the user did not
+give (a plain ``Q:/A:`` prompt, an answer-completion sentence, a chat turn with another system
+prompt, a fill-in-the-blank, a chat whose question follows an unrelated exchange, the prompt
+after two unrelated true facts, and for facts the open request "Tell me about {subject}.",
+judged on its first ``max_new_tokens`` tokens whole); in-context (``icl_examples`` correct
+retain items first) and an instruction to ignore the unlearning (``probes.py``); membership inference (``unlearning_metrics``: LOSS and Min-K%++ AUC
 against holdout items, PrivLeak against the retain model); extraction strength; relearning
 (a LoRA copy fine-tuned for ``relearn_steps`` on half the forget items, measured on the other
 half, and the same on retain items: benign relearning); quantization (every linear weight of the
@@ -199,7 +201,7 @@ def _reference_cache(model, tok, fmt, config, forget_items, retain_items, holdou
 
     settings = {k: v for k, v in dataclasses.asdict(config).items()
                 if k not in ("forgotten_max", "partly_max", "utility_max_drop", "batch_size", "generation_batch_size")}
-    key = hashlib.sha256(json.dumps([ANSWERED_CRITERION, fmt.describe(tok), dataclasses.asdict(fmt), settings,
+    key = hashlib.sha256(json.dumps([ANSWERED_CRITERION, PROBES, fmt.describe(tok), dataclasses.asdict(fmt), settings,
                                      [x.to_dict() for x in forget_items], [x.to_dict() for x in retain_items],
                                      [x.to_dict() for x in holdout_items], text], sort_keys=True,
                                     default=str).encode()).hexdigest()[:16]

@@ -6,6 +6,7 @@ when a BOS token or a chat template is added).
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Iterable
 
@@ -150,3 +151,18 @@ def check_context(tok, context: int | None, source: str,
             raise FactFileError(source, line, field_name, f"is {n:,} tokens with its answer; the model's context is "
                                 f"{context:,} tokens, of which {CONTEXT_HEADROOM} are kept for prefixes and "
                                 f"generated text (at most {budget:,})")
+
+
+def says(answer: str, target: str) -> bool:
+    """Whether a greedy answer gives ``target``: it starts with it (after whitespace and case),
+    the criterion for facts ("the true object is the greedy answer")."""
+    return answer.strip().lower().startswith(target.strip().lower())
+
+
+def mentions(answer: str, target: str) -> bool:
+    """Whether ``target`` appears anywhere in ``answer`` at the start of a word (case-insensitive):
+    a forgotten object must appear nowhere, not only "not first" ("Colossea, Rome, Italy" still
+    answers the Colosseum's city). The end of the word is left open, like ``says`` ("Parisian",
+    and a small model's "Londonis" too), so a form of the object counts as the object."""
+    words = target.strip().lower()
+    return bool(words) and re.search(r"(?<!\w)" + re.escape(words), answer.lower()) is not None

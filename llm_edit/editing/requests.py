@@ -46,6 +46,7 @@ class EditRequest:
     target_true: str | None = None
     paraphrase_prompts: tuple[str, ...] = ()
     neighborhood: tuple[Neighbor, ...] = field(default_factory=tuple)
+    relation_id: str | None = None  # Wikidata's (CounterFact, ROME's known facts): its question forms
 
     @property
     def text(self) -> str:
@@ -56,12 +57,13 @@ class EditRequest:
         d = asdict(self)
         d["paraphrase_prompts"] = list(self.paraphrase_prompts)
         d["neighborhood"] = [asdict(n) for n in self.neighborhood]
-        if d["target_true"] is None:
-            del d["target_true"]
+        for optional in ("target_true", "relation_id"):
+            if d[optional] is None:
+                del d[optional]
         return d
 
 
-_NATIVE = {"prompt", "subject", "target_new", "target_true", "paraphrase_prompts", "neighborhood"}
+_NATIVE = {"prompt", "subject", "target_new", "target_true", "paraphrase_prompts", "neighborhood", "relation_id"}
 _EASYEDIT = {"prompt", "subject", "target_new", "ground_truth", "rephrase_prompt",
              "locality_prompt", "locality_ground_truth", "case_id", "portability", "locality"}
 _ROME_TOP = {"case_id", "pararel_idx", "requested_rewrite", "paraphrase_prompts",
@@ -113,6 +115,7 @@ class _Parsed(NamedTuple):
     target_true: str | None
     paraphrases: tuple[str, ...]
     neighborhood: tuple[Neighbor, ...]
+    relation_id: str | None = None
 
 
 def _rome_shape(obj: Mapping, f: _Fields) -> _Parsed:
@@ -131,7 +134,9 @@ def _rome_shape(obj: Mapping, f: _Fields) -> _Parsed:
     neighbors = f.strings(obj.get("neighborhood_prompts", []), "neighborhood_prompts")
     if neighbors and target_true is None:
         f.fail("requested_rewrite.target_true", "is needed to score neighborhood_prompts")
-    return parsed._replace(neighborhood=tuple(Neighbor(p, target_true) for p in neighbors))
+    return parsed._replace(neighborhood=tuple(Neighbor(p, target_true) for p in neighbors),
+                           relation_id=f.text(rewrite, "relation_id", required=False,
+                                              name="requested_rewrite.relation_id"))
 
 
 def _easyedit_shape(obj: Mapping, f: _Fields) -> _Parsed:
@@ -159,7 +164,7 @@ def _native_shape(obj: Mapping, f: _Fields) -> _Parsed:
             f.fail(f"neighborhood[{i}]", "must be an object with exactly 'prompt' and 'target'")
         items.append(Neighbor(f.text(n, "prompt", name=f"neighborhood[{i}].prompt"),
                               f.text(n, "target", name=f"neighborhood[{i}].target")))
-    return parsed._replace(neighborhood=tuple(items))
+    return parsed._replace(neighborhood=tuple(items), relation_id=f.text(obj, "relation_id", required=False))
 
 
 def parse_request(obj: Any, source: str = "<request>", line: int | None = None) -> EditRequest:
@@ -185,7 +190,7 @@ def parse_request(obj: Any, source: str = "<request>", line: int | None = None) 
     if target_true is not None and target_true.strip() == target_new.strip():
         f.fail("target_new", f"equals target_true ({target_true!r}): nothing to rewrite")
     return EditRequest(prompt, subject, target_new.strip(), target_true.strip() if target_true else None,
-                       parsed.paraphrases, parsed.neighborhood)
+                       parsed.paraphrases, parsed.neighborhood, parsed.relation_id)
 
 
 def read_requests(path: str | Path, limit: int | None = None) -> list[EditRequest]:

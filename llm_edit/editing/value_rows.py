@@ -98,16 +98,22 @@ class _Row(NamedTuple):
     ids: list[int]  # the prompt's tokens
     split: int  # the subject's last token, where δ enters: the tokens before it never change
     target: list[int]  # the new object's tokens (none for essence prompts)
+    keyed: bool = True  # a context-prefixed prompt, whose value at δ = 0 is part of v_init (a derived form's is not)
 
 
-def _value_rows(tok, request: EditRequest, target: str, contexts: list[str], kl_prompts: list[str]) -> list[_Row]:
+def _value_rows(tok, request: EditRequest, target: str, contexts: list[str], kl_prompts: list[str],
+                forms: list = ()) -> list[_Row]:
     """Every prompt of one request is one row: its context-prefixed rewrite prompts (with the
-    target) and its essence prompts (no target)."""
+    target), the other forms it is asked in (``core.forms.Form``: the target too, no prefix),
+    and its essence prompts (no target)."""
     new_ids = target_ids(tok, target)
     rows = []
     for c in contexts:
         ids, sub = encode_with_subject(tok, c.replace("{}", request.prompt), request.subject)
         rows.append(_Row(0, -1, ids, sub, new_ids))
+    for form in forms:
+        ids, sub = encode_with_subject(tok, form.template, request.subject, chat=form.chat)
+        rows.append(_Row(0, -1, ids, sub, new_ids, keyed=False))
     for e, kp in enumerate(kl_prompts):
         ids, sub = encode_with_subject(tok, kp, request.subject)
         rows.append(_Row(0, e, ids, sub, []))

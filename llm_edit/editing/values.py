@@ -108,12 +108,13 @@ def optimise_values(model, tok, module_name: str, requests: list[EditRequest], c
                     steps: int, lr: float, kl_factor: float, weight_decay: float,
                     clamp_norm_factor: float, kl_prompts: list[str], nll_stop: float,
                     targets: list[str] | None = None, objective: str = "insert", stop_prob: float = 0.0,
-                    max_rows: int = 96, prefix_cache_bytes: int = 2**28,
+                    forms: list[list] | None = None, max_rows: int = 96, prefix_cache_bytes: int = 2**28,
                     progress: bool = False) -> list[ValueResult]:
     """For each request, find δ added to ``module_name``'s output at the last subject token
     (ROME eq. 4; MEMIT eq. 16 optimises the same at its top layer).
 
-    Loss per request = objective over its context-prefixed prompts + kl_factor · KL on its
+    Loss per request = objective over its context-prefixed prompts (and ``forms[i]``, the other
+    forms request i is asked in, ``core.forms``: a mean over all of them) + kl_factor · KL on its
     essence prompts + weight_decay · ||δ||²/||v_init||²; Adam; after each step ||δ|| is clamped
     to clamp_norm_factor · ||v_init||. The objective:
 
@@ -149,7 +150,8 @@ def optimise_values(model, tok, module_name: str, requests: list[EditRequest], c
     # of its requests what the whole batch would, while memory stays that of one group however
     # large the batch (a batch of 1,000 would otherwise rebuild most prefixes every step or hold
     # gigabytes of cache).
-    rows_of = [_value_rows(tok, r, t, contexts, kl_prompts) for r, t in zip(requests, targets)]
+    forms = forms or [[] for _ in requests]
+    rows_of = [_value_rows(tok, r, t, contexts, kl_prompts, f) for r, t, f in zip(requests, targets, forms)]
     groups = _groups_within(rows_of, _cache_bytes_per_token(model), prefix_cache_bytes)
     results: list[ValueResult] = []
     for group in tqdm(groups, desc=f"value groups of {len(requests)} requests", unit="group",
@@ -194,6 +196,12 @@ class _GroupOptimisation:
         pad = pad_id(tok)
         self.chunks = [_PromptChunk(rows[k:k + max_rows], pad, self.device) for k in range(0, len(rows), max_rows)]
         self.cache_room = _CacheBudget(prefix_cache_bytes)
+        # each rewrite row's term is divided by its request's number of rewrite rows (n_ctx
+        # without derived forms), so the objective is a mean over that request's prompts
+        self.n_rewrite = [0] * n
+        for row in rows:
+            if row.essence < 0:
+                self.n_rewrite[row.request] += 1
         self.deltas: list[torch.Tensor | None] = [None] * n  # None until measured at δ = 0
         self.initial_sum: dict[int, torch.Tensor] = {}  # Σ of v over each request's rewrite rows, at δ = 0
         # Essence rows at δ = 0, kept as final-norm states (d floats), not as next-token log-probs
@@ -279,7 +287,7 @@ class _GroupOptimisation:
 
     def _forward(self, chunk: _PromptChunk, active: set[int]) -> _Pass | None:
         """The chunk's rows of active requests at the current δ; None when none is active. Each
-        rewrite row's term is its share of its request's objective (divided by n_ctx), each
+        rewrite row's term is its share of its request's objective (divided by its rewrite rows), each
         essence row's its share of the KL (divided by n_ess)."""
         keep = [b for b, row in enumerate(chunk.rows) if row.request in active]
         if not keep:
@@ -309,7 +317,7 @@ class _GroupOptimisation:
         if self.deltas[rows[0].request] is None:
             at_subject = hidden[:, 0].detach().float()
             for b, row in enumerate(rows):
-                if row.essence < 0:
+                if row.essence < 0 and row.keyed:
                     self.initial_sum[row.request] = self.initial_sum.get(row.request, 0) + at_subject[b]
             return output
         hidden = hidden.clone()
@@ -329,7 +337,7 @@ class _GroupOptimisation:
         for b in set(t_rows.tolist()):
             target_logprobs[b] = sums[b]
             terms[b] = (object_unlikelihood(sums[b:b + 1]) if self.objective == "suppress"
-                        else mean_target_nll(sums[b:b + 1], n_tok[b:b + 1])) / self.n_ctx
+                        else mean_target_nll(sums[b:b + 1], n_tok[b:b + 1])) / self.n_rewrite[rows[b].request]
         return terms, target_logprobs
 
     def _essence_terms(self, rows: list[_Row], final: torch.Tensor):

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from ..core.files import DATA_DIR
-from ..core.text import make_batch, pad_id, target_ids, token_logprobs
+from ..core.text import make_batch, mentions, pad_id, says, target_ids, token_logprobs  # noqa: F401 (re-exported)
 from ..editing.requests import EditRequest
 
 
@@ -162,21 +162,6 @@ def greedy_answers(model, tok, items, fmt, *, prompts: list[str] | None = None, 
             cut = next((k for k, t in enumerate(row) if t in stops), len(row))
             out.append(tok.decode(row[:cut], skip_special_tokens=True))
     return out
-
-
-def says(answer: str, target: str) -> bool:
-    """Whether a greedy answer gives ``target``: it starts with it (after whitespace and case),
-    the criterion for facts ("the true object is the greedy answer")."""
-    return answer.strip().lower().startswith(target.strip().lower())
-
-
-def mentions(answer: str, target: str) -> bool:
-    """Whether ``target`` appears anywhere in ``answer`` at the start of a word (case-insensitive):
-    a forgotten object must appear nowhere, not only "not first" ("Colossea, Rome, Italy" still
-    answers the Colosseum's city). The end of the word is left open, like ``says`` ("Parisian",
-    and a small model's "Londonis" too), so a form of the object counts as the object."""
-    words = target.strip().lower()
-    return bool(words) and re.search(r"(?<!\w)" + re.escape(words), answer.lower()) is not None
 
 
 def knows(kind: str, answer: str, greedy: str, rouge_threshold: float = 0.5) -> bool:

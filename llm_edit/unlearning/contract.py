@@ -47,6 +47,10 @@ class TrainConfig:
     system_prompt: str | None = None  # None: the chat template's own default
     retain_samples: int = 64  # without a retain set: this many texts sampled from the model ...
     retain_sample_tokens: int = 64  # ... of this many tokens each
+    # ... and this many shipped known facts per forgotten fact that share its object or relation
+    # (the facts forgetting damages first; expand.protective_retain)
+    protect_neighbours: int = 0
+    expand: str = "none"  # none | forms | forms+paraphrases: also train on the other forms (expand.py)
     stop_forget_prob: float | None = None  # stop once mean P(forget answer) <= this
     eval_every: int = 5  # steps between early-stopping checks
     checkpoint_every: int = 0  # 0: no checkpoints
@@ -63,6 +67,10 @@ class TrainConfig:
             raise ValueError("lr must be positive")
         if self.saliency_fraction is not None and not (self.full_finetune and 0 < self.saliency_fraction <= 1):
             raise ValueError("saliency_fraction needs full_finetune: true and a value in (0, 1]")
+        if self.expand not in ("none", "forms", "forms+paraphrases"):
+            raise ValueError(f"expand must be none, forms or forms+paraphrases, got {self.expand!r}")
+        if self.protect_neighbours < 0:
+            raise ValueError("protect_neighbours must be >= 0")
         if self.lora_modules not in ("all-linear", "mlp", "attention"):
             raise ValueError(f"lora_modules must be all-linear, mlp or attention, got {self.lora_modules!r}")
 

@@ -131,6 +131,7 @@ def forget(model, tokenizer, forget: Iterable | str | Path, retain: Iterable | s
     An erasure method (``rome-erase``) edits the weights instead of training: facts only,
     ``retain`` unused, the result holds the patch (``ForgetResult.delta``)."""
     from ..editing.methods import ERASERS
+    from .expand import expand_items, protective_retain
     from .items import Formatting, items_sha256
     from .methods import get_unlearner
     from .trainer import Trainer
@@ -148,14 +149,22 @@ def forget(model, tokenizer, forget: Iterable | str | Path, retain: Iterable | s
         config, located = spec.resolve(model, tokenizer, config, progress)
     retain_source = "none (the method has no retain term)"
     retain_items = None
+    protective: list = []
     if spec.needs_retain:
         if retain is None:
             retain_items, retain_source = default_retain(model, tokenizer, config)
+            protective = protective_retain(forget_items, config.protect_neighbours)
+            if protective:
+                retain_items = protective + retain_items
+                retain_source += f"; {len(protective)} known facts sharing the forgotten facts' object or relation"
         else:
             retain_items = _parse_items(retain, "retain")
             retain_source = str(retain) if isinstance(retain, (str, Path)) else "given"
+    fmt = Formatting(config.use_chat_template, config.system_prompt)
+    trained = expand_items(model, tokenizer, forget_items, config.expand,
+                           chat=fmt.use_chat_template and bool(getattr(tokenizer, "chat_template", None)))
     t0 = time.perf_counter()
-    trainer = Trainer(model, tokenizer, forget_items, retain_items, spec, config, accelerator=accelerator,
+    trainer = Trainer(model, tokenizer, trained, retain_items, spec, config, accelerator=accelerator,
                       progress=progress, callback=callback, checkpoint_dir=checkpoint_dir)
     try:
         log = trainer.train()
@@ -173,10 +182,13 @@ def forget(model, tokenizer, forget: Iterable | str | Path, retain: Iterable | s
         "base_model_fingerprint": base_fingerprint,
         "forget_sha256": items_sha256(forget_items),
         "forget_items": len(forget_items),
+        # what was trained besides the items given (expand, protect_neighbours), every text
+        "derived_forms": [x.to_dict() for x in trained[len(forget_items):]],
+        "protective_retain": [x.to_dict() for x in protective],
         "retain_sha256": items_sha256(retain_items) if retain_items else None,
         "retain_items": len(retain_items) if retain_items else 0,
         "retain_source": retain_source,
-        "formatting": Formatting(config.use_chat_template, config.system_prompt).describe(tokenizer),
+        "formatting": fmt.describe(tokenizer),
         "training": {"adapter": None if config.full_finetune else "lora (all linear layers)",
                      "processes": acc.num_processes, "distributed_type": str(acc.distributed_type),
                      "effective_batch_size": trainer.effective_batch_size(),
@@ -199,7 +211,7 @@ def erase_requests(items) -> list[EditRequest]:
             raise ValueError(f"forget item {i} is a {item.kind!r} item: erasure by edits needs facts "
                              "(prompt, subject, target); use a training-based unlearner for questions or text")
         requests.append(EditRequest(item.prompt.replace(subject, "{}", 1), subject, "", item.answer,
-                                    tuple(item.paraphrases)))
+                                    tuple(item.paraphrases), relation_id=item.extra.get("relation_id")))
     return requests
 
 

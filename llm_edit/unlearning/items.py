@@ -168,16 +168,25 @@ def given_neighbours(items: list[ForgetItem]) -> list[ForgetItem]:
             for f in items for n in f.extra.get("neighborhood", ())]
 
 
-def neighbour_facts(items: list[ForgetItem], per_item: int = 2, source: Path = KNOWN_FACTS) -> list[ForgetItem]:
+def known_pool(subject: str) -> str:
+    """Which half of the known facts a subject belongs to: ``train`` (what unlearning may keep
+    by training, ``expand.protective_retain``) or ``eval`` (what the forget table and the
+    evaluations judge it by). Split on a hash of the subject, so no subject is in both."""
+    return "train" if hashlib.sha256(subject.strip().lower().encode()).digest()[0] % 2 else "eval"
+
+
+def neighbour_facts(items: list[ForgetItem], per_item: int = 2, source: Path = KNOWN_FACTS,
+                    pool: str | None = "eval") -> list[ForgetItem]:
     """Known facts (ROME's, shipped) closest to the forgotten ones: for each forgotten fact, up to
     ``per_item`` that share its object ("the Louvre ... Paris" for "the Eiffel Tower ... Paris"),
     then ones that share its relation (the Wikidata id when the item has one, else the words after
     the subject), never a forgotten subject. These are what forgetting damages first; they show
-    whether it did."""
+    whether it did. ``pool`` takes them from one half of the known facts (``known_pool``; None:
+    all)."""
     facts = [f for f in items if f.kind == "fact"]
     if not facts:
         return []
-    known = [obj for _, obj in records(source)]
+    known = [obj for _, obj in records(source) if pool is None or known_pool(obj["subject"]) == pool]
     taken = {f.extra.get("subject", "").lower() for f in facts}
     out: list[ForgetItem] = []
     for f in facts:

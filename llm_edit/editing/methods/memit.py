@@ -85,8 +85,8 @@ def compute(model, tok, requests, config: MEMITConfig, prepared: Prepared, memor
     layers, contexts = prepared.layers, prepared.contexts
     top = spec.layer(layers[-1])
     t0 = time.perf_counter()
-    values = optimise_with(config, model, tok, top, requests, contexts, progress=len(requests) > 1,
-                           **value_objective(config, len(requests)))
+    objective = value_objective(config, requests, tok)
+    values = optimise_with(config, model, tok, top, requests, contexts, progress=len(requests) > 1, **objective)
     targets = torch.stack([v.initial + v.delta for v in values])
     t1 = time.perf_counter()
 
@@ -97,7 +97,7 @@ def compute(model, tok, requests, config: MEMITConfig, prepared: Prepared, memor
 
     factors, _ = spread_over_layers(model, tok, requests, contexts, layers, targets, config.bare_key_weight, solve)
     t2 = time.perf_counter()
-    info = [{"objective": value_objective(config, 1)["objective"], "loss_before": v.nll_before,
+    info = [{"objective": objective["objective"], "loss_before": v.nll_before,
              "loss_after_optimisation": v.nll_after, "steps": v.steps, "delta_norm": float(v.delta.norm()),
              "value_seconds_batch": round(t1 - t0, 3), "solve_seconds_batch": round(t2 - t1, 3)} for v in values]
     return factors, info

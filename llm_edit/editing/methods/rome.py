@@ -85,7 +85,7 @@ def compute(model, tok, requests, config: ROMEConfig, prepared: Prepared, memory
     t0 = time.perf_counter()
     key = mean_subject_key(model, tok, name, request, prepared.contexts, config.bare_key_weight)
     t1 = time.perf_counter()
-    objective = value_objective(config, 1)
+    objective = value_objective(config, [request], tok)
     (value,) = optimise_with(config, model, tok, name, [request], prepared.contexts, **objective)
     t2 = time.perf_counter()
     cov = prepared.covariances[prepared.layer]

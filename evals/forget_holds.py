@@ -1,0 +1,128 @@
+"""Does forgetting hold? One forget run judged the way issue 20 asks: every audit question probe,
+neighbour facts, unrelated facts and perplexity, before and after; optionally the whole audit.
+
+    python evals/forget_holds.py --facts evals/data/forget_dev.jsonl \
+        --neighbours evals/data/neighbours_dev.jsonl --unrelated evals/data/unrelated_dev.jsonl \
+        --method npo [--set expand=forms ...] [--retain FILE] [--attacks] --out evals/results/holds/dev_npo
+
+Without ``--method`` and ``--set`` it runs ``llm-edit forget``'s defaults (through
+``llm_edit.forget``, the same code): that is the configuration the README reports.
+
+* question probes: the audit's (``auditing/probes.py``), greedy answers of up to 48 tokens; a
+  fact counts as answered when its object appears anywhere in the answer (``mentions``);
+  verdicts by the audit's thresholds (recovery ≤ 0.25 forgotten) against the original;
+* neighbours (``--neighbours``): facts the model knows that share a forgotten fact's object or
+  relation, never trained on (drawn from the evaluation half of the known facts); answered =
+  the object anywhere in a 16-token greedy continuation;
+* unrelated (``--unrelated``): the same criterion;
+* perplexity on ``llm_edit/data/generic_text.txt``;
+* ``--attacks``: the full audit (relearning, Q8_0/Q4_0 quantization, membership, utility guard).
+
+Any overlap between what was trained (forget forms, protective retain facts) and what judges
+(neighbours, unrelated) is reported in ``leaks``; the figures count only when it is empty.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+from llm_edit import forget, load_model  # noqa: E402
+from llm_edit.auditing.audit import AuditConfig, audit, write_audit  # noqa: E402
+from llm_edit.auditing.probes import probe_verdicts, run_probes, verdict_line  # noqa: E402
+from llm_edit.core.files import atomic_directory, write_json  # noqa: E402
+from llm_edit.core.scoring import generate  # noqa: E402
+from llm_edit.core.text import mentions  # noqa: E402
+from llm_edit.evaluating.metrics import generic_perplexity  # noqa: E402
+from llm_edit.unlearning.items import Formatting, items_sha256, read_items  # noqa: E402
+
+
+def answered(model, tok, items) -> list[dict]:
+    texts = generate(model, tok, [list(tok(x.prompt)["input_ids"]) for x in items], max_new_tokens=16)
+    return [{"prompt": x.prompt, "object": x.answer, "greedy": t, "answered": mentions(t, x.answer)}
+            for x, t in zip(items, texts)]
+
+
+def measure(model, tok, forget_items, neighbours, unrelated, config) -> dict:
+    probes = run_probes(model, tok, forget_items, unrelated[:config.icl_examples], Formatting(), config)
+    return {"probes": probes, "neighbours": answered(model, tok, neighbours),
+            "unrelated": answered(model, tok, unrelated), "perplexity": generic_perplexity(model, tok)}
+
+
+def share(rows: list[dict]) -> float:
+    return sum(r["answered"] for r in rows) / len(rows) if rows else float("nan")
+
+
+def kept(before: list[dict], after: list[dict]) -> tuple[int, int]:
+    """(still answered, answered before)"""
+    known = [i for i, r in enumerate(before) if r["answered"]]
+    return sum(after[i]["answered"] for i in known), len(known)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="llama")
+    ap.add_argument("--facts", required=True)
+    ap.add_argument("--neighbours", required=True)
+    ap.add_argument("--unrelated", required=True)
+    ap.add_argument("--retain", help="a retain file (default: none, as llm-edit forget without --retain)")
+    ap.add_argument("--method", help="default: llm-edit forget's default")
+    ap.add_argument("--set", dest="sets", action="append", default=[])
+    ap.add_argument("--attacks", action="store_true", help="also run the full audit (relearning, quantization)")
+    ap.add_argument("--out", required=True, help="folder for holds.json (and the audit's files)")
+    args = ap.parse_args()
+    forget_items, neighbours, unrelated = read_items(args.facts), read_items(args.neighbours), read_items(args.unrelated)
+    config = AuditConfig()
+    original, tok = load_model(args.model)
+    model, _ = load_model(args.model)
+    before = measure(original, tok, forget_items, neighbours, unrelated, config)
+    kwargs = {"method": args.method} if args.method else {}
+    t0 = time.perf_counter()
+    result = forget(model, tok, forget_items, args.retain, sets=args.sets, **kwargs)
+    seconds = time.perf_counter() - t0
+    unlearned = result.merge()
+    after = measure(unlearned, tok, forget_items, neighbours, unrelated, config)
+    trained = {x["prompt"].lower() for x in result.manifest.get("derived_forms", [])}
+    trained |= {x["extra"].get("subject", "").lower() for x in result.manifest.get("protective_retain", [])}
+    judged = {x.extra.get("subject", "").lower() for x in neighbours + unrelated} | {x.prompt.lower() for x in
+                                                                                   neighbours + unrelated}
+    verdicts = probe_verdicts(after["probes"], before["probes"], config)
+    n_kept, n_known = kept(before["neighbours"], after["neighbours"])
+    u_kept, u_known = kept(before["unrelated"], after["unrelated"])
+    summary = {
+        "method": result.manifest["method"], "sets": args.sets, "retain": args.retain,
+        "verdict_line": verdict_line(verdicts),
+        "probes": {p: {k: v[k] for k in ("original", "unlearned", "verdict")} for p, v in verdicts.items()},
+        "neighbours_kept": n_kept / n_known if n_known else None, "neighbours_known_before": n_known,
+        "unrelated_kept": u_kept / u_known if u_known else None, "unrelated_known_before": u_known,
+        "perplexity_before": before["perplexity"], "perplexity_after": after["perplexity"],
+        "perplexity_rise": after["perplexity"] / before["perplexity"] - 1,
+        "forget_seconds": round(seconds, 1), "derived_forms": len(result.manifest.get("derived_forms", [])),
+        "protective_retain": len(result.manifest.get("protective_retain", [])),
+        "leaks": sorted(trained & judged),
+    }
+    report = {"command": " ".join(sys.argv), "summary": summary, "before": before, "after": after,
+              "data_sha256": {name: items_sha256(items) for name, items in
+                              (("facts", forget_items), ("neighbours", neighbours), ("unrelated", unrelated))},
+              "manifest": {k: v for k, v in result.manifest.items() if k != "log"}}
+    with atomic_directory(Path(args.out), overwrite=True) as out:
+        if args.attacks:
+            t1 = time.perf_counter()
+            full = audit(unlearned, original, tok, forget_items, retain_items=unrelated, config=config)
+            report["audit_seconds"] = round(time.perf_counter() - t1, 1)
+            summary["audit_verdict"] = full["verdict"]
+            summary["attacks"] = {t["probe"]: {"value": t["unlearned"], "recovery": t["recovery"],
+                                               "verdict": t["verdict"]} for t in full["table"]
+                                  if t["probe"].startswith(("relearn", "quantized"))}
+            write_audit(out, full, f"Audit: {summary['method']} {' '.join(args.sets)}")
+        write_json(out / "holds.json", report)
+    print(json.dumps(summary, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,98 @@
+"""The second, larger forget set of issue 20: facts the default model knows over 12 relations, two
+hand-written paraphrases each, and 50 unrelated known facts (disjoint in subject and object).
+Written once and then left alone: nothing is tuned on it.
+
+    python evals/make_forget_set.py --out-facts evals/data/forget_heldout.jsonl \
+        --out-unrelated evals/data/unrelated_heldout.jsonl
+
+Facts come from ROME's known facts (their subjects and objects), each re-asked through one prompt
+per relation written here (``PROMPTS``), and kept when the model's greedy continuation of that
+prompt (16 tokens) mentions the object; at most ``--per-relation`` per relation. Paraphrases are
+two more templates per relation written here (never MQuAKE's, which training may use).
+Unrelated facts: known facts of other relations the model answers with their own prompt.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+from llm_edit import load_model  # noqa: E402
+from llm_edit.core.files import atomic_write_text  # noqa: E402
+from llm_edit.core.scoring import generate  # noqa: E402
+from llm_edit.core.text import mentions  # noqa: E402
+from llm_edit.unlearning.items import KNOWN_FACTS  # noqa: E402
+
+# relation: (prompt, paraphrase, paraphrase)
+PROMPTS = {
+    "P17": ("{} is located in the country of", "{} can be found in the country of", "The country where {} is located is"),
+    "P36": ("The capital of {} is", "The capital city of {} is", "{}'s capital city is"),
+    "P37": ("The official language of {} is", "The language officially used in {} is", "In {}, the official language is"),
+    "P30": ("{} is located in the continent of", "{} lies on the continent of", "The continent where {} lies is"),
+    "P176": ("{} is produced by", "{} is manufactured by", "The maker of {} is"),
+    "P103": ("The native language of {} is", "The mother tongue of {} is", "{}'s first language is"),
+    "P27": ("{} is a citizen of", "{} holds citizenship of", "{} is a national of"),
+    "P159": ("The headquarters of {} is in", "{} has its headquarters in", "The main office of {} is in"),
+    "P127": ("{} is owned by", "The owner of {} is", "{} belongs to"),
+    "P641": ("{} professionally plays the sport of", "{} is a professional player of", "The sport {} plays professionally is"),
+    "P449": ("{} premieres on", "{} was first broadcast on", "The network that aired {} is"),
+    "P140": ("{} is affiliated with the religion of", "{} follows the religion of", "The religion of {} is"),
+}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="llama")
+    ap.add_argument("--per-relation", type=int, default=5)
+    ap.add_argument("--unrelated", type=int, default=50)
+    ap.add_argument("--exclude", action="append", default=[], help="fact files whose subjects and objects to avoid")
+    ap.add_argument("--out-facts", required=True)
+    ap.add_argument("--out-unrelated", required=True)
+    args = ap.parse_args()
+    known = json.loads(Path(KNOWN_FACTS).read_text())
+    avoid = set()
+    for f in args.exclude:
+        for line in Path(f).read_text().splitlines():
+            if line.strip():
+                r = json.loads(line)
+                avoid |= {r["subject"].lower(), (r.get("target") or r.get("target_true") or "").lower()}
+    model, tok = load_model(args.model)
+    candidates = [k for k in known if k["relation_id"] in PROMPTS and k["subject"].lower() not in avoid
+                  and k["attribute"].lower() not in avoid]
+    prompts = [PROMPTS[k["relation_id"]][0].replace("{}", k["subject"]) for k in candidates]
+    texts = generate(model, tok, [list(tok(p)["input_ids"]) for p in prompts], max_new_tokens=16, progress=True,
+                     desc="checking facts")
+    taken: dict[str, int] = {}
+    facts, used = [], set()
+    for k, text in zip(candidates, texts):
+        r = k["relation_id"]
+        if mentions(text, k["attribute"]) and taken.get(r, 0) < args.per_relation and k["subject"].lower() not in used:
+            taken[r] = taken.get(r, 0) + 1
+            used.add(k["subject"].lower())
+            prompt, *paraphrases = PROMPTS[r]
+            facts.append({"prompt": prompt, "subject": k["subject"], "target": k["attribute"], "relation_id": r,
+                          "paraphrase_prompts": [p.replace("{}", k["subject"]) for p in paraphrases]})
+    objects = {f["target"].lower() for f in facts}
+    others = [k for k in known if k["relation_id"] not in PROMPTS and k["subject"].lower() not in used | avoid
+              and k["attribute"].lower() not in objects | avoid]
+    texts = generate(model, tok, [list(tok(k["prompt"])["input_ids"]) for k in others], max_new_tokens=16,
+                     progress=True, desc="checking unrelated facts")
+    unrelated, subjects = [], set()
+    for k, text in zip(others, texts):
+        if mentions(text, k["attribute"]) and len(unrelated) < args.unrelated and k["subject"].lower() not in subjects:
+            subjects.add(k["subject"].lower())
+            unrelated.append({"prompt": k["prompt"].replace(k["subject"], "{}", 1), "subject": k["subject"],
+                              "target": k["attribute"], "relation_id": k["relation_id"]})
+    atomic_write_text(Path(args.out_facts), "".join(json.dumps(f) + "\n" for f in facts))
+    atomic_write_text(Path(args.out_unrelated), "".join(json.dumps(f) + "\n" for f in unrelated))
+    print(f"{len(facts)} facts over {len(taken)} relations {dict(taken)} -> {args.out_facts}")
+    print(f"{len(unrelated)} unrelated facts over {len({u['relation_id'] for u in unrelated})} relations "
+          f"-> {args.out_unrelated}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,72 @@
+"""The forms a fact is asked in, derived for *training* (unlearning's ``expand``, the erasers'
+``erase_forms``): a fact given as "The Eiffel Tower is located in the city of" is also asked
+as a question, as a chat turn and subject first. A change made on one sentence holds in that
+sentence; people ask in these other forms (issue 20: forgotten facts still answered in chat
+turns and plain Q/A).
+
+Each ``Form`` is a template with ``{}`` for the subject, answered by the fact's object:
+
+* ``question``: MQuAKE's question for the fact's Wikidata relation ("Which city is {} located
+  in?"), as plain text (Zhong et al. 2023, ``data/mquake``);
+* ``chat_question``: the same question as a user turn through the model's chat template;
+* ``subject_first``: MQuAKE's cloze sentence when its blank ends it ("{} is located in the
+  country of"), unless it is the given prompt;
+* ``chat_statement``: "Finish this sentence: <prompt>" as a user turn, for facts without a
+  relation id (no question template), answered by the object.
+
+The audit's probes (``auditing/probes.py``) are the judge and use none of these wordings;
+``tests/test_audit.py`` checks that no derived form contains a probe's prompt.
+"""
+from __future__ import annotations
+
+import functools
+import json
+from typing import NamedTuple
+
+from .files import DATA_DIR
+
+MQUAKE = DATA_DIR / "mquake"
+FINISH = "Finish this sentence: {}"
+
+
+class Form(NamedTuple):
+    name: str
+    template: str  # holds "{}" for the subject; the object follows it
+    chat: bool  # a user turn, to be wrapped in the model's chat template
+
+
+@functools.lru_cache(maxsize=None)
+def _templates(name: str) -> dict[str, str]:
+    return json.loads((MQUAKE / f"{name}_templates.json").read_text())
+
+
+def question_template(relation_id: str | None) -> str | None:
+    """MQuAKE's question for a relation, with ``{}`` for the subject (None when it has none)."""
+    template = _templates("question").get(relation_id or "")
+    return template.replace("[X]", "{}") if template and "[X]" in template else None
+
+
+def cloze_template(relation_id: str | None) -> str | None:
+    """MQuAKE's cloze sentence up to its blank, when the blank ends it ("{} is located in the
+    country of"); None otherwise."""
+    template = _templates("cloze").get(relation_id or "")
+    if not template or "[X]" not in template or not template.rstrip().endswith("__"):
+        return None
+    return template.rstrip()[:-2].rstrip().replace("[X]", "{}")
+
+
+def fact_forms(prompt: str, relation_id: str | None, *, chat: bool) -> list[Form]:
+    """The derived forms of a fact whose prompt template is ``prompt`` (with ``{}``); ``chat``:
+    whether the model has a chat template."""
+    forms = []
+    question = question_template(relation_id)
+    if question:
+        forms.append(Form("question", question, False))
+        if chat:
+            forms.append(Form("chat_question", question, True))
+    cloze = cloze_template(relation_id)
+    if cloze and cloze.strip().lower() != prompt.strip().lower():
+        forms.append(Form("subject_first", cloze, False))
+    if chat and not question:
+        forms.append(Form("chat_statement", FINISH.format(prompt), True))
+    return forms
