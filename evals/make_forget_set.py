@@ -5,11 +5,13 @@ Written once and then left alone: nothing is tuned on it.
     python evals/make_forget_set.py --out-facts evals/data/forget_heldout.jsonl \
         --out-unrelated evals/data/unrelated_heldout.jsonl
 
-Facts come from ROME's known facts (their subjects and objects), each re-asked through one prompt
-per relation written here (``PROMPTS``), and kept when the model's greedy continuation of that
-prompt (16 tokens) mentions the object; at most ``--per-relation`` per relation. Paraphrases are
+Facts come from ROME's known facts (their subjects and objects), each asked through one prompt
+per relation written here (``PROMPTS``), or else through ROME's own prompt, and kept when the
+model's greedy continuation (16 tokens) mentions the object; at most ``--per-relation`` per
+relation. Paraphrases are
 two more templates per relation written here (never MQuAKE's, which training may use).
-Unrelated facts: known facts of other relations the model answers with their own prompt.
+Unrelated facts: other known facts the model answers with their own prompt, sharing neither
+subject nor object with a forget fact (as the development set's).
 """
 from __future__ import annotations
 
@@ -41,15 +43,23 @@ PROMPTS = {
     "P641": ("{} professionally plays the sport of", "{} is a professional player of", "The sport {} plays professionally is"),
     "P449": ("{} premieres on", "{} was first broadcast on", "The network that aired {} is"),
     "P140": ("{} is affiliated with the religion of", "{} follows the religion of", "The religion of {} is"),
+    "P20": ("{} died in the city of", "{} passed away in the city of", "The city where {} died is"),
+    "P19": ("{} was born in the city of", "The birthplace of {} is the city of", "{} is a native of the city of"),
+    "P108": ("{} is employed by", "{} works for", "The employer of {} is"),
+    "P178": ("{} is developed by", "{} was created by the company", "The developer of {} is"),
+    "P937": ("{} worked in the city of", "The city where {} worked is", "{} spent a working life in the city of"),
+    "P495": ("{} was created in the country of", "{} comes from the country of", "The country of origin of {} is"),
+    "P364": ("The original language of {} is", "{} was originally made in the language", "The language {} was first made in is"),
+    "P407": ("{} is written in the language", "The language of {} is", "{} was published in the language"),
 }
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="llama")
-    ap.add_argument("--per-relation", type=int, default=5)
+    ap.add_argument("--per-relation", type=int, default=4)
     ap.add_argument("--unrelated", type=int, default=50)
-    ap.add_argument("--exclude", action="append", default=[], help="fact files whose subjects and objects to avoid")
+    ap.add_argument("--exclude", action="append", default=[], help="fact files whose subjects to avoid")
     ap.add_argument("--out-facts", required=True)
     ap.add_argument("--out-unrelated", required=True)
     args = ap.parse_args()
@@ -59,26 +69,31 @@ def main() -> None:
         for line in Path(f).read_text().splitlines():
             if line.strip():
                 r = json.loads(line)
-                avoid |= {r["subject"].lower(), (r.get("target") or r.get("target_true") or "").lower()}
+                avoid.add(r["subject"].lower())
     model, tok = load_model(args.model)
-    candidates = [k for k in known if k["relation_id"] in PROMPTS and k["subject"].lower() not in avoid
-                  and k["attribute"].lower() not in avoid]
-    prompts = [PROMPTS[k["relation_id"]][0].replace("{}", k["subject"]) for k in candidates]
-    texts = generate(model, tok, [list(tok(p)["input_ids"]) for p in prompts], max_new_tokens=16, progress=True,
-                     desc="checking facts")
+    candidates = [k for k in known if k["relation_id"] in PROMPTS and k["subject"].lower() not in avoid]
+    mine = [PROMPTS[k["relation_id"]][0].replace("{}", k["subject"]) for k in candidates]
+    texts = generate(model, tok, [list(tok(p)["input_ids"]) for p in mine + [k["prompt"] for k in candidates]],
+                     max_new_tokens=16, progress=True, desc="checking facts")
     taken: dict[str, int] = {}
     facts, used = [], set()
-    for k, text in zip(candidates, texts):
+    for k, text_mine, text_rome in zip(candidates, texts[:len(candidates)], texts[len(candidates):]):
         r = k["relation_id"]
-        if mentions(text, k["attribute"]) and taken.get(r, 0) < args.per_relation and k["subject"].lower() not in used:
+        prompt, *paraphrases = PROMPTS[r]
+        if mentions(text_mine, k["attribute"]):
+            template = prompt
+        elif mentions(text_rome, k["attribute"]) and k["subject"] in k["prompt"]:
+            template = k["prompt"].replace(k["subject"], "{}", 1)
+        else:
+            continue
+        if taken.get(r, 0) < args.per_relation and k["subject"].lower() not in used:
             taken[r] = taken.get(r, 0) + 1
             used.add(k["subject"].lower())
-            prompt, *paraphrases = PROMPTS[r]
-            facts.append({"prompt": prompt, "subject": k["subject"], "target": k["attribute"], "relation_id": r,
+            facts.append({"prompt": template, "subject": k["subject"], "target": k["attribute"], "relation_id": r,
                           "paraphrase_prompts": [p.replace("{}", k["subject"]) for p in paraphrases]})
     objects = {f["target"].lower() for f in facts}
-    others = [k for k in known if k["relation_id"] not in PROMPTS and k["subject"].lower() not in used | avoid
-              and k["attribute"].lower() not in objects | avoid]
+    others = [k for k in known if k["subject"].lower() not in used | avoid
+              and k["attribute"].lower() not in objects and k["subject"] in k["prompt"]]
     texts = generate(model, tok, [list(tok(k["prompt"])["input_ids"]) for k in others], max_new_tokens=16,
                      progress=True, desc="checking unrelated facts")
     unrelated, subjects = [], set()

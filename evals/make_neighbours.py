@@ -32,11 +32,16 @@ def main() -> None:
     ap.add_argument("--written", help="neighbours written by hand (facts), checked the same way, for forgotten "
                     "facts the known facts cover with fewer than --per-fact")
     ap.add_argument("--per-fact", type=int, default=3)
+    ap.add_argument("--pool", choices=["eval", "all"], default="eval",
+                    help="all: both halves of the known facts (only for judging methods that train on no known "
+                    "fact, e.g. the erasers; evals/forget_holds.py reports any overlap with what was trained)")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     facts = read_items(args.facts)
     banned = {x.extra.get("subject", "").lower() for f in args.exclude for x in read_items(f)}
-    candidates = [c for c in neighbour_facts(facts, per_item=4 * args.per_fact, pool="eval")
+    # every known fact of the evaluation half that shares a forgotten fact's object or relation
+    candidates = [c for c in neighbour_facts(facts, per_item=10_000,
+                                                  pool=None if args.pool == "all" else "eval")
                   if c.extra["subject"].lower() not in banned]
     if args.written:
         for x in read_items(args.written):
@@ -53,9 +58,20 @@ def main() -> None:
     texts = generate(model, tok, [list(tok(c.prompt)["input_ids"]) for c in candidates], max_new_tokens=16)
     taken: dict[str, int] = {}
     lines = []
+
+    def shares(c, f) -> bool:
+        tail = f.prompt.replace(f.extra["subject"], "{}", 1)
+        return (c.answer.lower() == f.answer.lower() or (c.extra.get("relation_id") or 0) == f.extra.get("relation_id")
+                or c.prompt.replace(c.extra["subject"], "{}", 1) == tail)
+
     for c, text in zip(candidates, texts):
-        owner = c.extra["neighbour_of"]
-        if mentions(text, c.answer) and taken.get(owner, 0) < args.per_fact:
+        if not mentions(text, c.answer):
+            continue
+        # to the forgotten fact it is closest to (the object first) that has the fewest so far
+        owners = sorted((f for f in facts if shares(c, f)), key=lambda f: (c.answer.lower() != f.answer.lower(),
+                                                                         taken.get(f.extra["subject"], 0)))
+        owner = next((f.extra["subject"] for f in owners if taken.get(f.extra["subject"], 0) < args.per_fact), None)
+        if owner is not None:
             taken[owner] = taken.get(owner, 0) + 1
             lines.append(json.dumps({"prompt": c.prompt.replace(c.extra["subject"], "{}", 1),
                                      "subject": c.extra["subject"], "target": c.answer,

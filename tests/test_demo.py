@@ -10,7 +10,7 @@ def test_the_demo_edits_reverts_forgets_and_restores(tiny):
     timings = demo.tour(model, tok, log=lines.append)
     text = "\n".join(lines)
     for expected in ("== before", "ROME rewrote", "chat turn", "reverted: the weights are bit for bit the original",
-                     "forgetting", "neighbour facts", "question probes", "adapter removed: the weights are bit for bit"):
+                     "forgetting", "neighbour facts", "question probes", "undone: the weights are bit for bit"):
         assert expected in text, expected
     assert set(timings) >= {"edit_s", "prepare_s", "forget_s"} and timings["edit_s"] <= timings["edit_total_s"]
     assert fingerprint(model) == base

@@ -21,11 +21,15 @@ def test_fact_forms_follow_the_relation():
     assert forms["chat_question"].chat and forms["chat_question"].template == forms["question"].template
     # the cloze sentence is the given prompt here, so no subject-first form repeats it
     assert "subject_first" not in forms and "chat_statement" not in forms
+    # answered in a whole sentence: the question, then the assistant starts with the prompt
+    assert forms["chat_reply"] == ("chat_reply", "Which country is {} located in?", True,
+                                   "{} is located in the country of")
     forms = {f.name: f for f in fact_forms("The capital city of {} is", "P36", chat=False)}
     assert set(forms) == {"question", "subject_first"} and forms["subject_first"].template == "The capital of {} is"
     # no relation id: one chat turn that asks to finish the sentence
-    (form,) = fact_forms("{} played the", None, chat=True)
+    form, reply = fact_forms("{} played the", None, chat=True)
     assert form.name == "chat_statement" and form.chat and "{} played the" in form.template
+    assert reply.name == "chat_reply" and reply.template == form.template and reply.reply == "{} played the"
     assert fact_forms("{} played the", None, chat=False) == []
 
 
@@ -48,7 +52,9 @@ def test_derived_forms_of_facts_and_questions():
     assert [(x.kind, x.prompt, x.extra["form"]) for x in derived] == [
         ("fact", "Which country is Osaka located in?", "question"),
         ("qa", "Which country is Osaka located in?", "chat_question"),
+        ("fact", "Which country is Osaka located in?", "chat_reply"),
         ("fact", "Who wrote Hamlet?", "plain_question")]
+    assert derived[2].extra["reply"] == "Osaka is located in the country of"
     assert all(x.answer in ("Japan", "Shakespeare") for x in derived)
     # the given paraphrase is the audit's paraphrase probe: never a training form
     assert not any("Osaka is a city" in x.prompt for x in derived)
@@ -61,7 +67,9 @@ def _training_texts(tok, items, chat):
     """What a derived form puts in front of the model, as text (chat forms through the template)."""
     out = []
     for x in derived_forms(items, chat=chat):
-        if x.kind == "qa":
+        if "reply" in x.extra:
+            out.append(render(tok, "{}", x.prompt, chat=True)[0] + x.extra["reply"] + " " + x.answer)
+        elif x.kind == "qa":
             out.append(render(tok, "{}", x.prompt, chat=True)[0] + x.answer)
         else:
             out.append(f"{x.prompt} {x.answer}")
@@ -69,7 +77,7 @@ def _training_texts(tok, items, chat):
         if item.kind == "fact":
             template = item.prompt.replace(item.extra["subject"], "{}", 1)
             for form in fact_forms(template, item.extra.get("relation_id"), chat=chat):
-                out.append(render(tok, form.template, item.extra["subject"], chat=form.chat)[0])
+                out.append(render(tok, form.template, item.extra["subject"], chat=form.chat, reply=form.reply)[0])
     return out
 
 
@@ -116,13 +124,18 @@ def test_forget_trains_on_the_derived_forms_and_the_protective_retain(tiny):
     fact = {"prompt": "{} is located in the country of", "subject": "Osaka", "target": "Japan", "relation_id": "P17"}
     seen = []
     result = llm_edit.forget(model, tok, [fact], method="grad_diff", sets=["steps=1", "expand=forms",
-                                                                          "protect_neighbours=2", "retain_samples=2"],
+                                                                          "protect_neighbours=2", "retain_samples=2",
+                                                                          "max_length=128"],
                              progress=False, callback=lambda step, record, m: seen.append(step) and False)
     forms = result.manifest["derived_forms"]
-    assert [x["extra"]["form"] for x in forms] == ["question", "chat_question"]
+    assert [x["extra"]["form"] for x in forms] == ["question", "chat_question", "chat_reply"]
     assert result.manifest["forget_items"] == 1 and len(result.manifest["protective_retain"]) >= 1
     assert "known facts sharing" in result.manifest["retain_source"]
-    assert result._trainer.forget[1:] and len(result._trainer.forget) == 3
+    assert len(result._trainer.forget) == 4
+    # the reply form's prompt: the chat question, then the sentence; the loss on the object only
+    ids, start = result._trainer.encode(result._trainer.forget[3])
+    assert tok.decode(ids[:start]).endswith("Osaka is located in the country of")
+    assert tok.decode(ids[start:]).strip() == "Japan"
     result.unload()
 
 

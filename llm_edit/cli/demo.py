@@ -33,7 +33,7 @@ EDIT = {
 }
 CHAT_QUESTION = "In which city is the Eiffel Tower?"
 FORGET = {"prompt": "The {} is located in the city of", "subject": "Colosseum", "target": "Rome",
-          "paraphrase_prompts": ["The Colosseum can be found in the city of"]}
+          "paraphrase_prompts": ["The Colosseum can be found in the city of"], "relation_id": "P131"}
 # facts the model knows (greedy completion) next to the forgotten one: some protect it as the
 # retain set, the others are only watched
 _CITY = "{} is located in the city of"
@@ -60,7 +60,8 @@ def tour(model, tok, *, log: Callable[[str], None] = print) -> dict:
     from ..editing.requests import parse_request
     from ..evaluating.metrics import answer_rows, compare_forget_rows, edit_table, greedy, mentions
     from ..evaluating.report import forget_table_text
-    from ..unlearning.forget import forget
+    from ..editing.methods import ERASERS
+    from ..unlearning.forget import default_method, forget
     from ..unlearning.items import ForgetItem, Formatting, parse_item
 
     timings: dict[str, float] = {}
@@ -100,24 +101,27 @@ def tour(model, tok, *, log: Callable[[str], None] = print) -> dict:
     neighbours = [ForgetItem("fact", p, o) for p, o in WATCHED]
     fmt = Formatting()
     demos = retain[:AuditConfig().icl_examples]
-    log(f"\n== forgetting {item.prompt!r} -> {item.answer!r} with the default method (npo); retain set: "
-        f"{'; '.join(f'{x.prompt} {x.answer}' for x in retain)}. Other facts next to it must stay.")
+    method = default_method([item])
+    log(f"\n== forgetting {item.prompt!r} -> {item.answer!r} with the default method for facts ({method}"
+        + (": rank-one edits that make the object unlikely in every form the fact is asked in, no retain set); "
+           if method in ERASERS else f"); retain set: {'; '.join(f'{x.prompt} {x.answer}' for x in retain)}. ")
+        + "Other facts next to it must stay.")
     before = answer_rows(model, tok, [item], fmt, "forget") + answer_rows(model, tok, neighbours, fmt, "neighbour")
     original_probes = run_probes(model, tok, [item], demos, fmt, AuditConfig())
     t0 = time.perf_counter()
-    forgotten = forget(model, tok, [item], retain, progress=True)
+    forgotten = forget(model, tok, [item], retain, method, progress=True)
     timings["forget_s"] = time.perf_counter() - t0
     after = answer_rows(forgotten.model, tok, [item], fmt, "forget") + answer_rows(
         forgotten.model, tok, neighbours, fmt, "neighbour")
     rows, summary = compare_forget_rows(before, after)
     log(forget_table_text(rows, summary))
     verdicts = probe_verdicts(run_probes(forgotten.model, tok, [item], demos, fmt, AuditConfig()), original_probes)
-    steps = forgotten.manifest["training"]["steps"]
-    log(f"\n{steps} steps in {timings['forget_s']:.1f} s. Audit, question probes (direct, paraphrase, plain Q/A, "
-        f"completion, another system prompt, in context, an instruction to ignore the unlearning): "
-        f"{verdict_line(verdicts)}. `llm-edit audit` adds relearning, quantization and membership inference.")
+    log(f"\n{method} in {timings['forget_s']:.1f} s. Audit, question probes (direct, paraphrase, plain Q/A, "
+        f"completion, another system prompt, in context, an instruction to ignore the unlearning, a blank to fill, "
+        f"a second chat turn, after two other facts, an open request): {verdict_line(verdicts)}. "
+        "`llm-edit audit` adds relearning, quantization and membership inference.")
     forgotten.unload()
-    log(f"adapter removed: the weights are {'bit for bit the original' if fingerprint(model) == base else 'NOT the original'}")
+    log(f"undone: the weights are {'bit for bit the original' if fingerprint(model) == base else 'NOT the original'}")
     return timings
 
 

@@ -17,8 +17,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_model_args(p)
     p.add_argument("--facts", required=True, help="JSONL/JSON of items to forget: facts, question/answer pairs or text")
     p.add_argument("--retain", help="items to keep (default: text sampled from the model itself)")
-    p.add_argument("--method", default="npo", choices=sorted(UNLEARNERS) + sorted(ERASERS),
-                   help="a training-based unlearner, or an erasure by rank-one edits (" + ", ".join(ERASERS) + ")")
+    p.add_argument("--method", choices=sorted(UNLEARNERS) + sorted(ERASERS),
+                   help="a training-based unlearner, or an erasure by rank-one edits (" + ", ".join(ERASERS) + "); "
+                   "default: memit-erase for facts, npo for questions and text (README, 'Forgetting that holds')")
     p.add_argument("--layers", help="'auto': take the edited/steered layer(s) from causal tracing (rome-erase, memit-erase, rmu)")
     p.add_argument("--recipe", help="YAML hyper-parameter file or recipe name (default: the model's)")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
@@ -39,7 +40,7 @@ def run(args) -> int:
     from ..core.models import ALIASES, load_model
     from ..editing.methods import ERASERS
     from ..evaluating.before_after import forget_groups, measure_forget
-    from ..unlearning.forget import erase_requests, forget
+    from ..unlearning.forget import default_method, erase_requests, forget
     from ..unlearning.items import Formatting, numbered_items
     from ..unlearning.methods import get_unlearner
 
@@ -47,6 +48,9 @@ def run(args) -> int:
     numbered_retain = numbered_items(args.retain) if args.retain else []
     forget_items = [x for _, x in numbered_forget]
     retain_items = [x for _, x in numbered_retain] or None
+    if args.method is None:
+        args.method = default_method(forget_items)
+        print(f"llm-edit: method {args.method} (the default for these items; --method to choose)", file=sys.stderr)
     check_out(args)
     erasing = args.method in ERASERS
     if erasing:

@@ -12,7 +12,10 @@ Each ``Form`` is a template with ``{}`` for the subject, answered by the fact's 
 * ``subject_first``: MQuAKE's cloze sentence when its blank ends it ("{} is located in the
   country of"), unless it is the given prompt;
 * ``chat_statement``: "Finish this sentence: <prompt>" as a user turn, for facts without a
-  relation id (no question template), answered by the object.
+  relation id (no question template), answered by the object;
+* ``chat_reply``: the chat question (or the request to finish the sentence) answered in a
+  whole sentence: the assistant's turn starts with the prompt, then the object, as instruct
+  models usually answer.
 
 The audit's probes (``auditing/probes.py``) are the judge and use none of these wordings;
 ``tests/test_audit.py`` checks that no derived form contains a probe's prompt.
@@ -31,8 +34,9 @@ FINISH = "Finish this sentence: {}"
 
 class Form(NamedTuple):
     name: str
-    template: str  # holds "{}" for the subject; the object follows it
+    template: str  # holds "{}" for the subject; the object follows it (or follows ``reply``)
     chat: bool  # a user turn, to be wrapped in the model's chat template
+    reply: str | None = None  # chat forms: the assistant's answer starts with this (with "{}"), then the object
 
 
 @functools.lru_cache(maxsize=None)
@@ -69,4 +73,6 @@ def fact_forms(prompt: str, relation_id: str | None, *, chat: bool) -> list[Form
         forms.append(Form("subject_first", cloze, False))
     if chat and not question:
         forms.append(Form("chat_statement", FINISH.format(prompt), True))
+    if chat:
+        forms.append(Form("chat_reply", question or FINISH.format(prompt), True, prompt))
     return forms

@@ -19,8 +19,11 @@ class SubjectNotFound(ValueError):
     pass
 
 
-def render(tok, template: str, subject: str, *, chat: bool = False) -> tuple[str, int, int, bool]:
-    """Fill ``template``'s ``{}`` with ``subject``; optionally wrap it in the chat template.
+def render(tok, template: str, subject: str, *, chat: bool = False, reply: str | None = None
+           ) -> tuple[str, int, int, bool]:
+    """Fill ``template``'s ``{}`` with ``subject``; optionally wrap it in the chat template as the
+    user's turn, and with ``reply`` (a template too) start the assistant's answer with it (the
+    subject is then located in the reply, the occurrence nearest to what follows).
 
     Returns (text, subject_start, subject_end, add_special_tokens).
     """
@@ -34,15 +37,21 @@ def render(tok, template: str, subject: str, *, chat: bool = False) -> tuple[str
         raise ValueError("chat=True but the tokenizer has no chat template")
     full = tok.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
                                    add_generation_prompt=True)
+    if reply is not None:
+        if "{}" not in reply:
+            raise SubjectNotFound(f"reply {reply!r} has no '{{}}' for the subject {subject!r}")
+        at = len(full) + reply.index("{}")
+        return full + reply.replace("{}", subject, 1), at, at + len(subject), False
     offset = full.rfind(text)
     if offset < 0:
         raise SubjectNotFound("the chat template changed the prompt's text; cannot locate the subject")
     return full, offset + start, offset + start + len(subject), False
 
 
-def subject_span(tok, template: str, subject: str, *, chat: bool = False) -> tuple[list[int], int, int]:
+def subject_span(tok, template: str, subject: str, *, chat: bool = False, reply: str | None = None
+                 ) -> tuple[list[int], int, int]:
     """Token ids of the filled prompt and the indices of the subject's first and last tokens."""
-    text, start, end, special = render(tok, template, subject, chat=chat)
+    text, start, end, special = render(tok, template, subject, chat=chat, reply=reply)
     enc = tok(text, return_offsets_mapping=True, add_special_tokens=special)
     covering = [i for i, (a, b) in enumerate(enc["offset_mapping"]) if b > a and a < end and b > start]
     if not covering:  # only real tokens overlapping [start, end) count
@@ -50,9 +59,10 @@ def subject_span(tok, template: str, subject: str, *, chat: bool = False) -> tup
     return list(enc["input_ids"]), covering[0], covering[-1]
 
 
-def encode_with_subject(tok, template: str, subject: str, *, chat: bool = False) -> tuple[list[int], int]:
+def encode_with_subject(tok, template: str, subject: str, *, chat: bool = False, reply: str | None = None
+                        ) -> tuple[list[int], int]:
     """Token ids of the filled prompt and the index of the subject's last token."""
-    ids, _, last = subject_span(tok, template, subject, chat=chat)
+    ids, _, last = subject_span(tok, template, subject, chat=chat, reply=reply)
     return ids, last
 
 

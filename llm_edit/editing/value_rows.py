@@ -112,7 +112,7 @@ def _value_rows(tok, request: EditRequest, target: str, contexts: list[str], kl_
         ids, sub = encode_with_subject(tok, c.replace("{}", request.prompt), request.subject)
         rows.append(_Row(0, -1, ids, sub, new_ids))
     for form in forms:
-        ids, sub = encode_with_subject(tok, form.template, request.subject, chat=form.chat)
+        ids, sub = encode_with_subject(tok, form.template, request.subject, chat=form.chat, reply=form.reply)
         rows.append(_Row(0, -1, ids, sub, new_ids, keyed=False))
     for e, kp in enumerate(kl_prompts):
         ids, sub = encode_with_subject(tok, kp, request.subject)

@@ -44,8 +44,12 @@ def derived_forms(items: list[ForgetItem], *, chat: bool) -> list[ForgetItem]:
             subject, template = found
             for form in fact_forms(template, item.extra.get("relation_id"), chat=chat):
                 text = form.template.replace("{}", subject, 1)
-                out.append(ForgetItem("qa" if form.chat else "fact", text, item.answer, (),
-                                      {"subject": subject, "form": form.name, "derived_from": item.prompt}))
+                extra = {"subject": subject, "form": form.name, "derived_from": item.prompt}
+                if form.reply is not None:  # a chat turn whose answer starts with the sentence: a fact after it
+                    extra["reply"] = form.reply.replace("{}", subject, 1)
+                    out.append(ForgetItem("fact", text, item.answer, (), extra))
+                else:
+                    out.append(ForgetItem("qa" if form.chat else "fact", text, item.answer, (), extra))
         elif item.kind == "qa":
             out.append(ForgetItem("fact", item.prompt, item.answer, (),
                                   {"form": "plain_question", "derived_from": item.prompt}))

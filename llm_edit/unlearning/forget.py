@@ -92,6 +92,18 @@ class ForgetResult:
                 write_json(out / name, obj)
 
 
+# ``forget``'s method when none is given, by what the items are (README, "Forgetting that holds",
+# shows the table that chose it): facts are erased by rank-one edits over every form they are
+# asked in; questions and text have no subject to edit at, so a training-based unlearner.
+DEFAULT_METHOD = {"fact": "memit-erase", "qa": "npo", "text": "npo"}
+
+
+def default_method(items) -> str:
+    """``DEFAULT_METHOD`` of the items' shape ("npo" when the shapes are mixed)."""
+    kinds = {x.kind for x in items}
+    return DEFAULT_METHOD[kinds.pop()] if len(kinds) == 1 else "npo"
+
+
 def _parse_items(items, name: str):
     from .items import parse_item, read_items
 
@@ -119,9 +131,10 @@ def default_retain(model, tok, config) -> tuple[list, str]:
 
 
 def forget(model, tokenizer, forget: Iterable | str | Path, retain: Iterable | str | Path | None = None,
-           method: str = "npo", *, recipe: str | Path | None = None, sets: list[str] = (), progress: bool = True,
+           method: str | None = None, *, recipe: str | Path | None = None, sets: list[str] = (), progress: bool = True,
            callback=None, checkpoint_dir: str | Path | None = None, accelerator=None, **hparams) -> ForgetResult:
-    """Unlearn ``forget`` (items, dicts or a file path) with ``method``; hyper-parameters come
+    """Unlearn ``forget`` (items, dicts or a file path) with ``method`` (default:
+    ``default_method`` of the items: memit-erase for facts, npo otherwise); hyper-parameters come
     from the model's recipe (or ``recipe``), then ``sets``, then ``hparams``, all validated
     against the method's config. The model is trained in place through a LoRA adapter; if
     training fails the adapter is removed and the model is exactly as before.
@@ -137,6 +150,7 @@ def forget(model, tokenizer, forget: Iterable | str | Path, retain: Iterable | s
     from .trainer import Trainer
 
     forget_items = _parse_items(forget, "forget")
+    method = method or default_method(forget_items)
     if method in ERASERS:
         return _erase(model, tokenizer, forget_items, method, recipe=recipe, sets=sets, progress=progress,
                       **hparams)

@@ -252,6 +252,9 @@ def prompt_ids(tok, item: ForgetItem, fmt: Formatting, prompt: str | None = None
     """The ids a model sees before it answers ``item`` (``prompt`` replaces the item's own,
     for paraphrases)."""
     prompt = item.prompt if prompt is None else prompt
+    reply = item.extra.get("reply")
+    if reply is not None:  # a derived chat form (expand.py): the question, then the answer's first words
+        return question_prefix(tok, prompt, fmt) + list(tok(reply, add_special_tokens=False)["input_ids"])
     if item.kind == "qa":
         return question_prefix(tok, prompt, fmt)
     if item.kind == "fact":

@@ -1,0 +1,54 @@
+"""One markdown table of several ``evals/forget_holds.py`` runs: the question probes (answered
+share after, with the verdict's initial), neighbours and unrelated facts kept, perplexity and
+time, with the original model's row first.
+
+    python evals/holds_table.py --title "Development facts" --out evals/results/holds/dev.md \
+        evals/results/holds/dev_*
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+MARK = {"forgotten": "F", "partly": "P", "not forgotten": "N", "n/a": "–"}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("runs", nargs="+")
+    ap.add_argument("--title", required=True)
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args()
+    reports = [(Path(r), json.loads((Path(r) / "holds.json").read_text())) for r in args.runs]
+    probes = list(reports[0][1]["summary"]["probes"])
+    head = (["configuration"] + probes + ["forgotten probes", "neighbours kept", "unrelated kept", "perplexity",
+                                          "seconds"])
+    lines = [f"# {args.title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    first = reports[0][1]["summary"]
+    lines.append("| original | " + " | ".join(f"{first['probes'][p]['original']:.2f}" for p in probes)
+                 + f" | | {first['neighbours_known_before']} known | {first['unrelated_known_before']} known | "
+                 f"{first['perplexity_before']:.2f} | |")
+    for path, report in reports:
+        s = report["summary"]
+        name = (s["method"] + (" " + " ".join(s["sets"]) if s["sets"] else "") + (" (default)" if
+                "default" in path.name else ""))
+        cells = [f"{s['probes'][p]['unlearned']:.2f} {MARK[s['probes'][p]['verdict']]}" if p in s["probes"] else "–"
+                 for p in probes]
+        judged = [v for v in s["probes"].values() if v["verdict"] != "n/a"]
+        forgotten = sum(v["verdict"] == "forgotten" for v in judged)
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {forgotten} of {len(judged)} | "
+                     f"{s['neighbours_kept']:.3f} | {s['unrelated_kept']:.3f} | {s['perplexity_rise']:+.1%} | "
+                     f"{s['forget_seconds']} |" + (" leaks!" if s["leaks"] else ""))
+    lines += ["", "Cells: the share of forget items whose object appears in the unlearned model's greedy answer "
+              "(48 tokens; F/P/N: the audit's verdict against the original: recovery ≤ 0.25 / ≤ 0.6 / above). "
+              "Neighbours and unrelated: the share of the facts the original answered (object in a 16-token "
+              "greedy continuation) that the unlearned model still answers. Perplexity: change on "
+              "llm_edit/data/generic_text.txt. Seconds: the forget call alone.", "",
+              "Sources: " + ", ".join(f"`{p}`" for p, _ in reports)]
+    Path(args.out).write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
