@@ -22,17 +22,16 @@ def main() -> None:
     args = ap.parse_args()
     reports = [(Path(r), json.loads((Path(r) / "holds.json").read_text())) for r in args.runs]
     probes = list(reports[0][1]["summary"]["probes"])
-    head = (["configuration"] + probes + ["forgotten probes", "neighbours kept", "unrelated kept", "perplexity",
+    head = (["run", "configuration"] + probes + ["forgotten probes", "neighbours kept", "unrelated kept", "perplexity",
                                           "seconds"])
     lines = [f"# {args.title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     first = reports[0][1]["summary"]
-    lines.append("| original | " + " | ".join(f"{first['probes'][p]['original']:.2f}" for p in probes)
+    lines.append("| | original | " + " | ".join(f"{first['probes'][p]['original']:.2f}" for p in probes)
                  + f" | | {first['neighbours_known_before']} known | {first['unrelated_known_before']} known | "
                  f"{first['perplexity_before']:.2f} | |")
     for path, report in reports:
         s = report["summary"]
-        name = (s["method"] + (" " + " ".join(s["sets"]) if s["sets"] else "") + (" (default)" if
-                "default" in path.name else ""))
+        name = f"{path.name} | {s['method']}" + (" " + " ".join(s["sets"]) if s["sets"] else "")
         cells = [f"{s['probes'][p]['unlearned']:.2f} {MARK[s['probes'][p]['verdict']]}" if p in s["probes"] else "–"
                  for p in probes]
         judged = [v for v in s["probes"].values() if v["verdict"] != "n/a"]

@@ -247,7 +247,7 @@ def test_bad_edit_settings_exit_2_before_the_model_loads(tmp_path, capsys, setti
 
 @pytest.mark.parametrize("setting", ["lr=.nan", "lr=.inf", "lr=-.inf"])
 def test_bad_forget_settings_exit_2_before_the_model_loads(tmp_path, capsys, setting):
-    code, _, err = cli(capsys, "forget", "--model", NOWHERE, "--recipe", "tiny", "--facts",
+    code, _, err = cli(capsys, "forget", "--model", NOWHERE, "--recipe", "tiny", "--method", "npo", "--facts",
                        forget_file(tmp_path / "f.jsonl"), "--set", setting, "--out", tmp_path / "o")
     assert code == 2 and "finite" in err, err
 

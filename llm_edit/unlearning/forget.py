@@ -130,6 +130,22 @@ def default_retain(model, tok, config) -> tuple[list, str]:
                    f"from the original model (seed {config.seed})")
 
 
+def _retain_set(model, tokenizer, spec, config, retain, forget_items) -> tuple[list | None, str, list]:
+    """(retain items, where they came from, the protective known facts among them)."""
+    from .expand import protective_retain
+
+    if not spec.needs_retain:
+        return None, "none (the method has no retain term)", []
+    if retain is not None:
+        return _parse_items(retain, "retain"), str(retain) if isinstance(retain, (str, Path)) else "given", []
+    retain_items, source = default_retain(model, tokenizer, config)
+    protective = protective_retain(forget_items, config.protect_neighbours)
+    if protective:
+        retain_items = protective + retain_items
+        source += f"; {len(protective)} known facts sharing the forgotten facts' object or relation"
+    return retain_items, source, protective
+
+
 def forget(model, tokenizer, forget: Iterable | str | Path, retain: Iterable | str | Path | None = None,
            method: str | None = None, *, recipe: str | Path | None = None, sets: list[str] = (), progress: bool = True,
            callback=None, checkpoint_dir: str | Path | None = None, accelerator=None, **hparams) -> ForgetResult:
@@ -144,7 +160,7 @@ def forget(model, tokenizer, forget: Iterable | str | Path, retain: Iterable | s
     An erasure method (``rome-erase``) edits the weights instead of training: facts only,
     ``retain`` unused, the result holds the patch (``ForgetResult.delta``)."""
     from ..editing.methods import ERASERS
-    from .expand import expand_items, protective_retain
+    from .expand import expand_items
     from .items import Formatting, items_sha256
     from .methods import get_unlearner
     from .trainer import Trainer
@@ -161,19 +177,7 @@ def forget(model, tokenizer, forget: Iterable | str | Path, retain: Iterable | s
     located = None
     if spec.resolve is not None:  # before any adapter: e.g. RMU's layer: auto traces the original model
         config, located = spec.resolve(model, tokenizer, config, progress)
-    retain_source = "none (the method has no retain term)"
-    retain_items = None
-    protective: list = []
-    if spec.needs_retain:
-        if retain is None:
-            retain_items, retain_source = default_retain(model, tokenizer, config)
-            protective = protective_retain(forget_items, config.protect_neighbours)
-            if protective:
-                retain_items = protective + retain_items
-                retain_source += f"; {len(protective)} known facts sharing the forgotten facts' object or relation"
-        else:
-            retain_items = _parse_items(retain, "retain")
-            retain_source = str(retain) if isinstance(retain, (str, Path)) else "given"
+    retain_items, retain_source, protective = _retain_set(model, tokenizer, spec, config, retain, forget_items)
     fmt = Formatting(config.use_chat_template, config.system_prompt)
     trained = expand_items(model, tokenizer, forget_items, config.expand,
                            chat=fmt.use_chat_template and bool(getattr(tokenizer, "chat_template", None)))
