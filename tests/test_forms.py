@@ -2,6 +2,7 @@
 apart from the audit's probes, and the protective retain set kept apart from the neighbours
 that judge forgetting."""
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,7 +13,8 @@ from llm_edit.core.text import render
 from llm_edit.unlearning.expand import derived_forms, expand_items, protective_retain
 from llm_edit.unlearning.items import Formatting, known_pool, neighbour_facts, parse_item, read_items
 
-DEV = "evals/data/forget_dev.jsonl"
+ROOT = Path(__file__).resolve().parent.parent
+DEV = ROOT / "evals/data/forget_dev.jsonl"
 
 
 def test_fact_forms_follow_the_relation():
@@ -113,7 +115,7 @@ def test_protective_retain_and_judging_neighbours_never_share_a_subject():
     assert all(known_pool(x.extra["subject"]) == "eval" for x in judge)
     assert not {x.extra["subject"] for x in protect} & {x.extra["subject"] for x in judge}
     assert not {x.extra["subject"] for x in protect} & {x.extra["subject"] for x in read_items(
-        "evals/data/neighbours_dev.jsonl")}
+        ROOT / "evals/data/neighbours_dev.jsonl")}
     assert protective_retain(facts, 0) == []
 
 
