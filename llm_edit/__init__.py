@@ -4,13 +4,6 @@ The public names load on first use (PEP 562), so ``import llm_edit`` and the com
 without importing torch and transformers first: the CLI's own Ctrl-C handling then covers
 those imports too.
 """
-from importlib.metadata import PackageNotFoundError as _NotInstalled, version as _version
-
-try:
-    __version__ = _version("llm-edit")
-except _NotInstalled:  # a source tree on sys.path, not installed
-    __version__ = "0+unknown"
-
 _EXPORTS = {
     "FactFileError": "core.files",
     "load_model": "core.models",
@@ -28,6 +21,15 @@ __all__ = sorted(_EXPORTS)
 
 
 def __getattr__(name: str):
+    if name == "__version__":  # on first use too: importlib.metadata costs the start-up ~50 ms
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            value = version("llm-edit")
+        except PackageNotFoundError:  # a source tree on sys.path, not installed
+            value = "0+unknown"
+        globals()[name] = value
+        return value
     if name in _EXPORTS:
         import importlib
 

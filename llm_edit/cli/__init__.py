@@ -57,11 +57,11 @@ def _leave_during_start_up(signum, frame) -> None:
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     if threading.current_thread() is not threading.main_thread():  # signal handlers: main thread only
         return build_parser().parse_args(argv)
-    previous = signal.signal(signal.SIGINT, _leave_during_start_up)
+    signal.signal(signal.SIGINT, _leave_during_start_up)
     try:
         return build_parser().parse_args(argv)
-    finally:
-        signal.signal(signal.SIGINT, previous)
+    finally:  # the work proper: Ctrl-C raises KeyboardInterrupt, so atomic writes clean up
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def main(argv: list[str] | None = None) -> int:
