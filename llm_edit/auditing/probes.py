@@ -5,6 +5,7 @@ checks that no derived training form contains one).
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from ..evaluating import tofu_metrics as M
@@ -72,7 +73,7 @@ def _chat(tok, content: str, system: str | None) -> list[int]:
 
 def _chat_turns(tok, messages: list[dict]) -> list[int]:
     ids = tok.apply_chat_template(messages, tokenize=True, add_generation_prompt=True)
-    return list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
+    return list(ids["input_ids"] if isinstance(ids, Mapping) else ids)  # transformers 5: a BatchEncoding
 
 
 def probe_prompts(tok, items: list[ForgetItem], demos: list[ForgetItem], fmt: Formatting) -> dict[str, list]:
