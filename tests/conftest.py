@@ -19,18 +19,20 @@ if "LLM_EDIT_HOME" not in os.environ:  # a home of our own, removed when the ses
 # Every row of the architecture table has a tiny random model (test_arch checks the lists agree);
 # tests of what every architecture must do (the table resolves, ROME and AlphaEdit edit and
 # revert exactly, scoring matches a plain forward) run on all of them.
-TINY_TYPES = ["llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "phi3", "olmo", "gpt2", "gpt_neox", "gptj"]
+TINY_TYPES = ["llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "gemma3", "phi3", "olmo", "gpt2", "gpt_neox", "gptj"]
 # Tests that train, trace or generate at length run on one model of each module layout the table
 # distinguishes: Llama-like blocks (the other Llama-like rows differ in config details these
-# tests do not reach), GPT-2's transposed Conv1D, GPT-NeoX's fused attention. All rows would
+# tests do not reach), GPT-2's transposed Conv1D, GPT-NeoX's fused attention, and Gemma 3's
+# multimodal wrapper (the decoder one level down, beside a vision tower). All rows would
 # triple their time.
-LAYOUTS = ["llama", "gpt2", "gpt_neox"]
+LAYOUTS = ["llama", "gpt2", "gpt_neox", "gemma3"]
 # Closed-form identities of one computation (a rank-one solve, batched against lone generation):
 # a Llama-like and a Conv1D model, the two ways weights are stored.
 STORAGE = ["llama", "gpt2"]
 # The key/value and scoring fast paths also take Gemma: it scales embeddings by sqrt(d), so a
-# cache or prefix built without the model's own embedding call would differ there first.
-FAST_PATHS = ["llama", "gpt2", "gemma", "gpt_neox"]
+# cache or prefix built without the model's own embedding call would differ there first; and
+# Gemma 3, whose sliding-window layers (window 16 in the tiny model) keep a cache of another kind.
+FAST_PATHS = ["llama", "gpt2", "gemma", "gpt_neox", "gemma3_text"]
 # AlphaEdit raises all three of its test targets on these random models. On the random weights of
 # mistral, qwen3, gemma2 and olmo the null-space-projected update moves some target's probability
 # by less than 1e-3 either way (measured), which says nothing about trained models; there the

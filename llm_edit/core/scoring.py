@@ -232,6 +232,16 @@ def _shared_prefix(prompts: list[list[int]]) -> int:
     return max(n, 0)
 
 
+def sliding_window(model) -> int | None:
+    """The attention window of the model's sliding-window layers, if it has any."""
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    window = getattr(config, "sliding_window", None)
+    layer_types = getattr(config, "layer_types", None)
+    if not isinstance(window, int) or (layer_types is not None and "sliding_attention" not in layer_types):
+        return None
+    return window
+
+
 def _greedy_batch(model, prompts: list[list[int]], pad: int, max_new_tokens: int, ended) -> list[list[int]]:
     """Greedy tokens for one batch: the shared prefix once, then the rest of each prompt
     left-padded after it (position ids skip the padding), then one token per live row per step;
@@ -240,7 +250,11 @@ def _greedy_batch(model, prompts: list[list[int]], pad: int, max_new_tokens: int
     last_only, cache_arg = forward_options(model)
     n = len(prompts)
     shared, cache = _shared_prefix(prompts), None
-    if shared >= 8:  # below that the extra pass costs more than it saves
+    window = sliding_window(model)
+    # A sliding-window cache keeps only the window's last tokens, and a wrapper such as Gemma 3's
+    # multimodal one masks the padded rest as if it kept them all: share only what cannot slide.
+    fits = window is None or max(len(p) for p in prompts) + max_new_tokens <= window
+    if shared >= 8 and fits:  # below 8 the extra pass costs more than it saves
         prefix = torch.tensor([prompts[0][:shared]], device=device)
         cache = cache_of(model(input_ids=prefix, use_cache=True))
         if hasattr(cache, "batch_repeat_interleave"):

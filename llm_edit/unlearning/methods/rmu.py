@@ -40,13 +40,13 @@ class RMUConfig(TrainConfig):
 
 def prepare(trainer, config) -> torch.Tensor:
     """The control vector c·u: u uniform in [0, 1)^d then normalised, as in WMDP's code."""
-    from ...core.arch import num_layers
+    from ...core.arch import hidden_size, num_layers
 
     model = trainer.base_model
     if config.layer >= num_layers(model):
         raise ConfigError(f"layer {config.layer} does not exist: the model has {num_layers(model)} blocks")
     generator = torch.Generator().manual_seed(config.seed)
-    u = torch.rand(model.config.hidden_size, generator=generator)
+    u = torch.rand(hidden_size(model), generator=generator)
     return (u / u.norm() * config.steering_coeff).to(trainer.device)
 
 
