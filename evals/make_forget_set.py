@@ -74,7 +74,7 @@ def main() -> None:
     candidates = [k for k in known if k["relation_id"] in PROMPTS and k["subject"].lower() not in avoid]
     mine = [PROMPTS[k["relation_id"]][0].replace("{}", k["subject"]) for k in candidates]
     texts = generate(model, tok, [list(tok(p)["input_ids"]) for p in mine + [k["prompt"] for k in candidates]],
-                     max_new_tokens=16, progress=True, desc="checking facts")
+                     max_new_tokens=16, batch_size=64, progress=True, desc="checking facts")
     taken: dict[str, int] = {}
     facts, used = [], set()
     for k, text_mine, text_rome in zip(candidates, texts[:len(candidates)], texts[len(candidates):]):
@@ -94,7 +94,7 @@ def main() -> None:
     objects = {f["target"].lower() for f in facts}
     others = [k for k in known if k["subject"].lower() not in used | avoid
               and k["attribute"].lower() not in objects and k["subject"] in k["prompt"]]
-    texts = generate(model, tok, [list(tok(k["prompt"])["input_ids"]) for k in others], max_new_tokens=16,
+    texts = generate(model, tok, [list(tok(k["prompt"])["input_ids"]) for k in others], max_new_tokens=16, batch_size=64,
                      progress=True, desc="checking unrelated facts")
     unrelated, subjects = [], set()
     for k, text in zip(others, texts):

@@ -55,7 +55,7 @@ def main() -> None:
                 candidates.append(type(x)("fact", x.prompt, x.answer, (), {"subject": x.extra["subject"],
                                                                          "neighbour_of": owner}))
     model, tok = load_model(args.model)
-    texts = generate(model, tok, [list(tok(c.prompt)["input_ids"]) for c in candidates], max_new_tokens=16)
+    texts = generate(model, tok, [list(tok(c.prompt)["input_ids"]) for c in candidates], max_new_tokens=16, batch_size=64)
     taken: dict[str, int] = {}
     lines = []
 

@@ -13,9 +13,13 @@ def _all_recipes():
     return [(m, p) for m in CONFIGS for p in sorted((recipes_dir() / m).glob("*.yaml"))]
 
 
-def test_every_method_has_a_recipe_for_the_default_and_the_tiny_models():
+def test_every_method_has_a_recipe_for_every_model_alias():
+    from llm_edit.core.models import ALIASES
+
+    wanted = {a.recipe for a in ALIASES.values()}
+    assert {"tiny", "smollm2-135m", "gemma3-270m"} <= wanted
     for method in CONFIGS:
-        assert {"tiny", "smollm2-135m"} <= {p.stem for p in (recipes_dir() / method).glob("*.yaml")}, method
+        assert wanted <= {p.stem for p in (recipes_dir() / method).glob("*.yaml")}, method
 
 
 def test_there_are_recipes():

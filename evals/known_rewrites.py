@@ -1,0 +1,68 @@
+"""Keep the edit requests a model really knows: the greedy continuation (16 tokens) of the
+request's own prompt mentions its true object. Neighbourhood prompts are kept only where the
+model answers them too, so that specificity measures what an edit breaks, not what the model
+never knew. Used to build a model's development and held-out rewrite sets.
+
+    python evals/known_rewrites.py --model gemma --facts evals/data/dev_rewrites.jsonl \
+        --out evals/data/gemma/dev_rewrites.jsonl
+    python evals/known_rewrites.py --model gemma --limit 100 --skip 0 \
+        --facts ../shared/data/counterfact/counterfact-val.json --out evals/data/gemma/counterfact_known100.jsonl
+
+``--limit`` stops after that many known requests, in file order (``--skip`` known ones first):
+disjoint slices of one file make a tuning and a held-out set.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from llm_edit import load_model, read_requests  # noqa: E402
+from llm_edit.core.files import atomic_write_text  # noqa: E402
+from llm_edit.core.scoring import generate  # noqa: E402
+from llm_edit.core.text import mentions  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="llama")
+    ap.add_argument("--facts", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--limit", type=int)
+    ap.add_argument("--skip", type=int, default=0, help="known requests to pass over first")
+    ap.add_argument("--scan", type=int, default=600, help="look at most at this many requests")
+    args = ap.parse_args()
+    requests = read_requests(args.facts, limit=args.scan)
+    model, tok = load_model(args.model)
+    prompts = [r.text for r in requests]
+    hood = [(i, n) for i, r in enumerate(requests) for n in r.neighborhood]
+    texts = generate(model, tok, [tok(p)["input_ids"] for p in prompts + [n.prompt for _, n in hood]],
+                     max_new_tokens=16, batch_size=64, progress=True, desc="asking the model")
+    known_hood: dict[int, list] = {}
+    for (i, n), text in zip(hood, texts[len(prompts):]):
+        if mentions(text, n.target):
+            known_hood.setdefault(i, []).append({"prompt": n.prompt, "target": n.target})
+    kept, skipped = [], 0
+    for i, (r, text) in enumerate(zip(requests, texts)):
+        if not mentions(text, r.target_true):
+            continue
+        if skipped < args.skip:
+            skipped += 1
+            continue
+        row = {k: v for k, v in asdict(r).items() if v not in (None, (), [])}
+        row["paraphrase_prompts"] = list(r.paraphrase_prompts)
+        row["neighborhood"] = known_hood.get(i, [])
+        kept.append(row)
+        if args.limit and len(kept) >= args.limit:
+            break
+    atomic_write_text(Path(args.out), "".join(json.dumps(k) + "\n" for k in kept))
+    print(f"{len(kept)} known of the first {i + 1} requests ({args.skip} known skipped); "
+          f"{sum(len(k['neighborhood']) for k in kept)} neighbourhood prompts kept -> {args.out}")
+
+
+if __name__ == "__main__":
+    main()
