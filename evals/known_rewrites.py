@@ -8,8 +8,8 @@ never knew. Used to build a model's development and held-out rewrite sets.
     python evals/known_rewrites.py --model gemma --limit 100 --skip 0 \
         --facts ../shared/data/counterfact/counterfact-val.json --out evals/data/gemma/counterfact_known100.jsonl
 
-``--limit`` stops after that many known requests, in file order (``--skip`` known ones first):
-disjoint slices of one file make a tuning and a held-out set.
+``--limit`` stops after that many known requests, in file order (``--skip`` known ones first,
+``--offset`` requests first): disjoint slices of one file make a tuning and a held-out set.
 """
 from __future__ import annotations
 
@@ -35,8 +35,9 @@ def main() -> None:
     ap.add_argument("--limit", type=int)
     ap.add_argument("--skip", type=int, default=0, help="known requests to pass over first")
     ap.add_argument("--scan", type=int, default=600, help="look at most at this many requests")
+    ap.add_argument("--offset", type=int, default=0, help="start at this request of the file (0-based)")
     args = ap.parse_args()
-    requests = read_requests(args.facts, limit=args.scan)
+    requests = read_requests(args.facts, limit=args.offset + args.scan)[args.offset:]
     model, tok = load_model(args.model)
     prompts = [r.text for r in requests]
     hood = [(i, n) for i, r in enumerate(requests) for n in r.neighborhood]
@@ -60,7 +61,7 @@ def main() -> None:
         if args.limit and len(kept) >= args.limit:
             break
     atomic_write_text(Path(args.out), "".join(json.dumps(k) + "\n" for k in kept))
-    print(f"{len(kept)} known of the first {i + 1} requests ({args.skip} known skipped); "
+    print(f"{len(kept)} known of requests {args.offset}-{args.offset + i} ({args.skip} known skipped); "
           f"{sum(len(k['neighborhood']) for k in kept)} neighbourhood prompts kept -> {args.out}")
 
 
