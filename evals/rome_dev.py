@@ -46,6 +46,10 @@ def run_batch(model, tok, requests, sets, method):
     return summary, result.per_request, rows
 
 
+def _share(value) -> str:
+    return "n/a" if value is None else f"{value:.2f}"  # a fact without paraphrases or neighbours
+
+
 def run_dev(model, tok, requests, sets, fluency_too=False, method="rome"):
     """Edit each request alone on the original model, score it, revert it."""
     base = fingerprint(model)
@@ -68,7 +72,7 @@ def run_dev(model, tok, requests, sets, fluency_too=False, method="rome"):
         per_fact.append({"subject": request.subject, "target_new": request.target_new, **s,
                          "seconds": round(seconds[-1], 2), **result.per_request[0]})
         print(f"[{i + 1:>2}/{len(requests)}] {request.subject:<28} -> {request.target_new:<12} "
-              f"eff={s['efficacy']:.0f} gen={s['generalisation']:.2f} spec={s['specificity']:.2f} "
+              f"eff={s['efficacy']:.0f} gen={_share(s['generalisation'])} spec={_share(s['specificity'])} "
               f"{seconds[-1]:.1f}s", flush=True)
     summary = {"sets": sets, "after": summarise(rows), "median_edit_seconds": round(statistics.median(seconds), 2),
                "reverts_bit_exact": fingerprint(model) == base,
