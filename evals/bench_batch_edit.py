@@ -121,7 +121,7 @@ def main() -> None:
     import llm_edit.editing.methods.memit
 
     for module in (llm_edit.editing.methods.memit, llm_edit.editing.methods.alphaedit):
-        memory.wrap(module, "optimise_values", f"{module.__name__.rsplit('.', 1)[1]}: value optimisation")
+        memory.wrap(module, "optimise_with", f"{module.__name__.rsplit('.', 1)[1]}: value optimisation")
         memory.wrap(module, "spread_over_layers", f"{module.__name__.rsplit('.', 1)[1]}: keys, residuals, solves")
     model, tok = load_model(args.model)
     memory.phase = "loaded"

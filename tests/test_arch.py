@@ -31,6 +31,34 @@ def test_table_resolves_on_tiny_model(model_type):
         model.get_submodule(spec.mlp.format(i))
         model.get_submodule(spec.attn_out.format(i))
         assert spec.mlp_out.format(i).startswith(spec.layer(i) + ".")
+        if spec.mlp_post_norm:
+            assert spec.mlp_post_norm.format(i).startswith(spec.layer(i) + ".")
+            assert model.get_submodule(spec.mlp_post_norm.format(i)).weight.shape == (d_model,)
+    # every block that normalises its MLP's output before the residual says so
+    block = model.get_submodule(spec.layer(0))
+    assert bool(spec.mlp_post_norm) == hasattr(block, "post_feedforward_layernorm")
+
+
+@pytest.mark.parametrize("model_type", ["gemma3_text", "gemma3"])
+def test_a_post_norm_residual_is_written_through_the_norm(model_type):
+    """MEMIT's residual r, converted by ``through_post_norm``, turns the normalised MLP output
+    N(m + dx) to the direction of N(m) + r (one context: no averaging in the way)."""
+    from llm_edit.editing.keys import subject_keys, through_post_norm
+    from llm_edit.editing.requests import EditRequest
+
+    model, tok = build_tiny(model_type)
+    spec = arch_of(model)
+    request = EditRequest("{} is in", "Eiffel Tower", "Rome")
+    m = subject_keys(model, tok, spec.mlp_out.format(1), [request.prompt], [request.subject], output=True)
+    norm = model.get_submodule(spec.mlp_post_norm.format(1))
+    with torch.no_grad():
+        before = norm(m)
+    r = torch.randn_like(before, generator=torch.Generator().manual_seed(0)) * before.norm() / 4
+    dx = through_post_norm(model, tok, 1, [request], ["{}"], r)
+    with torch.no_grad():
+        after = norm(m + dx)
+    assert torch.nn.functional.cosine_similarity(after, before + r).item() > 0.999
+    assert torch.nn.functional.cosine_similarity(before + dx, before + r).item() < 0.99  # writing r as is would not
 
 
 def test_unknown_architecture_says_how_to_add_it():

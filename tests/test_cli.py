@@ -31,10 +31,11 @@ def test_edit_writes_a_plain_hugging_face_model_patch_and_results(tmp_path, fact
                "--set", "v_steps=10", env_home=tmp_path / "home")
     assert done.returncode == 0, done.stderr
     assert {"model.safetensors", "config.json", "patch.safetensors", "llm_edit_manifest.json",
-            "results.csv", "metrics.json"} <= {p.name for p in out.iterdir()}
+            "results.csv", "answers.csv", "metrics.json"} <= {p.name for p in out.iterdir()}
     manifest = json.loads((out / "llm_edit_manifest.json").read_text())
     assert manifest["hyperparameters"]["v_steps"] == 10 and manifest["facts"][0]["target_new"] == "Rome"
-    assert "efficacy" in done.stdout
+    assert "efficacy" in done.stdout and "gen_in_context" in done.stdout
+    assert "gen_chat" in json.loads((out / "metrics.json").read_text())["after"]
     # loadable by transformers alone, and it carries the edit
     check = ("import sys, torch; sys.modules['llm_edit'] = None\n"
              "from transformers import AutoModelForCausalLM\n"

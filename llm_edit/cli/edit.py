@@ -105,6 +105,7 @@ def run(args) -> int:
                                                              metrics_after=metrics_after))
             if check:
                 (out / "results.csv").write_text(check.csv())
+                (out / "answers.csv").write_text(check.answers_csv())
                 write_json(out / "metrics.json", {"before": metrics_before, "after": metrics_after})
     where = " -> ".join(x for x in (args.session and f"session {args.session} "
                                     f"({len(session.applied)} batches, {session.facts} facts)", args.out) if x)

@@ -71,6 +71,9 @@ def run(args) -> int:
     return 0
 
 
+GEN_KEYS = ("gen_prompt", "gen_chat", "gen_question", "gen_in_context", "portability")
+
+
 def _eval_counterfact(args) -> int:
     from ..core.config import ConfigError
     from ..core.files import atomic_directory, atomic_write_text, write_json
@@ -95,7 +98,12 @@ def _eval_counterfact(args) -> int:
                               for k in ("efficacy", "generalisation", "specificity", "fluency", "perplexity"))
           + " |\n\n"
           "Efficacy / generalisation: share of prompts / paraphrases where P(target_new) > P(target_true); "
-          "specificity: share of neighbourhood prompts where the true object still wins (ROME §4.2).\n")
+          "specificity: share of neighbourhood prompts where the true object still wins (ROME §4.2).\n\n"
+          "| by generation | " + " | ".join(GEN_KEYS) + " |\n|---|" + "---|" * len(GEN_KEYS) + "\n"
+          + "| share holding | " + " | ".join("n/a" if a[k] is None else f"{a[k]:.3f} of {a[k + '_n']}"
+                                              for k in GEN_KEYS) + " |\n\n"
+          "gen_<form>: the greedy answer (32 tokens) names target_new and not target_true; portability: a "
+          "one-hop probe's answer names its target (llm_edit/evaluating/edit_forms.py).\n")
     with atomic_directory(Path(args.out), overwrite=args.overwrite) as out:
         write_json(out / "report.json", report)
         atomic_write_text(out / "report.md", md)

@@ -7,11 +7,13 @@ here and to ``TINY_CONFIGS`` in ``models.py``; ``tests/test_arch.py`` then check
 Paths use ``{}`` for the layer index. ``mlp_out`` is the MLP's output projection: the matrix
 that ROME/MEMIT/AlphaEdit edit, whose *input* is the key k and whose *output* is the value v.
 ``mlp_out_transposed`` is True where that module stores its weight as (in, out) instead of
-``nn.Linear``'s (out, in) (GPT-2's ``Conv1D``).
+``nn.Linear``'s (out, in) (GPT-2's ``Conv1D``). ``mlp_post_norm`` is the RMS norm some blocks
+apply to the MLP's output before adding it to the residual stream (Gemma 2 and 3): a change of
+the value then moves the residual only through that norm, which MEMIT's layer loop must invert.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -26,6 +28,7 @@ class ArchSpec:
     final_norm: str
     lm_head: str
     mlp_out_transposed: bool = False
+    mlp_post_norm: str | None = None
 
     def layer(self, i: int) -> str:
         return f"{self.layers}.{i}"
@@ -41,14 +44,17 @@ _LLAMA_LIKE = ArchSpec(
     lm_head="lm_head",
 )
 
+# Gemma 2 and 3 (text): Llama's module names, and a norm between the MLP and the residual stream
+_GEMMA_POST_NORM = replace(_LLAMA_LIKE, mlp_post_norm="model.layers.{}.post_feedforward_layernorm")
+
 ARCHITECTURES: dict[str, ArchSpec] = {
     "llama": _LLAMA_LIKE,
     "mistral": _LLAMA_LIKE,
     "qwen2": _LLAMA_LIKE,
     "qwen3": _LLAMA_LIKE,
     "gemma": _LLAMA_LIKE,
-    "gemma2": _LLAMA_LIKE,
-    "gemma3_text": _LLAMA_LIKE,  # Gemma 3 270M/1B: text only; pre- and post-norms sit inside the block
+    "gemma2": _GEMMA_POST_NORM,
+    "gemma3_text": _GEMMA_POST_NORM,  # Gemma 3 270M/1B: text only
     # Gemma 3 4B and up: the text decoder sits beside a vision tower; only the decoder is edited.
     "gemma3": ArchSpec(
         layers="model.language_model.layers",
@@ -58,6 +64,7 @@ ARCHITECTURES: dict[str, ArchSpec] = {
         embed="model.language_model.embed_tokens",
         final_norm="model.language_model.norm",
         lm_head="lm_head",
+        mlp_post_norm="model.language_model.layers.{}.post_feedforward_layernorm",
     ),
     "phi3": _LLAMA_LIKE,
     "olmo": _LLAMA_LIKE,

@@ -59,11 +59,13 @@ def cloze_template(relation_id: str | None) -> str | None:
     return template.rstrip()[:-2].rstrip().replace("[X]", "{}")
 
 
-def fact_forms(prompt: str, relation_id: str | None, *, chat: bool) -> list[Form]:
+def fact_forms(prompt: str, relation_id: str | None, *, chat: bool, questions: bool = True) -> list[Form]:
     """The derived forms of a fact whose prompt template is ``prompt`` (with ``{}``); ``chat``:
-    whether the model has a chat template."""
+    whether the model has a chat template. ``questions=False`` leaves out MQuAKE's question,
+    which judges edits (``evaluating.edit_forms``): an editor trained on it would be graded on
+    its own training text."""
     forms = []
-    question = question_template(relation_id)
+    question = question_template(relation_id) if questions else None
     if question:
         forms.append(Form("question", question, False))
         if chat:

@@ -108,6 +108,32 @@ def top_states(model, tok, module_name: str, requests: list[EditRequest], contex
     return states.view(len(requests), len(contexts), -1).mean(1)
 
 
+def through_post_norm(model, tok, layer: int, requests: list[EditRequest], contexts: list[str],
+                      residuals: torch.Tensor) -> torch.Tensor:
+    """The change of the MLP output that moves the residual stream by ``residuals`` (n, d) where
+    an RMS norm N(m) = s ⊙ m / rms(m) sits between the MLP and the residual (``mlp_post_norm``,
+    Gemma 2 and 3). MEMIT's solve writes ΔW k = r, which there moves the residual by about
+    (s / rms(m)) ⊙ r instead: too little where the MLP output is large, far too much where it is
+    small (on Gemma 3 270M MEMIT scored efficacy 0.61 on 100 CounterFact records; its erasure
+    broke the model). N is scale-invariant, so the residual can only turn: the target MLP output
+    is y*/s for y* = N(m) + r, rescaled to m's own size, minus m (m and N(m) averaged over the
+    context prompts, as the residual is). It moves N(m) to y*'s direction exactly."""
+    spec = arch_of(model)
+    norm = model.get_submodule(spec.mlp_post_norm.format(layer))
+    templates = [c.replace("{}", r.prompt) for r in requests for c in contexts]
+    subjects = [r.subject for r in requests for _ in contexts]
+    outputs = subject_keys(model, tok, spec.mlp_out.format(layer), templates, subjects, output=True)
+    weight = next(norm.parameters())
+    with torch.no_grad():
+        scale = norm(torch.ones(1, outputs.shape[-1], dtype=weight.dtype, device=weight.device)).float()
+        normed = norm(outputs.to(weight.dtype)).float()
+    n = len(requests)
+    outputs = outputs.view(n, len(contexts), -1).mean(1)
+    wanted = (normed.view(n, len(contexts), -1).mean(1) + residuals.to(outputs)) / scale
+    rms = lambda x: x.pow(2).mean(-1, keepdim=True).sqrt()  # noqa: E731
+    return (wanted * rms(outputs) / rms(wanted) - outputs).to(residuals)
+
+
 def check_layer_range(config) -> None:
     """Validate the layer-range keys MEMIT and AlphaEdit share (``layers``, ``auto_layer_count``,
     ``batch_size``): raises ``ValueError`` naming the key."""
@@ -154,6 +180,8 @@ def spread_over_layers(model, tok, requests: list[EditRequest], contexts: list[s
             name = spec.mlp_out.format(layer)
             keys = mean_subject_keys(model, tok, name, requests, contexts, bare_key_weight)
             residuals = (targets - top_states(model, tok, top, requests, contexts)) / (len(layers) - i)
+            if spec.mlp_post_norm:
+                residuals = through_post_norm(model, tok, layer, requests, contexts, residuals)
             left, right = solve(layer, residuals, keys)
             if spec.mlp_out_transposed:  # Conv1D stores (in, out)
                 left, right = right.T, left.T

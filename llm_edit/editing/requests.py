@@ -5,7 +5,11 @@ Native shape, one object per line::
     {"prompt": "The {} is located in the city of", "subject": "Eiffel Tower",
      "target_new": "Rome", "target_true": "Paris",
      "paraphrase_prompts": ["The Eiffel Tower stands in the city of"],
-     "neighborhood": [{"prompt": "The Louvre is located in the city of", "target": "Paris"}]}
+     "neighborhood": [{"prompt": "The Louvre is located in the city of", "target": "Paris"}],
+     "portability": [{"prompt": "The Eiffel Tower is located in the country of", "target": "Italy"}]}
+
+``portability`` (optional): one-hop consequences of the rewrite and their answers *after* it
+(EasyEdit's name; Yao et al. 2023), scored by generation (``evaluating.edit_forms``).
 
 ``prompt`` holds ``{}`` where the subject goes, or contains the subject verbatim (its first
 occurrence is taken). Targets are written without a leading space; the tokenizer step adds it.
@@ -47,6 +51,7 @@ class EditRequest:
     paraphrase_prompts: tuple[str, ...] = ()
     neighborhood: tuple[Neighbor, ...] = field(default_factory=tuple)
     relation_id: str | None = None  # Wikidata's (CounterFact, ROME's known facts): its question forms
+    portability: tuple[Neighbor, ...] = ()  # one-hop probes: prompt -> the answer the rewrite implies
 
     @property
     def text(self) -> str:
@@ -57,13 +62,17 @@ class EditRequest:
         d = asdict(self)
         d["paraphrase_prompts"] = list(self.paraphrase_prompts)
         d["neighborhood"] = [asdict(n) for n in self.neighborhood]
+        d["portability"] = [asdict(n) for n in self.portability]
+        if not d["portability"]:
+            del d["portability"]
         for optional in ("target_true", "relation_id"):
             if d[optional] is None:
                 del d[optional]
         return d
 
 
-_NATIVE = {"prompt", "subject", "target_new", "target_true", "paraphrase_prompts", "neighborhood", "relation_id"}
+_NATIVE = {"prompt", "subject", "target_new", "target_true", "paraphrase_prompts", "neighborhood", "relation_id",
+           "portability"}
 _EASYEDIT = {"prompt", "subject", "target_new", "ground_truth", "rephrase_prompt",
              "locality_prompt", "locality_ground_truth", "case_id", "portability", "locality"}
 _ROME_TOP = {"case_id", "pararel_idx", "requested_rewrite", "paraphrase_prompts",
@@ -116,6 +125,7 @@ class _Parsed(NamedTuple):
     paraphrases: tuple[str, ...]
     neighborhood: tuple[Neighbor, ...]
     relation_id: str | None = None
+    portability: tuple[Neighbor, ...] = ()
 
 
 def _rome_shape(obj: Mapping, f: _Fields) -> _Parsed:
@@ -155,16 +165,22 @@ def _native_shape(obj: Mapping, f: _Fields) -> _Parsed:
     parsed = _Parsed(f.text(obj, "prompt"), f.text(obj, "subject"), f.text(obj, "target_new"),
                      f.text(obj, "target_true", required=False),
                      f.strings(obj.get("paraphrase_prompts", []), "paraphrase_prompts"), ())
-    raw = obj.get("neighborhood", [])
+    return parsed._replace(neighborhood=_prompt_targets(obj, "neighborhood", f),
+                           portability=_prompt_targets(obj, "portability", f),
+                           relation_id=f.text(obj, "relation_id", required=False))
+
+
+def _prompt_targets(obj: Mapping, key: str, f: _Fields) -> tuple[Neighbor, ...]:
+    raw = obj.get(key, [])
     if not isinstance(raw, list):
-        f.fail("neighborhood", "must be a list of {prompt, target} objects")
+        f.fail(key, "must be a list of {prompt, target} objects")
     items = []
     for i, n in enumerate(raw):
         if not isinstance(n, Mapping) or set(n) != {"prompt", "target"}:
-            f.fail(f"neighborhood[{i}]", "must be an object with exactly 'prompt' and 'target'")
-        items.append(Neighbor(f.text(n, "prompt", name=f"neighborhood[{i}].prompt"),
-                              f.text(n, "target", name=f"neighborhood[{i}].target")))
-    return parsed._replace(neighborhood=tuple(items), relation_id=f.text(obj, "relation_id", required=False))
+            f.fail(f"{key}[{i}]", "must be an object with exactly 'prompt' and 'target'")
+        items.append(Neighbor(f.text(n, "prompt", name=f"{key}[{i}].prompt"),
+                              f.text(n, "target", name=f"{key}[{i}].target")))
+    return tuple(items)
 
 
 def parse_request(obj: Any, source: str = "<request>", line: int | None = None) -> EditRequest:
@@ -190,7 +206,7 @@ def parse_request(obj: Any, source: str = "<request>", line: int | None = None) 
     if target_true is not None and target_true.strip() == target_new.strip():
         f.fail("target_new", f"equals target_true ({target_true!r}): nothing to rewrite")
     return EditRequest(prompt, subject, target_new.strip(), target_true.strip() if target_true else None,
-                       parsed.paraphrases, parsed.neighborhood, parsed.relation_id)
+                       parsed.paraphrases, parsed.neighborhood, parsed.relation_id, parsed.portability)
 
 
 def read_requests(path: str | Path, limit: int | None = None) -> list[EditRequest]:
@@ -214,6 +230,8 @@ def request_texts(line: int | None, request: EditRequest) -> Iterator[tuple[int 
         yield line, f"paraphrase_prompts[{i}]", p, targets
     for i, n in enumerate(request.neighborhood):
         yield line, f"neighborhood[{i}].prompt", n.prompt, " " + n.target
+    for i, n in enumerate(request.portability):
+        yield line, f"portability[{i}].prompt", n.prompt, " " + n.target
 
 
 def write_requests(requests: Iterable[EditRequest], path: str | Path) -> None:

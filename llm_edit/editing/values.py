@@ -51,6 +51,9 @@ class ValueOptions:
     context_lengths: list[int] = field(default_factory=lambda: [5, 10])  # generated prefix lengths
     contexts_per_length: int = 5
     bare_key_weight: float | None = None  # weight of the unprefixed prompt's key in k*; None: equal
+    # forms: the value is also optimised over the other forms each fact is asked in (core.forms:
+    # chat turns, subject first; erasures also MQuAKE's questions, which judge insertions)
+    expand: str = "none"
     stats_corpus: str = "model-samples"  # see editing/stats.py
     stats_tokens: int = 50_000
     stats_seq_len: int = 128
@@ -64,6 +67,8 @@ def check_value_options(config) -> None:
         raise ValueError("v_steps >= 0, v_lr > 0 and clamp_norm_factor > 0 are required")
     if config.bare_key_weight is not None and not 0 <= config.bare_key_weight <= 1:
         raise ValueError("bare_key_weight must be between 0 and 1 (or null)")
+    if config.expand not in ("none", "forms"):
+        raise ValueError(f"expand must be 'none' or 'forms', got {config.expand!r}")
     for p in config.kl_prompts:
         if p.count("{}") != 1:
             raise ValueError(f"kl_prompts: {p!r} must contain '{{}}' exactly once")

@@ -3,7 +3,9 @@ and after, the metrics it gives and the console text, so the commands only parse
 
 * an edit: each request's prompt, paraphrases and neighbours scored by P(target_true) and
   P(target_new) (``metrics.edit_table``), CounterFact's efficacy, generalisation and
-  specificity of both tables, fluency on the first 20 prompts and generic-text perplexity;
+  specificity of both tables, fluency on the first 20 prompts and generic-text perplexity, and
+  the greedy answers in every form users ask and to the portability probes
+  (``edit_forms``: whether the edit holds where people ask, not only in its own sentence);
 * forgetting: the forget items, facts that share their object or relation (the first to
   suffer) and a sample of the retain items, each with P(answer) and the greedy answer before
   and after and a status (``metrics.compare_forget_rows``).
@@ -18,6 +20,7 @@ from typing import Callable, Generic, TypeVar
 
 from ..editing.requests import EditRequest
 from ..unlearning.items import ForgetItem, Formatting, given_neighbours, neighbour_facts
+from .edit_forms import FormAnswer, generation_answers, generation_scores
 from .metrics import answer_rows, compare_forget_rows, edit_table, fluency, generic_perplexity, summarise
 
 R = TypeVar("R")
@@ -37,8 +40,10 @@ class Measured(Generic[R]):
 class EditCheck:
     rows_before: list[dict]
     rows_after: list[dict]
-    before: dict  # summarise() of rows_before, with fluency and perplexity
+    before: dict  # summarise() of rows_before, with fluency, perplexity and the generation scores
     after: dict
+    answers_before: list[FormAnswer] = field(default_factory=list)
+    answers_after: list[FormAnswer] = field(default_factory=list)
 
     def csv(self) -> str:
         """``results.csv``: one line per prompt, both probabilities before and after."""
@@ -53,20 +58,37 @@ class EditCheck:
                         "p_new_after": f"{a['p_new']:.6g}"})
         return buf.getvalue()
 
+    def answers_csv(self) -> str:
+        """``answers.csv``: one line per form and portability probe, the greedy answers before and after."""
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        w.writerow(["request", "form", "expected", "unwanted", "answer_before", "answer_after", "holds_after"])
+        for b, a in zip(self.answers_before, self.answers_after):
+            w.writerow([a.request, a.form, a.expected, a.unwanted or "", b.answer, a.answer, int(a.holds)])
+        return buf.getvalue()
+
     def text(self) -> str:
-        """The console's metric table: one line per metric, before and after."""
+        """The console's metric table: one line per metric, before and after (generation scores
+        with the number of answers they count)."""
         def fmt(v):
             return "-" if v is None else f"{v:.3f}"
 
         lines = [f"{'metric':<16}{'before':>10}{'after':>10}"]
-        lines += [f"{key:<16}{fmt(self.before.get(key)):>10}{fmt(value):>10}" for key, value in self.after.items()
-                  if value is not None]
+        for key, value in self.after.items():
+            if value is None or key.endswith("_n"):
+                continue
+            n = self.after.get(f"{key}_n")
+            lines.append(f"{key:<16}{fmt(self.before.get(key)):>10}{fmt(value):>10}" + (f"  (of {n})" if n else ""))
         return "\n".join(lines)
 
 
-def _edit_metrics(model, tok, requests: list[EditRequest], prompts: list[str]) -> tuple[list[dict], dict]:
+def edit_metrics(model, tok, requests: list[EditRequest], prompts: list[str]):
+    """The probability table, every form's greedy answers and the summary metrics (CounterFact's
+    three, fluency on ``prompts``, perplexity) of ``model`` as it is now."""
     rows = edit_table(model, tok, requests)
-    return rows, dict(summarise(rows), fluency=fluency(model, tok, prompts), perplexity=generic_perplexity(model, tok))
+    answers = generation_answers(model, tok, requests)
+    return rows, answers, dict(summarise(rows), fluency=fluency(model, tok, prompts),
+                               perplexity=generic_perplexity(model, tok))
 
 
 def measure_edit(model, tok, requests: list[EditRequest], change: Callable[[], R], *,
@@ -76,14 +98,16 @@ def measure_edit(model, tok, requests: list[EditRequest], change: Callable[[], R
     evaluate = evaluate and any(r.target_true for r in requests)
     prompts = [r.text for r in requests[:20]]
     if evaluate:
-        rows_before, before = _edit_metrics(model, tok, requests, prompts)
+        rows_before, answers_before, before = edit_metrics(model, tok, requests, prompts)
     t0 = time.perf_counter()
     result = change()
     seconds = time.perf_counter() - t0
     if not evaluate:
         return Measured(result, seconds)
-    rows_after, after = _edit_metrics(model, tok, requests, prompts)
-    return Measured(result, seconds, EditCheck(rows_before, rows_after, before, after))
+    rows_after, answers_after, after = edit_metrics(model, tok, requests, prompts)
+    before.update(generation_scores(answers_before, answers_before))
+    after.update(generation_scores(answers_after, answers_before))
+    return Measured(result, seconds, EditCheck(rows_before, rows_after, before, after, answers_before, answers_after))
 
 
 @dataclass

@@ -83,6 +83,8 @@ def counterfact_suite(model, tok, requests: list[EditRequest], *, fluency_prompt
     three probability-comparison scores and fluency on the first ``fluency_prompts`` prompts."""
     import time
 
+    from .edit_forms import generation_answers, generation_scores
+
     t0 = time.perf_counter()
     table = edit_table(model, tok, requests)
     scored = time.perf_counter() - t0
@@ -90,12 +92,18 @@ def counterfact_suite(model, tok, requests: list[EditRequest], *, fluency_prompt
     flu = fluency(model, tok, prompts, max_new_tokens=max_new_tokens) if prompts else None
     t1 = time.perf_counter()
     ppl = generic_perplexity(model, tok)
-    return {"rows": table, "aggregates": {**summarise(table), "fluency": flu, "perplexity": ppl},
+    t2 = time.perf_counter()
+    answers = generation_answers(model, tok, requests, progress=True)
+    return {"rows": table, "answers": [dict(a.__dict__, holds=a.holds) for a in answers],
+            "aggregates": {**summarise(table), "fluency": flu, "perplexity": ppl, **generation_scores(answers)},
             "timings": {"scoring_s": round(scored, 2), "fluency_s": round(t1 - t0 - scored, 2),
-                        "perplexity_s": round(time.perf_counter() - t1, 2)},
+                        "perplexity_s": round(t2 - t1, 2), "generation_s": round(time.perf_counter() - t2, 2)},
             "conventions": {"probability": "exp(mean token log-probability of ' ' + target) (length-normalised)",
                             "fluency": f"n-gram entropy of greedy continuations ({max_new_tokens} tokens) of the "
-                                       f"first {len(prompts)} prompts"}}
+                                       f"first {len(prompts)} prompts",
+                            "generation": "gen_<form>: share of requests whose greedy answer (32 tokens) in that "
+                                          "form names target_new and not target_true (all requests: the model "
+                                          "before the edit is not at hand); see llm_edit/evaluating/edit_forms.py"}}
 
 
 @torch.no_grad()

@@ -36,6 +36,7 @@ from ..keys import check_layer_range, context_templates, resolve_layers, spread_
 from ..rank_one import null_space_projector, null_space_update
 from ..stats import second_moment
 from ..values import ValueOptions, check_value_options, optimise_with
+from .erase import value_objective
 
 
 @dataclass
@@ -94,7 +95,8 @@ def compute(model, tok, requests, config: AlphaEditConfig, prepared: Prepared, m
     layers, contexts = prepared.layers, prepared.contexts
     top = spec.layer(layers[-1])
     t0 = time.perf_counter()
-    values = optimise_with(config, model, tok, top, requests, contexts, progress=len(requests) > 1)
+    values = optimise_with(config, model, tok, top, requests, contexts, progress=len(requests) > 1,
+                           **value_objective(config, requests, tok))
     targets = torch.stack([v.initial + v.delta for v in values])
     t1 = time.perf_counter()
 

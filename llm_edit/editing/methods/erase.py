@@ -16,13 +16,8 @@ class EraseOptions:
     erase_objective: str = "suppress"  # suppress: make the object unlikely; neutral: say neutral_target
     neutral_target: str = "unknown"
     erase_stop_prob: float = 0.02  # suppress: stop once the object's probability is below this after every prompt
-    # forms: the value is also optimised over the other forms each fact is asked in (core.forms:
-    # question, chat turn, subject first), so the object goes there too, not only after the prompt
-    expand: str = "none"
 
     def validate_erase(self) -> None:
-        if self.expand not in ("none", "forms"):
-            raise ValueError(f"expand must be 'none' or 'forms' for an erasure, got {self.expand!r}")
         if self.erase_objective not in ("suppress", "neutral"):
             raise ValueError(f"erase_objective must be 'suppress' or 'neutral', got {self.erase_objective!r}")
         if not 0 < self.erase_stop_prob < 1:
@@ -33,16 +28,18 @@ class EraseOptions:
 
 def value_objective(config, requests: list, tok=None) -> dict:
     """Keyword arguments of ``values.optimise_values`` for ``config``'s objective: ROME/MEMIT's
-    insertion of ``target_new`` unless the config is an erasure's (and then, with ``expand:
-    forms``, each request's derived forms)."""
-    if not isinstance(config, EraseOptions):
-        return {"objective": "insert"}
-    out: dict = {"objective": "insert", "targets": [config.neutral_target] * len(requests)}
-    if config.erase_objective == "suppress":
-        out = {"objective": "suppress", "stop_prob": config.erase_stop_prob}
+    insertion of ``target_new`` unless the config is an erasure's; with ``expand: forms``, each
+    request's derived forms (``core.forms``: an erasure's include MQuAKE's questions, an
+    insertion's do not, since they judge insertions in ``evaluating.edit_forms``)."""
+    erase = isinstance(config, EraseOptions)
+    out: dict = {"objective": "insert"}
+    if erase:
+        out["targets"] = [config.neutral_target] * len(requests)
+        if config.erase_objective == "suppress":
+            out = {"objective": "suppress", "stop_prob": config.erase_stop_prob}
     if config.expand == "forms":
         from ...core.forms import fact_forms
 
         chat = bool(getattr(tok, "chat_template", None))
-        out["forms"] = [fact_forms(r.prompt, r.relation_id, chat=chat) for r in requests]
+        out["forms"] = [fact_forms(r.prompt, r.relation_id, chat=chat, questions=erase) for r in requests]
     return out

@@ -1,0 +1,112 @@
+"""Whether an edit holds where users ask, judged by what the model *says*: greedy answers to
+the rewritten fact asked in other forms, and to its one-hop consequences.
+
+CounterFact's scores (``metrics.summarise``) compare two probabilities on the edit's own
+sentence and its paraphrases, the easiest test there is; when edits were judged by generation
+instead, single-edit success fell from 96.8% to 38.5% (WILD, Yang et al. 2025, arXiv
+2502.11177). Forms (each request's greedy answer, ``max_new_tokens`` tokens):
+
+* ``prompt``: the edit's own sentence, by generation (EasyEdit's ``rewrite_acc`` is its
+  teacher-forced counterpart, CounterFact's ES the probability comparison);
+* ``chat``: a user turn through the model's chat template: the fact's question (MQuAKE's
+  template for its Wikidata relation) or, without one, a request to complete the sentence;
+  n/a without a chat template;
+* ``question``: the question as plain text ("Question: ...\\nAnswer:"); n/a without a
+  relation template;
+* ``in_context``: the sentence after two unrelated true facts.
+
+Success in a form: the new object appears in the answer and the old one does not. It is
+reported over the requests whose form the model answered with the old object *before* the
+edit (a form the model never answered says nothing about the edit), with the count beside it.
+
+Portability (EasyEdit's name, Yao et al. 2023, "Editing Large Language Models", §3): the share
+of one-hop probes (``EditRequest.portability``: "The Eiffel Tower is in the country of" ->
+"Italy" after Paris -> Rome) whose greedy answer contains the expected answer.
+
+These wordings are the judge: the editors' training forms (``core.forms``) use none of them
+(``tests/test_edit_forms.py``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..core.forms import question_template
+from ..core.text import mentions
+from ..editing.requests import EditRequest
+from ..unlearning.items import Formatting, question_prefix
+
+FORMS = ("prompt", "chat", "question", "in_context")
+# two true facts no edit set here is about, before the prompt
+CONTEXT = "Honey bees make honey from the nectar of flowers. A week has seven days. "
+COMPLETE = "Complete the sentence: {} ..."
+QUESTION = "Question: {}\nAnswer:"
+STOPS = ("\n\n", "\nQuestion:")
+
+
+@dataclass(frozen=True)
+class FormAnswer:
+    request: int
+    form: str  # one of FORMS, or "portability"
+    prompt: str  # as the model saw it (chat turns rendered)
+    answer: str  # the greedy answer
+    expected: str  # the object that counts as the edit holding (the new one, or a probe's target)
+    unwanted: str | None  # the object that must be absent (the old one); None for portability
+
+    @property
+    def holds(self) -> bool:
+        return mentions(self.answer, self.expected) and not (self.unwanted and mentions(self.answer, self.unwanted))
+
+    @property
+    def says_old(self) -> bool:
+        return bool(self.unwanted) and mentions(self.answer, self.unwanted)
+
+
+def form_prompts(tok, request: EditRequest) -> dict[str, list[int]]:
+    """The token ids of each form the request can be asked in (chat needs a chat template,
+    question a relation template)."""
+    text = request.text
+    question = question_template(request.relation_id)
+    question = question.format(request.subject) if question else None
+    out = {"prompt": list(tok(text)["input_ids"])}
+    if getattr(tok, "chat_template", None):
+        out["chat"] = question_prefix(tok, question or COMPLETE.format(text), Formatting(True, None))
+    if question:
+        out["question"] = list(tok(QUESTION.format(question))["input_ids"])
+    out["in_context"] = list(tok(CONTEXT + text)["input_ids"])
+    return out
+
+
+def generation_answers(model, tok, requests: list[EditRequest], *, max_new_tokens: int = 32, batch_size: int = 32,
+                       progress: bool = False) -> list[FormAnswer]:
+    """Every form's and every portability probe's greedy answer, in one batched generation."""
+    from ..core.scoring import generate
+
+    rows, prompts = [], []
+    for i, r in enumerate(requests):
+        for form, ids in form_prompts(tok, r).items():
+            rows.append((i, form, r.target_new, r.target_true))
+            prompts.append(ids)
+        for probe in r.portability:
+            rows.append((i, "portability", probe.target, None))
+            prompts.append(list(tok(probe.prompt)["input_ids"]))
+    texts = generate(model, tok, prompts, max_new_tokens=max_new_tokens, stop_strings=STOPS, batch_size=batch_size,
+                     progress=progress, desc="answering in every form")
+    return [FormAnswer(i, form, tok.decode(ids), text, expected, unwanted)
+            for (i, form, expected, unwanted), ids, text in zip(rows, prompts, texts)]
+
+
+def generation_scores(after: list[FormAnswer], before: list[FormAnswer] | None = None) -> dict:
+    """Per form, ``gen_<form>``: the share of answers where the edit holds, among the requests
+    whose form the model answered with the old object before (all of them without ``before``),
+    and ``gen_<form>_n``, how many that is; ``portability``: the share of probes answered with
+    their expected answer."""
+    answered_before = {(a.request, a.form) for a in before or [] if a.says_old}
+    scores: dict = {}
+    for form in FORMS:
+        rows = [a for a in after if a.form == form and (before is None or (a.request, a.form) in answered_before)]
+        scores[f"gen_{form}"] = sum(a.holds for a in rows) / len(rows) if rows else None
+        scores[f"gen_{form}_n"] = len(rows)
+    probes = [a for a in after if a.form == "portability"]
+    scores["portability"] = sum(a.holds for a in probes) / len(probes) if probes else None
+    scores["portability_n"] = len(probes)
+    return scores

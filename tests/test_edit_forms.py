@@ -1,0 +1,133 @@
+"""Editing judged by generation: the forms, what counts as holding, the scores, portability."""
+import json
+
+import pytest
+
+from llm_edit.core.files import FactFileError
+from llm_edit.editing.requests import EditRequest, Neighbor, parse_request
+from llm_edit.evaluating import edit_forms as E
+from llm_edit.evaluating.edit_forms import FormAnswer, generation_scores
+
+
+def answer(request, form, text, expected="Rome", unwanted="Paris"):
+    return FormAnswer(request, form, "", text, expected, unwanted)
+
+
+def test_an_edit_holds_when_the_new_object_is_said_and_the_old_one_is_not():
+    assert answer(0, "chat", " It is in Rome, Italy.").holds
+    assert not answer(0, "chat", " Rome? No, it is in Paris.").holds  # both named: not a changed belief
+    assert not answer(0, "chat", " Paris.").holds
+    assert not answer(0, "chat", " Saint Jerome").holds  # at the start of a word (core.text.mentions)
+    assert FormAnswer(0, "portability", "", " Italy", "Italy", None).holds
+
+
+def test_scores_count_only_forms_the_model_answered_before():
+    before = [answer(0, "chat", " Paris"), answer(1, "chat", " Paris"), answer(2, "chat", " I do not know"),
+              answer(0, "question", " Paris"), FormAnswer(0, "portability", "", " France", "Italy", None),
+              FormAnswer(1, "portability", "", " Italy", "Italy", None)]
+    after = [answer(0, "chat", " Rome"), answer(1, "chat", " Paris"), answer(2, "chat", " Rome"),
+             answer(0, "question", " Rome, not Paris"), FormAnswer(0, "portability", "", " Italy", "Italy", None),
+             FormAnswer(1, "portability", "", " Spain", "Italy", None)]
+    scores = generation_scores(after, before)
+    # chat: requests 0 and 1 answered Paris before; 0 holds, 1 does not; request 2 never counted
+    assert scores["gen_chat"] == 0.5 and scores["gen_chat_n"] == 2
+    assert scores["gen_question"] == 0.0 and scores["gen_question_n"] == 1
+    assert scores["gen_prompt"] is None and scores["gen_prompt_n"] == 0
+    assert scores["portability"] == 0.5 and scores["portability_n"] == 2
+    # without the model before, every answer counts
+    alone = generation_scores(after)
+    assert alone["gen_chat"] == pytest.approx(2 / 3) and alone["gen_chat_n"] == 3
+
+
+def test_forms_follow_the_relation_and_the_chat_template(tiny):
+    _, tok = tiny("llama")
+    with_relation = EditRequest("{} is located in the country of", "Eiffel Tower", "Italy", "France", relation_id="P17")
+    forms = E.form_prompts(tok, with_relation)
+    assert set(forms) == {"prompt", "chat", "question", "in_context"} if tok.chat_template else \
+        {"prompt", "question", "in_context"}
+    assert tok.decode(forms["question"]).endswith("Question: Which country is Eiffel Tower located in?\nAnswer:")
+    assert tok.decode(forms["in_context"]).endswith(E.CONTEXT + "Eiffel Tower is located in the country of")
+    bare = E.form_prompts(tok, EditRequest("{} is in", "Eiffel Tower", "Rome", "Paris"))
+    assert "question" not in bare  # no relation: no question template
+
+
+def test_the_judges_wordings_are_in_no_training_form():
+    """The editors' derived training forms (core.forms without questions) must contain none of
+    the generation forms' wordings, MQuAKE's question included, or the forms would measure what
+    was trained on."""
+    from llm_edit.core.forms import FINISH, fact_forms, question_template
+
+    judge = [E.CONTEXT.strip(), E.COMPLETE.split("{}")[0].strip(), E.QUESTION.split("{}")[0].strip()]
+    for relation in ["P17", "P36", "P131", "P19", "P37", None]:
+        question = question_template(relation)
+        for form in fact_forms("{} is located in", relation, chat=True, questions=False):
+            text = form.template + " " + (form.reply or "")
+            assert not any(w in text for w in judge), (form, relation)
+            assert not question or question not in text, (form, relation)
+    assert not any(w in FINISH for w in judge)
+    # erasures keep their question forms (the forgetting audit judges them with other wordings)
+    assert any(f.name == "question" for f in fact_forms("{} is located in", "P17", chat=True))
+
+
+def test_insertions_with_forms_train_on_them_without_questions(tiny):
+    from llm_edit.core.config import load_config
+    from llm_edit.editing.methods import get_method
+    from llm_edit.editing.methods.erase import value_objective
+
+    _, tok = tiny("llama")
+    request = EditRequest("{} is located in", "Eiffel Tower", "Rome", "Paris", relation_id="P17")
+    for method in ("rome", "memit", "alphaedit"):
+        config, _ = load_config(get_method(method).config, method, model_recipe="tiny", sets=["expand=forms"])
+        forms = value_objective(config, [request], tok)["forms"][0]
+        assert forms and not any(f.name in ("question", "chat_question") for f in forms)
+        config, _ = load_config(get_method(method).config, method, model_recipe="tiny")
+        assert "forms" not in value_objective(config, [request], tok)
+    with pytest.raises(Exception, match="expand"):
+        load_config(get_method("rome").config, "rome", model_recipe="tiny", sets=["expand=everything"])
+
+
+def test_portability_probes_are_read_written_and_checked(tmp_path):
+    record = {"prompt": "{} is located in the city of", "subject": "Eiffel Tower", "target_new": "Rome",
+              "target_true": "Paris", "portability": [{"prompt": "The Eiffel Tower is in the country of",
+                                                       "target": "Italy"}]}
+    request = parse_request(record)
+    assert request.portability == (Neighbor("The Eiffel Tower is in the country of", "Italy"),)
+    assert request.to_dict()["portability"] == record["portability"]
+    assert "portability" not in parse_request(dict(record, portability=[])).to_dict()  # old files stay byte-equal
+    path = tmp_path / "bad.jsonl"
+    path.write_text(json.dumps(dict(record, portability=[{"prompt": "x"}])) + "\n")
+    from llm_edit.editing.requests import read_requests
+
+    with pytest.raises(FactFileError, match=r"bad.jsonl:1: field .portability\[0\]."):
+        read_requests(path)
+
+
+def test_generation_answers_on_a_tiny_model(tiny):
+    model, tok = tiny("llama")
+    request = EditRequest("{} is located in the country of", "Eiffel Tower", "Italy", "France", relation_id="P17",
+                          portability=(Neighbor("The Eiffel Tower is in the city of", "Rome"),))
+    answers = E.generation_answers(model, tok, [request], max_new_tokens=4)
+    forms = [a.form for a in answers]
+    assert forms.count("portability") == 1 and "question" in forms and "in_context" in forms
+    assert all(a.request == 0 and isinstance(a.answer, str) for a in answers)
+
+
+def test_tune_split_chooses_on_one_set_and_reports_on_the_other(tmp_path):
+    import json as _json
+
+    from conftest import run_eval, write_city_facts
+
+    tune, report = tmp_path / "tune.jsonl", tmp_path / "report.jsonl"
+    write_city_facts(tune, ("Eiffel Tower", "Louvre"))
+    write_city_facts(report, ("Colosseum",))
+    out = tmp_path / "tune.json"
+    done = run_eval("tune_split.py", "--tune", str(tune), "--report", str(report), "--grid", "kl_factor=0.0625,1.0",
+                    "--out", str(out), home=tmp_path / "home")
+    assert done.returncode == 0, done.stderr
+    result = _json.loads(out.read_text())
+    assert len(result["tune"]["runs"]) == 2 and result["chosen"] in [r["sets"] for r in result["tune"]["runs"]]
+    assert all(r["reverts_bit_exact"] for r in result["tune"]["runs"] + result["report"]["runs"])
+    assert "gen_in_context" in result["report"]["runs"][0]["after"] and "report set" in done.stdout
+    clash = run_eval("tune_split.py", "--tune", str(tune), "--report", str(tune), "--grid", "kl_factor=1.0",
+                     "--out", str(out), home=tmp_path / "home")
+    assert clash.returncode != 0 and "not disjoint" in clash.stderr
