@@ -19,6 +19,8 @@ def test_an_edit_holds_when_the_new_object_is_said_and_the_old_one_is_not():
     assert not answer(0, "chat", " Paris.").holds
     assert not answer(0, "chat", " Saint Jerome").holds  # at the start of a word (core.text.mentions)
     assert FormAnswer(0, "portability", "", " Italy", "Italy", None).holds
+    assert answer(0, "chat", " New York City", expected="New York City", unwanted="New York").holds
+    assert not answer(0, "chat", " New York City, not New York", expected="New York City", unwanted="New York").holds
 
 
 def test_scores_count_only_forms_the_model_answered_before():

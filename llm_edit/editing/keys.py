@@ -117,16 +117,20 @@ def through_post_norm(model, tok, layer: int, requests: list[EditRequest], conte
     small (on Gemma 3 270M MEMIT scored efficacy 0.61 on 100 CounterFact records; its erasure
     broke the model). N is scale-invariant, so the residual can only turn: the target MLP output
     is y*/s for y* = N(m) + r, rescaled to m's own size, minus m (m and N(m) averaged over the
-    context prompts, as the residual is). It moves N(m) to y*'s direction exactly."""
+    context prompts, as the residual is). It moves N(m) to y*'s direction exactly; its size stays
+    fixed (N's output always has rms(N/s) = 1), so a residual large next to N(m) moves it less
+    than r. Computed in float32 whatever the model's dtype (Gemma's norm computes in float32)."""
     spec = arch_of(model)
     norm = model.get_submodule(spec.mlp_post_norm.format(layer))
     templates = [c.replace("{}", r.prompt) for r in requests for c in contexts]
     subjects = [r.subject for r in requests for _ in contexts]
     outputs = subject_keys(model, tok, spec.mlp_out.format(layer), templates, subjects, output=True)
-    weight = next(norm.parameters())
     with torch.no_grad():
-        scale = norm(torch.ones(1, outputs.shape[-1], dtype=weight.dtype, device=weight.device)).float()
-        normed = norm(outputs.to(weight.dtype)).float()
+        scale = norm(torch.ones(1, outputs.shape[-1], device=outputs.device)).float()
+        normed = norm(outputs).float()
+    # a coordinate the norm (nearly) zeroes cannot be written through it: keep it from dominating
+    floor = torch.where(scale < 0, -1e-3, 1e-3)
+    scale = torch.where(scale.abs() < 1e-3, floor, scale)
     n = len(requests)
     outputs = outputs.view(n, len(contexts), -1).mean(1)
     wanted = (normed.view(n, len(contexts), -1).mean(1) + residuals.to(outputs)) / scale

@@ -20,7 +20,7 @@ from typing import Callable, Generic, TypeVar
 
 from ..editing.requests import EditRequest
 from ..unlearning.items import ForgetItem, Formatting, given_neighbours, neighbour_facts
-from .edit_forms import FormAnswer, generation_answers, generation_scores
+from .edit_forms import FormAnswer, before_scores, generation_answers, generation_scores
 from .metrics import answer_rows, compare_forget_rows, edit_table, fluency, generic_perplexity, summarise
 
 R = TypeVar("R")
@@ -62,9 +62,11 @@ class EditCheck:
         """``answers.csv``: one line per form and portability probe, the greedy answers before and after."""
         buf = io.StringIO()
         w = csv.writer(buf)
-        w.writerow(["request", "form", "expected", "unwanted", "answer_before", "answer_after", "holds_after"])
+        w.writerow(["request", "form", "expected", "unwanted", "answer_before", "said_unwanted_before", "answer_after",
+                    "holds_after"])
         for b, a in zip(self.answers_before, self.answers_after):
-            w.writerow([a.request, a.form, a.expected, a.unwanted or "", b.answer, a.answer, int(a.holds)])
+            w.writerow([a.request, a.form, a.expected, a.unwanted or "", b.answer, int(b.says_old), a.answer,
+                        int(a.holds)])
         return buf.getvalue()
 
     def text(self) -> str:
@@ -105,7 +107,7 @@ def measure_edit(model, tok, requests: list[EditRequest], change: Callable[[], R
     if not evaluate:
         return Measured(result, seconds)
     rows_after, answers_after, after = edit_metrics(model, tok, requests, prompts)
-    before.update(generation_scores(answers_before, answers_before))
+    before.update(before_scores(answers_before))
     after.update(generation_scores(answers_after, answers_before))
     return Measured(result, seconds, EditCheck(rows_before, rows_after, before, after, answers_before, answers_after))
 

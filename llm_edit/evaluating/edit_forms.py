@@ -28,6 +28,7 @@ These wordings are the judge: the editors' training forms (``core.forms``) use n
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from ..core.forms import question_template
@@ -40,7 +41,9 @@ FORMS = ("prompt", "chat", "question", "in_context")
 CONTEXT = "Honey bees make honey from the nectar of flowers. A week has seven days. "
 COMPLETE = "Complete the sentence: {} ..."
 QUESTION = "Question: {}\nAnswer:"
-STOPS = ("\n\n", "\nQuestion:")
+# a plain continuation is judged on its first line (what follows is the model rambling on, and an
+# old object named there would count against the edit); a chat answer may span lines
+STOPS = {"chat": ("\n\n",), "plain": ("\n",)}
 
 
 @dataclass(frozen=True)
@@ -54,7 +57,11 @@ class FormAnswer:
 
     @property
     def holds(self) -> bool:
-        return mentions(self.answer, self.expected) and not (self.unwanted and mentions(self.answer, self.unwanted))
+        if not mentions(self.answer, self.expected):
+            return False
+        # the old object inside the new one ("New York" in "New York City") is not the old object
+        rest = re.sub(re.escape(self.expected), " ", self.answer, flags=re.IGNORECASE)
+        return not (self.unwanted and mentions(rest, self.unwanted))
 
     @property
     def says_old(self) -> bool:
@@ -89,10 +96,22 @@ def generation_answers(model, tok, requests: list[EditRequest], *, max_new_token
         for probe in r.portability:
             rows.append((i, "portability", probe.target, None))
             prompts.append(list(tok(probe.prompt)["input_ids"]))
-    texts = generate(model, tok, prompts, max_new_tokens=max_new_tokens, stop_strings=STOPS, batch_size=batch_size,
-                     progress=progress, desc="answering in every form")
+    texts = [""] * len(rows)
+    for kind, stops in STOPS.items():
+        which = [j for j, row in enumerate(rows) if (row[1] == "chat") == (kind == "chat")]
+        for j, text in zip(which, generate(model, tok, [prompts[j] for j in which], max_new_tokens=max_new_tokens,
+                                           stop_strings=stops, batch_size=batch_size, progress=progress,
+                                           desc=f"answering ({kind})")):
+            texts[j] = text
     return [FormAnswer(i, form, tok.decode(ids), text, expected, unwanted)
             for (i, form, expected, unwanted), ids, text in zip(rows, prompts, texts)]
+
+
+def before_scores(before: list[FormAnswer]) -> dict:
+    """What the "before" column shows: an edit's ``gen_<form>`` is 0 before it by definition
+    (only answers with the old object count), so only the portability probes' share."""
+    probes = [a for a in before if a.form == "portability"]
+    return {"portability": sum(a.holds for a in probes) / len(probes) if probes else None}
 
 
 def generation_scores(after: list[FormAnswer], before: list[FormAnswer] | None = None) -> dict:
