@@ -113,28 +113,32 @@ def through_post_norm(model, tok, layer: int, requests: list[EditRequest], conte
     """The change of the MLP output that moves the residual stream by ``residuals`` (n, d) where
     an RMS norm N(m) = s ⊙ m / rms(m) sits between the MLP and the residual (``mlp_post_norm``,
     Gemma 2 and 3). MEMIT's solve writes ΔW k = r, which there moves the residual by about
-    (s / rms(m)) ⊙ r instead: too little where the MLP output is large, far too much where it is
-    small (on Gemma 3 270M MEMIT scored efficacy 0.61 on 100 CounterFact records; its erasure
-    broke the model). N is scale-invariant, so the residual can only turn: the target MLP output
-    is y*/s for y* = N(m) + r, rescaled to m's own size, minus m (m and N(m) averaged over the
-    context prompts, as the residual is). It moves N(m) to y*'s direction exactly; its size stays
-    fixed (N's output always has rms(N/s) = 1), so a residual large next to N(m) moves it less
-    than r. Computed in float32 whatever the model's dtype (Gemma's norm computes in float32)."""
+    (s / rms(m)) ⊙ r instead: on Gemma 3 270M s ranges from 0 to several hundred within a layer,
+    so some coordinates moved hundreds of times too far (MEMIT scored efficacy 0.61 on 100
+    CounterFact records; its erasure broke the model).
+
+    N is scale-invariant, so the residual can only turn: the MLP output is moved to the
+    direction of N⁻¹(N(m) + r) = m / rms(m) + r / s, kept at m's own size (m averaged over the
+    context prompts, as the residual is). Coordinates the norm all but zeroes (|s| below a tenth
+    of its median) cannot be written through it at any cost and are left as they are; on the
+    others N(m) turns to N(m) + r's direction exactly. A residual large next to N(m) therefore
+    moves it less than r. Computed in float32 whatever the model's dtype."""
     spec = arch_of(model)
     norm = model.get_submodule(spec.mlp_post_norm.format(layer))
     templates = [c.replace("{}", r.prompt) for r in requests for c in contexts]
     subjects = [r.subject for r in requests for _ in contexts]
     outputs = subject_keys(model, tok, spec.mlp_out.format(layer), templates, subjects, output=True)
     with torch.no_grad():
-        scale = norm(torch.ones(1, outputs.shape[-1], device=outputs.device)).float()
-        normed = norm(outputs).float()
-    # a coordinate the norm (nearly) zeroes cannot be written through it: keep it from dominating
-    floor = torch.where(scale < 0, -1e-3, 1e-3)
-    scale = torch.where(scale.abs() < 1e-3, floor, scale)
+        scale = norm(torch.ones(1, outputs.shape[-1], device=outputs.device)).float()[0]
+
+    def rms(x):
+        return x.pow(2).mean(-1, keepdim=True).sqrt()
+
     n = len(requests)
+    direction = (outputs / rms(outputs)).view(n, len(contexts), -1).mean(1)  # N(m) / s, without dividing by s
+    writable = scale.abs() >= 0.1 * scale.abs().median()
+    wanted = direction + torch.where(writable, residuals.to(outputs) / torch.where(writable, scale, 1.0), 0.0)
     outputs = outputs.view(n, len(contexts), -1).mean(1)
-    wanted = (normed.view(n, len(contexts), -1).mean(1) + residuals.to(outputs)) / scale
-    rms = lambda x: x.pow(2).mean(-1, keepdim=True).sqrt()  # noqa: E731
     return (wanted * rms(outputs) / rms(wanted) - outputs).to(residuals)
 
 
