@@ -181,6 +181,8 @@ def test_counterfact_suite_from_the_command_line(tmp_path):
                "--out", str(tmp_path / "cf"), home=tmp_path / "home")
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads((tmp_path / "cf" / "report.json").read_text())
-    assert set(report["aggregates"]) == {"efficacy", "generalisation", "specificity", "fluency", "perplexity"}
+    assert {"efficacy", "generalisation", "specificity", "fluency", "perplexity", "gen_chat", "gen_question",
+            "gen_in_context", "portability"} <= set(report["aggregates"])
+    assert report["answers"] and {"form", "answer", "holds"} <= set(report["answers"][0])
     assert 1 < report["aggregates"]["perplexity"] < float("inf")  # the collapse detector on generic text
     assert len(report["rows"]) == 3
