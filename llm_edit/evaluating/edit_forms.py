@@ -110,8 +110,12 @@ def generation_answers(model, tok, requests: list[EditRequest], *, max_new_token
 def before_scores(before: list[FormAnswer]) -> dict:
     """What the "before" column shows: an edit's ``gen_<form>`` is 0 before it by definition
     (only answers with the old object count), so only the portability probes' share."""
-    probes = [a for a in before if a.form == "portability"]
-    return {"portability": sum(a.holds for a in probes) / len(probes) if probes else None}
+    return {"portability": _portability(before)}
+
+
+def _portability(answers: list[FormAnswer]) -> float | None:
+    probes = [a for a in answers if a.form == "portability"]
+    return sum(a.holds for a in probes) / len(probes) if probes else None
 
 
 def generation_scores(after: list[FormAnswer], before: list[FormAnswer] | None = None) -> dict:
@@ -125,7 +129,6 @@ def generation_scores(after: list[FormAnswer], before: list[FormAnswer] | None =
         rows = [a for a in after if a.form == form and (before is None or (a.request, a.form) in answered_before)]
         scores[f"gen_{form}"] = sum(a.holds for a in rows) / len(rows) if rows else None
         scores[f"gen_{form}_n"] = len(rows)
-    probes = [a for a in after if a.form == "portability"]
-    scores["portability"] = sum(a.holds for a in probes) / len(probes) if probes else None
-    scores["portability_n"] = len(probes)
+    scores["portability"] = _portability(after)
+    scores["portability_n"] = sum(a.form == "portability" for a in after)
     return scores
