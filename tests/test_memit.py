@@ -27,6 +27,52 @@ def test_batch_update_closed_form():
     assert (left @ right).abs().max() < 1e-4
 
 
+def test_batch_update_preserved_keys():
+    """A preserved key with a large weight is (almost) not moved, while the edited keys are still
+    written; without preserved keys the update is bit for bit the plain one."""
+    torch.manual_seed(0)
+    keys, residuals, kept = torch.randn(3, 8), torch.randn(3, 5), torch.randn(2, 8)
+    kept = kept + keys[:2]  # close to the edited keys, as another landmark of the same city is
+    plain = batch_update(residuals, keys, torch.eye(8), 1e-3)
+    assert all(torch.equal(a, b) for a, b in zip(plain, batch_update(residuals, keys, torch.eye(8), 1e-3, None, 5.0)))
+    loose = plain[0] @ plain[1]
+    left, right = batch_update(residuals, keys, torch.eye(8), 1e-3, kept, 1e6)
+    tight = left @ right
+    assert (tight @ kept.T).norm() < 1e-2 * (loose @ kept.T).norm()
+    assert torch.allclose(tight @ keys.T, residuals.T, atol=1e-2)  # 8 dimensions: room for both
+
+
+def test_memit_preserve_keeps_the_given_facts_and_records_them(tiny):
+    """``edit(preserve=...)``: the update leaves a preserved fact's key output where it was
+    (at the first edited layer, whose keys no update below changes; bare_key_weight 1: the key
+    is the bare prompt's), and the manifest lists the preserved facts; methods without
+    preserved keys refuse them."""
+    from llm_edit.editing.keys import mean_subject_keys
+
+    kept_fact = {"prompt": "{} is in", "subject": "Louvre", "target_new": "x", "target_true": "Paris"}
+    model, tok = tiny("llama")
+    name = arch_of(model).mlp_out.format(1)
+    module = model.get_submodule(name)
+
+    def moved(**kw):
+        from llm_edit.editing.requests import parse_request
+
+        key = mean_subject_keys(model, tok, name, [parse_request(kept_fact, "t")], ["{}"])
+        result = llm_edit.edit(model, tok, REQUESTS, "memit", layers=[1, 2], bare_key_weight=1.0, progress=False,
+                               **kw)
+        w_after = module.weight.detach().clone()
+        result.revert()
+        delta = w_after - module.weight.detach()
+        return float((delta @ key.T).norm()), result
+
+    free, _ = moved()
+    held, result = moved(preserve=[kept_fact], preserve_weight=1e4)
+    assert held < 0.1 * free
+    assert result.manifest["preserved"][0]["subject"] == "Louvre"
+    with pytest.raises(ValueError, match="cannot preserve"):
+        llm_edit.edit(model, tok, REQUESTS[:1], "rome", preserve=[kept_fact], progress=False)
+
+
 def test_memit_batch_raises_every_target_and_reverts(tiny):
     model, tok = tiny("gpt2")
     snap = {k: v.clone() for k, v in model.state_dict().items()}

@@ -9,8 +9,12 @@ returns one batch's weight change, not yet applied, and one info dict per reques
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from .requests import EditRequest
 
 
 @dataclass
@@ -34,9 +38,14 @@ class Prepared:
 
 @dataclass
 class Memory:
-    """AlphaEdit's memory of earlier batches (Fang et al. 2025, eq. 12): module → Σ KᵀK of their
-    keys, float64. ``compute`` never writes ``grams``: it stages its batch's keys in ``staged``,
-    and ``edit`` adds them only once that batch's patch is applied."""
+    """What a batch must leave as it is, besides the key statistics C.
+
+    ``grams``: AlphaEdit's memory of earlier batches (Fang et al. 2025, eq. 12), module → Σ KᵀK
+    of their keys, float64. ``compute`` never writes it: it stages its batch's keys in
+    ``staged``, and ``edit`` adds them only once that batch's patch is applied.
+    ``preserve``: facts that are not edited but whose keys the update must not move (MEMIT's
+    preserved-key term, ``memit.py``): an erasure's protected neighbours."""
 
     grams: dict[str, torch.Tensor] = field(default_factory=dict)
     staged: dict[str, torch.Tensor] = field(default_factory=dict)
+    preserve: list["EditRequest"] = field(default_factory=list)

@@ -27,7 +27,7 @@ from ..core.files import run_info
 from ..core.models import fingerprint, model_recipe_name
 from ..core.patch import WeightDelta, tensor_sha256
 from .contract import Memory, Prepared
-from .methods import get_method
+from .methods import METHODS, get_method
 from .requests import EditRequest, parse_request
 
 
@@ -62,7 +62,7 @@ def facts_sha256(requests: list[EditRequest]) -> str:
 def edit(model, tokenizer, requests: Iterable[EditRequest | Mapping[str, Any]], method: str = "rome", *,
          recipe: str | Path | None = None, sets: list[str] = (), progress: bool = True,
          memory: Mapping[str, torch.Tensor] | None = None, prepared: Prepared | None = None,
-         **hparams) -> EditResult:
+         preserve: Iterable[EditRequest | Mapping[str, Any]] = (), **hparams) -> EditResult:
     """Apply ``method`` to ``requests`` in place; hyper-parameters come from the model's recipe
     (or ``recipe``), then ``sets`` (``"key=value"`` strings), then ``hparams``, all validated
     against the method's config (a misspelt name raises ``ConfigError``).
@@ -76,11 +76,19 @@ def edit(model, tokenizer, requests: Iterable[EditRequest | Mapping[str, Any]], 
     skips the method's preparation: in a sequence of edits the key statistics, null-space
     projectors and context prefixes stay the *original* model's. Without it they are measured
     on the model as it is now, and after an edit of layers 2–4 the statistics of layers 3 and 4
-    (whose keys depend on layer 2) would be recomputed on the edited model."""
+    (whose keys depend on layer 2) would be recomputed on the edited model.
+
+    ``preserve``: facts that are not edited and whose keys every update must leave where they are
+    (methods with ``preserves``: MEMIT's objective gains ``preserve_weight``·Σ‖ΔW k_p‖²); ``forget``
+    passes an erasure's protected neighbours here."""
     spec = get_method(method)
     requests = [parse_request(r, f"<requests[{i}]>") for i, r in enumerate(requests)]
     if not requests:
         raise ValueError("no requests to edit")
+    preserve = [parse_request(r, f"<preserve[{i}]>") for i, r in enumerate(preserve)]
+    if preserve and not spec.preserves:
+        raise ValueError(f"{method} cannot preserve given facts (preserve=...): only "
+                         f"{', '.join(n for n, m in METHODS.items() if m.preserves)} can")
     if spec.erases:
         missing = [i for i, r in enumerate(requests) if not r.target_true]
         if missing:
@@ -98,7 +106,7 @@ def edit(model, tokenizer, requests: Iterable[EditRequest | Mapping[str, Any]], 
         prepared = spec.prepare(model, tokenizer, config)
         prepared.config = dataclasses.asdict(config)
     prepare_seconds = time.perf_counter() - t0
-    grams = Memory({name: m.clone() for name, m in (memory or {}).items()})
+    grams = Memory({name: m.clone() for name, m in (memory or {}).items()}, preserve=preserve)
 
     applied, batch_keys, per_request = _apply_batches(model, tokenizer, requests, method, spec, config, prepared,
                                                      grams, progress)
@@ -110,6 +118,7 @@ def edit(model, tokenizer, requests: Iterable[EditRequest | Mapping[str, Any]], 
         "base_model_fingerprint": base_fingerprint,
         "facts_sha256": facts_sha256(requests),
         "facts": [r.to_dict() for r in requests],
+        **({"preserved": [r.to_dict() for r in preserve]} if preserve else {}),
         "layer": prepared.layer,
         "located": prepared.located,
         "statistics": prepared.statistics,

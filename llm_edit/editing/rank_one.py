@@ -32,7 +32,8 @@ def rank_one_update(residual: torch.Tensor, key: torch.Tensor, cov: torch.Tensor
     return left.float(), u.unsqueeze(0).float()
 
 
-def batch_update(residuals: torch.Tensor, keys: torch.Tensor, cov: torch.Tensor | None, weight: float
+def batch_update(residuals: torch.Tensor, keys: torch.Tensor, cov: torch.Tensor | None, weight: float,
+                 preserved: torch.Tensor | None = None, preserve_weight: float = 0.0
                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """MEMIT's batch update of one layer (Meng et al. 2023, "Mass-Editing Memory in a
     Transformer", eq. 14), as factors ``left @ right`` of rank n.
@@ -42,12 +43,23 @@ def batch_update(residuals: torch.Tensor, keys: torch.Tensor, cov: torch.Tensor 
     ΔW = R Kᵀ (λC + K Kᵀ)⁻¹, where K = [k_1 … k_n] and R = [r_1 … r_n] the residuals
     (v_i − W k_i, MEMIT spreads them over its layers before calling this).
 
+    ``preserved`` (m, d_in): keys of facts that are not edited but must keep their outputs, each
+    entering the first sum with weight μ = ``preserve_weight`` instead of through C:
+    ΔW = R Kᵀ (λC + μ K_p K_pᵀ + K Kᵀ)⁻¹. C is an average over text, so a few facts close to the
+    edited ones (another landmark of the same city) weigh almost nothing in it; μ makes them count
+    like μ copies each. This is MEMIT's own objective with those keys named (an addition: the
+    paper preserves only through C).
+
     ``residuals`` (n, d_out), ``keys`` (n, d_in), ``cov`` (d_in, d_in) or None for the identity.
     Solved in float64; returns ``left`` (d_out, n) and ``right`` (n, d_in) in float32.
     """
     k = keys.double()
     c = torch.eye(k.shape[1], dtype=torch.float64, device=k.device) if cov is None else cov.double()
-    right = torch.linalg.solve(weight * c + k.T @ k, k.T).T  # (n, d_in): rows of K (λC + KᵀK)⁻¹, symmetric
+    system = weight * c + k.T @ k
+    if preserved is not None and len(preserved) and preserve_weight > 0:
+        p = preserved.double().to(k.device)
+        system = system + preserve_weight * (p.T @ p)
+    right = torch.linalg.solve(system, k.T).T  # (n, d_in): rows of K (λC + μK_pᵀK_p + KᵀK)⁻¹, symmetric
     if not torch.isfinite(right).all():
         raise FloatingPointError("MEMIT update: the key system is singular or not finite")
     return residuals.double().T.float(), right.float()

@@ -32,6 +32,7 @@ class Method:
     batch_size: Callable
     summary: str
     erases: bool = False  # a forget method: requests carry the object to erase (target_true)
+    preserves: bool = False  # compute honours ``memory.preserve`` (facts whose keys must not move)
 
 
 METHODS: Registry[Method] = Registry("editing method", {
@@ -41,10 +42,11 @@ METHODS: Registry[Method] = Registry("editing method", {
                          "erase facts by rank-one edits: make each object unlikely (or neutral), one fact "
                          "after another", erases=True),
     "memit": Method("memit", memit.MEMITConfig, memit.prepare, memit.compute, lambda config: config.batch_size,
-                    "batch edit spread over a range of MLP layers (batch_size requests at once)"),
+                    "batch edit spread over a range of MLP layers (batch_size requests at once)", preserves=True),
     "memit-erase": Method("memit-erase", memit.MEMITEraseConfig, memit.prepare, memit.compute,
                           lambda config: config.batch_size,
-                          "erase facts by MEMIT batch edits: make each object unlikely (or neutral)", erases=True),
+                          "erase facts by MEMIT batch edits: make each object unlikely (or neutral)", erases=True,
+                          preserves=True),
     "alphaedit": Method("alphaedit", alphaedit.AlphaEditConfig, alphaedit.prepare, alphaedit.compute,
                         lambda config: config.batch_size,
                         "MEMIT's batch edit projected onto the null space of preserved knowledge, remembering "

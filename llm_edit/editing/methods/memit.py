@@ -18,7 +18,9 @@ MEMIT batch is applied, reverted and saved like any edit; later batches see earl
 
 Deviations: z_i, h_i and the keys are all averaged over the same context-prefixed prompts
 (MEMIT's code takes h_i and z_i from the bare prompt but the keys from the prefixed ones);
-``bare_key_weight`` weights the bare prompt's key as in ``rome.py``.
+``bare_key_weight`` weights the bare prompt's key as in ``rome.py``. Facts given to keep
+(``memory.preserve``: an erasure's protected neighbours) add their keys, weighted
+``preserve_weight``, to the old keys of eq. 14 (``rank_one.batch_update``).
 """
 from __future__ import annotations
 
@@ -29,7 +31,7 @@ import torch
 
 from ...core.arch import arch_of
 from ..contract import Memory, Prepared
-from ..keys import check_layer_range, context_templates, resolve_layers, spread_over_layers
+from ..keys import check_layer_range, context_templates, mean_subject_keys, resolve_layers, spread_over_layers
 from ..rank_one import batch_update
 from ..stats import second_moment
 from ..values import ValueOptions, check_value_options, optimise_with
@@ -47,11 +49,16 @@ class MEMITConfig(ValueOptions):
     v_steps: int = 25
     v_lr: float = 0.5
     clamp_norm_factor: float = 0.75  # ||δ|| ≤ factor · ||h|| (MEMIT: 0.75; δ sits in the residual stream)
+    # μ: weight of each preserved fact's key (edit(preserve=...), an erasure's protect_neighbours)
+    # against one edited key's 1 and the old keys' λC (rank_one.batch_update)
+    preserve_weight: float = 10.0
 
     def validate(self) -> None:
         check_layer_range(self)
         if self.mom2_update_weight <= 0:
             raise ValueError("mom2_update_weight > 0 is required")
+        if self.preserve_weight < 0:
+            raise ValueError("preserve_weight must be >= 0")
         check_value_options(self)
 
 
@@ -92,8 +99,12 @@ def compute(model, tok, requests, config: MEMITConfig, prepared: Prepared, memor
 
     def solve(layer, residuals, keys):
         cov = prepared.covariances[layer]
+        preserved = None
+        if memory.preserve and config.preserve_weight > 0:  # measured now: the layers below are already updated
+            preserved = mean_subject_keys(model, tok, spec.mlp_out.format(layer), memory.preserve, contexts,
+                                          config.bare_key_weight)
         return batch_update(residuals, keys, cov.to(keys.device) if cov is not None else None,
-                            config.mom2_update_weight)
+                            config.mom2_update_weight, preserved, config.preserve_weight)
 
     factors, _ = spread_over_layers(model, tok, requests, contexts, layers, targets, config.bare_key_weight, solve)
     t2 = time.perf_counter()
