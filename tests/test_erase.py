@@ -111,3 +111,21 @@ def test_rmu_layer_auto_is_resolved_before_training(tiny, monkeypatch):
                              layer="auto", steps=1, progress=False)
     assert result.manifest["hyperparameters"]["layer"] == 0
     assert result.manifest["located"] == {"layers": [0], "requested": "auto"}
+
+
+def test_memit_erase_keeps_protected_neighbours_by_preserved_keys(tiny):
+    """``protect_neighbours`` with an eraser: the known facts closest to the forgotten one go to
+    the solve as preserved keys (manifest: ``protective_retain`` and ``preserved``, the same
+    subjects); an eraser without preserved keys refuses the key before any work."""
+    model, tok = tiny("llama")
+    snap = {k: v.clone() for k, v in model.state_dict().items()}
+    result = llm_edit.forget(model, tok, [FACT], method="memit-erase", layers=[1, 2], protect_neighbours=2,
+                             progress=False)
+    protective = [x["extra"]["subject"] for x in result.manifest["protective_retain"]]
+    assert len(protective) == 2
+    assert [r["subject"] for r in result.manifest["preserved"]] == protective
+    assert "preserved keys" in result.manifest["retain_source"]
+    result.unload()
+    assert all(torch.equal(snap[k], v) for k, v in model.state_dict().items())
+    with pytest.raises(llm_edit.core.config.ConfigError, match="protect_neighbours"):
+        llm_edit.forget(model, tok, [FACT], method="rome-erase", protect_neighbours=2, progress=False)

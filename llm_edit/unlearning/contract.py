@@ -51,6 +51,9 @@ class TrainConfig:
     # (the facts forgetting damages first; expand.protective_retain)
     protect_neighbours: int = 0
     expand: str = "none"  # none | forms | forms+paraphrases: also train on the other forms (expand.py)
+    # sharpness-aware unlearning (Fan et al., ICML 2025, arXiv 2502.05374): the forget loss is
+    # taken at the worst weights within this L2 radius of the trainable ones (trainer.py); 0: off
+    sam_rho: float = 0.0
     stop_forget_prob: float | None = None  # stop once mean P(forget answer) <= this
     eval_every: int = 5  # steps between early-stopping checks
     checkpoint_every: int = 0  # 0: no checkpoints
@@ -71,6 +74,8 @@ class TrainConfig:
             raise ValueError(f"expand must be none, forms or forms+paraphrases, got {self.expand!r}")
         if self.protect_neighbours < 0:
             raise ValueError("protect_neighbours must be >= 0")
+        if self.sam_rho < 0:
+            raise ValueError("sam_rho must be >= 0")
         if self.lora_modules not in ("all-linear", "mlp", "attention"):
             raise ValueError(f"lora_modules must be all-linear, mlp or attention, got {self.lora_modules!r}")
 

@@ -233,13 +233,29 @@ def erase_requests(items) -> list[EditRequest]:
     return requests
 
 
-def _erase(model, tokenizer, items, method: str, **kwargs) -> ForgetResult:
+def _erase(model, tokenizer, items, method: str, *, recipe=None, sets=(), progress=True, **hparams) -> ForgetResult:
+    """Erase facts by edits; with ``protect_neighbours`` the known facts closest to them (the
+    training half, ``expand.protective_retain``) are passed to the edit as facts to preserve."""
+    from ..editing.methods import get_method
+    from .expand import protective_retain
     from .items import items_sha256
 
+    config, _ = load_config(get_method(method).config, method, recipe=recipe, model_recipe=model_recipe_name(model),
+                            sets=list(sets), overrides=hparams)
+    if config.protect_neighbours and not get_method(method).preserves:
+        from ..core.config import ConfigError
+
+        raise ConfigError(f"protect_neighbours: {method} cannot keep facts where they are (no preserved keys); "
+                          "use memit-erase, or protect_neighbours=0")
+    protective = protective_retain(items, config.protect_neighbours)
     t0 = time.perf_counter()
-    result = edit(model, tokenizer, erase_requests(items), method, **kwargs)
+    result = edit(model, tokenizer, erase_requests(items), method, recipe=recipe, sets=sets, progress=progress,
+                  preserve=erase_requests(protective), **hparams)
     manifest = dict(result.manifest, forget_sha256=items_sha256(items), forget_items=len(items),
-                    retain_source="none (erasure by edits has no retain term)",
+                    protective_retain=[x.to_dict() for x in protective],
+                    retain_source=(f"none; {len(protective)} known facts sharing the forgotten facts' object or "
+                                   "relation kept by the solve (preserved keys)" if protective
+                                   else "none (erasure by edits has no retain term)"),
                     training={"adapter": None, "steps": len(items), "stopped_early": False, "processes": 1,
                               "effective_batch_size": 1, "seconds": round(time.perf_counter() - t0, 2)})
     return ForgetResult(model, tokenizer, manifest, result.per_request, delta=result.delta)

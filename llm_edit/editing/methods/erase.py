@@ -16,6 +16,10 @@ class EraseOptions:
     erase_objective: str = "suppress"  # suppress: make the object unlikely; neutral: say neutral_target
     neutral_target: str = "unknown"
     erase_stop_prob: float = 0.02  # suppress: stop once the object's probability is below this after every prompt
+    # ``llm_edit.forget``: this many shipped known facts per forgotten fact that share its object or
+    # relation (the training half, as unlearners' protect_neighbours) are kept where they are: their
+    # keys go to the solve as preserved keys (methods that preserve: memit-erase)
+    protect_neighbours: int = 0
 
     def validate_erase(self) -> None:
         if self.erase_objective not in ("suppress", "neutral"):
@@ -24,6 +28,8 @@ class EraseOptions:
             raise ValueError("erase_stop_prob must be between 0 and 1")
         if not self.neutral_target.strip():
             raise ValueError("neutral_target must not be empty")
+        if self.protect_neighbours < 0:
+            raise ValueError("protect_neighbours must be >= 0")
 
 
 def value_objective(config, requests: list, tok=None) -> dict:
