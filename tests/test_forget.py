@@ -157,3 +157,53 @@ def test_two_processes_match_one_with_the_same_effective_batch(tmp_path):
     for a, b in zip(one["log"], two["log"]):
         for key in ("loss", "forget", "retain"):
             assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-5), (a, b)
+
+
+def test_sharpness_aware_step_takes_the_forget_gradient_at_the_perturbed_weights(tiny):
+    """sam_rho (Fan et al. 2025): after the correction and the ordinary backward, the gradient is
+    ∇ℓ_f(θ + ε) + α∇ℓ_r(θ) with ε = ρ∇ℓ_f(θ)/‖∇ℓ_f(θ)‖, checked against gradients taken by hand;
+    the weights are left bit for bit as they were."""
+    from llm_edit.unlearning.contract import StepContext
+    from llm_edit.unlearning.methods import get_unlearner
+    from llm_edit.unlearning.methods.grad_ascent import GradAscentConfig
+    from llm_edit.unlearning.trainer import Trainer
+
+    model, tok = tiny("llama")
+    items = [parse_item(x) for x in FACTS]
+    trainer = Trainer(model, tok, items, None, get_unlearner("grad_ascent"), GradAscentConfig(sam_rho=0.5),
+                      progress=False)
+    ctx, params = StepContext(trainer), trainer.params
+    before = [p.detach().clone() for p in params]
+
+    def grads():
+        loss, _ = trainer.unlearner.loss(ctx, items, None, trainer.config, None)
+        return torch.autograd.grad(loss, params)
+
+    here = grads()
+    norm = torch.sqrt(sum((g ** 2).sum() for g in here))
+    with torch.no_grad():
+        for p, g in zip(params, here):
+            p.add_(0.5 * g / norm)
+    there = grads()
+    with torch.no_grad():
+        for p, b in zip(params, before):
+            p.copy_(b)
+    trainer._sharpness_correction(ctx, items, None)
+    assert all(torch.equal(p, b) for p, b in zip(params, before))
+    loss, _ = trainer.unlearner.loss(ctx, items, None, trainer.config, None)
+    loss.backward()
+    assert any(not torch.allclose(g0, g1) for g0, g1 in zip(here, there))  # ε moved something
+    for p, g1 in zip(params, there):
+        assert torch.allclose(p.grad, g1, atol=1e-6, rtol=1e-4)
+    trainer.restore()
+
+
+def test_sharpness_aware_forget_runs_and_unloads_exactly(tiny):
+    model, tok = tiny("llama")
+    snap = {k: v.clone() for k, v in model.state_dict().items()}
+    result = forget(model, tok, FACTS, method="npo", steps=2, sam_rho=0.05, progress=False)
+    assert result.manifest["hyperparameters"]["sam_rho"] == 0.05
+    result.unload()
+    assert all(torch.equal(snap[k], v) for k, v in model.state_dict().items())
+    with pytest.raises(ConfigError, match="sam_rho"):
+        forget(model, tok, FACTS, method="npo", steps=1, sam_rho=-1.0, progress=False)

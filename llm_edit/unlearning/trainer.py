@@ -16,6 +16,13 @@ FSDP or DeepSpeed from accelerate's own config):
 * **Checkpoints** (``checkpoint_dir``, every ``checkpoint_every`` steps; ``checkpoints.py``)
   hold the trainable weights and optimizer state as safetensors plus a JSON state: no pickles,
   resumable.
+* **Sharpness-aware unlearning** (``sam_rho`` > 0; Fan et al., ICML 2025, "Towards LLM
+  Unlearning Resilient to Relearning Attacks", arXiv 2502.05374, §4): each step minimises
+  ℓ_f(θ + ε) + α·ℓ_r(θ) with SAM's first-order worst case ε = ρ ∇ℓ_f(θ) / ‖∇ℓ_f(θ)‖ over the
+  trainable weights (the forget loss is the method's own loss without a retain batch). A flat
+  forget loss around θ is what keeps a few relearning steps from bringing the answers back.
+  Cost: two more forward/backward passes of the forget batch per micro-step. One process only:
+  the perturbation would need the gradient reduced across processes first.
 * **Early stopping** when the mean forget-answer probability falls to ``stop_forget_prob``, or
   when a user callback returns True, so users do not over-unlearn.
 """
@@ -255,12 +262,46 @@ class Trainer:
     def load_checkpoint(self) -> int:
         return load_checkpoint(self)
 
+    def _sharpness_correction(self, ctx: StepContext, forget: list[ForgetItem], state) -> None:
+        """Add ∇ℓ_f(θ + ε) − ∇ℓ_f(θ) to the gradients (divided by grad_accum), so that with the
+        ordinary backward of the whole loss at θ that follows, the step takes the forget loss at
+        SAM's perturbed weights and the retain loss at θ (module docstring)."""
+        c = self.config
+        params = self.params
+
+        def forget_grads():
+            loss, _ = self.unlearner.loss(ctx, forget, None, c, state)
+            return torch.autograd.grad(loss, params, allow_unused=True)
+
+        here = forget_grads()
+        norm = torch.sqrt(sum((g.float() ** 2).sum() for g in here if g is not None))
+        if not torch.isfinite(norm) or norm == 0:
+            return
+        saved = [p.detach().clone() for p in params]  # (θ + ε) − ε is not θ bit for bit
+        with torch.no_grad():
+            for p, g in zip(params, here):
+                if g is not None:
+                    p.add_(g, alpha=float(c.sam_rho / norm))
+        try:
+            there = forget_grads()
+        finally:
+            with torch.no_grad():
+                for p, kept in zip(params, saved):
+                    p.copy_(kept)
+        for p, g0, g1 in zip(params, here, there):
+            if g0 is None or g1 is None:
+                continue
+            correction = (g1 - g0) / c.grad_accum
+            p.grad = correction if p.grad is None else p.grad + correction
+
     # -- the loop --------------------------------------------------------------------------------
     def train(self) -> list[dict]:
         from accelerate.utils import set_seed
         from tqdm.auto import tqdm
 
         c, acc = self.config, self.accelerator
+        if c.sam_rho > 0 and acc.num_processes > 1:
+            raise ConfigError("sam_rho: sharpness-aware unlearning runs on one process")
         set_seed(c.seed)
         state = self.unlearner.prepare(self, c) if self.unlearner.prepare else None
         start = self.load_checkpoint()
@@ -277,6 +318,8 @@ class Trainer:
                     forget, retain = self.micro_items(step, micro)
                     sync = contextlib.nullcontext() if micro == c.grad_accum - 1 else acc.no_sync(self.model)
                     with sync:
+                        if c.sam_rho > 0:
+                            self._sharpness_correction(ctx, forget, state)
                         loss, parts = self.unlearner.loss(ctx, forget, retain, c, state)
                         if not torch.isfinite(loss):
                             raise FloatingPointError(f"step {step}: the loss is {float(loss)}")
