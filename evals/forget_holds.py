@@ -19,7 +19,9 @@ Without ``--method`` and ``--set`` it runs ``llm-edit forget``'s defaults (throu
 * ``--attacks``: the full audit (relearning, Q8_0/Q4_0 quantization, membership, utility guard).
 
 Any overlap between what was trained (forget forms, protective retain facts) and what judges
-(neighbours, unrelated) is reported in ``leaks``; the figures count only when it is empty.
+(neighbours, unrelated) is reported in ``leaks``; the figures count only when it is empty, and
+then ``neighbours_kept_untrained`` (and ``unrelated_...``) count only the facts that were neither
+trained on nor protected. ``--rescore RUN`` adds those to an earlier run's holds.json.
 """
 from __future__ import annotations
 
@@ -64,18 +66,41 @@ def kept(before: list[dict], after: list[dict]) -> tuple[int, int]:
     return sum(after[i]["answered"] for i in known), len(known)
 
 
+def kept_untrained(before: list[dict], after: list[dict], items, trained: set[str]) -> tuple[int, int]:
+    """``kept`` over the judged facts whose subject was not trained on or protected (``items``:
+    the neighbour or unrelated facts, in the rows' order): the figure that still counts when
+    ``leaks`` is not empty."""
+    rows = [i for i, x in enumerate(items) if x.extra.get("subject", "").lower() not in trained]
+    return kept([before[i] for i in rows], [after[i] for i in rows])
+
+
+def trained_subjects(manifest: dict) -> set[str]:
+    """Subjects (and derived prompts) the forget run trained on or protected, lower-cased."""
+    trained = {x["prompt"].lower() for x in manifest.get("derived_forms", [])}
+    return trained | {x["extra"].get("subject", "").lower() for x in manifest.get("protective_retain", [])}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="llama")
-    ap.add_argument("--facts", required=True)
+    ap.add_argument("--facts", help="the forget file (not needed with --rescore)")
     ap.add_argument("--neighbours", required=True)
     ap.add_argument("--unrelated", required=True)
     ap.add_argument("--retain", help="a retain file (default: none, as llm-edit forget without --retain)")
     ap.add_argument("--method", help="default: llm-edit forget's default")
     ap.add_argument("--set", dest="sets", action="append", default=[])
     ap.add_argument("--attacks", action="store_true", help="also run the full audit (relearning, quantization)")
-    ap.add_argument("--out", required=True, help="folder for holds.json (and the audit's files)")
+    ap.add_argument("--out", help="folder for holds.json (and the audit's files)")
+    ap.add_argument("--rescore", help="an earlier run's folder: add the untrained-only figures to its holds.json "
+                    "(--neighbours and --unrelated must be the files it ran with)")
+    ap.add_argument("--trained-from", help="with --rescore: exclude what this other run trained on or protected "
+                    "(to compare two runs on the same facts)")
     args = ap.parse_args()
+    if args.rescore:
+        return rescore(Path(args.rescore), read_items(args.neighbours), read_items(args.unrelated),
+                       Path(args.trained_from) if args.trained_from else None)
+    if not args.out or not args.facts:
+        ap.error("--facts and --out are required (unless --rescore)")
     forget_items, neighbours, unrelated = read_items(args.facts), read_items(args.neighbours), read_items(args.unrelated)
     config = AuditConfig()
     original, tok = load_model(args.model)
@@ -87,8 +112,7 @@ def main() -> None:
     seconds = time.perf_counter() - t0
     unlearned = result.merge()
     after = measure(unlearned, tok, forget_items, neighbours, unrelated, config)
-    trained = {x["prompt"].lower() for x in result.manifest.get("derived_forms", [])}
-    trained |= {x["extra"].get("subject", "").lower() for x in result.manifest.get("protective_retain", [])}
+    trained = trained_subjects(result.manifest)
     judged = {x.extra.get("subject", "").lower() for x in neighbours + unrelated} | {x.prompt.lower() for x in
                                                                                    neighbours + unrelated}
     verdicts = probe_verdicts(after["probes"], before["probes"], config)
@@ -106,6 +130,10 @@ def main() -> None:
         "protective_retain": len(result.manifest.get("protective_retain", [])),
         "leaks": sorted(trained & judged),
     }
+    if summary["leaks"]:
+        for name, items in (("neighbours", neighbours), ("unrelated", unrelated)):
+            k, n = kept_untrained(before[name], after[name], items, trained)
+            summary[f"{name}_kept_untrained"], summary[f"{name}_untrained_known_before"] = (k / n if n else None), n
     report = {"command": " ".join(sys.argv), "summary": summary, "before": before, "after": after,
               "data_sha256": {name: items_sha256(items) for name, items in
                               (("facts", forget_items), ("neighbours", neighbours), ("unrelated", unrelated))},
@@ -122,6 +150,23 @@ def main() -> None:
             write_audit(out, full, f"Audit: {summary['method']} {' '.join(args.sets)}")
         write_json(out / "holds.json", report)
     print(json.dumps(summary, indent=1))
+
+
+def rescore(run: Path, neighbours, unrelated, trained_from: Path | None = None) -> None:
+    report = json.loads((run / "holds.json").read_text())
+    for name, items in (("neighbours", neighbours), ("unrelated", unrelated)):
+        if report["data_sha256"][name] != items_sha256(items):
+            sys.exit(f"{run}: it did not run with this {name} file (sha256 differs)")
+    summary = report["summary"]
+    trained = trained_subjects(report["manifest"])
+    if trained_from is not None:
+        trained |= trained_subjects(json.loads((trained_from / "holds.json").read_text())["manifest"])
+        summary["untrained_excludes_also"] = str(trained_from)
+    for name, items in (("neighbours", neighbours), ("unrelated", unrelated)):
+        k, n = kept_untrained(report["before"][name], report["after"][name], items, trained)
+        summary[f"{name}_kept_untrained"], summary[f"{name}_untrained_known_before"] = (k / n if n else None), n
+    write_json(run / "holds.json", report)
+    print(json.dumps({k: v for k, v in summary.items() if "untrained" in k or k == "leaks"}, indent=1))
 
 
 if __name__ == "__main__":

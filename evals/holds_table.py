@@ -14,6 +14,18 @@ from pathlib import Path
 MARK = {"forgotten": "F", "partly": "P", "not forgotten": "N", "n/a": "–"}
 
 
+def kept(summary: dict, name: str) -> str:
+    """The kept share, and where the run trained on or protected judged facts, the share over the others
+    (``forget_holds.py`` writes it, or ``--rescore`` adds it)."""
+    cell = f"{summary[f'{name}_kept']:.3f}"
+    untrained, n = summary.get(f"{name}_kept_untrained"), summary.get(f"{name}_untrained_known_before")
+    if untrained is not None and n != summary[f"{name}_known_before"]:
+        return cell + f" ({untrained:.3f} on {n} untrained)"
+    if summary["leaks"] and untrained is None:
+        return cell + " leaks!"
+    return cell
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("runs", nargs="+")
@@ -32,18 +44,23 @@ def main() -> None:
     for path, report in reports:
         s = report["summary"]
         name = f"{path.name} | {s['method']}" + (" " + " ".join(s["sets"]) if s["sets"] else "")
+        protected = s.get("protective_retain", 0)
+        if protected and not any(x.startswith("protect_neighbours=") for x in s["sets"]):
+            name += f" ({protected} protected facts)"
         cells = [f"{s['probes'][p]['unlearned']:.2f} {MARK[s['probes'][p]['verdict']]}" if p in s["probes"] else "–"
                  for p in probes]
         judged = [v for v in s["probes"].values() if v["verdict"] != "n/a"]
         forgotten = sum(v["verdict"] == "forgotten" for v in judged)
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {forgotten} of {len(judged)} | "
-                     f"{s['neighbours_kept']:.3f} | {s['unrelated_kept']:.3f} | {s['perplexity_rise']:+.1%} | "
-                     f"{s['forget_seconds']} |" + (" leaks!" if s["leaks"] else ""))
+                     f"{kept(s, 'neighbours')} | {kept(s, 'unrelated')} | {s['perplexity_rise']:+.1%} | "
+                     f"{s['forget_seconds']} |")
     lines += ["", "Cells: the share of forget items whose object appears in the unlearned model's greedy answer "
               "(48 tokens; F/P/N: the audit's verdict against the original: recovery ≤ 0.25 / ≤ 0.6 / above). "
               "Neighbours and unrelated: the share of the facts the original answered (object in a 16-token "
               "greedy continuation) that the unlearned model still answers. Perplexity: change on "
-              "llm_edit/data/generic_text.txt. Seconds: the forget call alone.", "",
+              "llm_edit/data/generic_text.txt. Seconds: the forget call alone. Where the run trained on or "
+              "protected some of the judged facts' subjects, the figure on the others follows in brackets "
+              "(`forget_holds.py --rescore`); `leaks!` where that figure is missing.", "",
               "Sources: " + ", ".join(f"`{p}`" for p, _ in reports)]
     Path(args.out).write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

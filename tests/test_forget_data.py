@@ -105,3 +105,23 @@ def test_neighbourhood_given_in_the_file_wins():
     assert (n.prompt, n.answer, n.extra["neighbour_of"]) == ("The Louvre is in", "Paris", "Eiffel Tower")
     with pytest.raises(Exception, match="neighborhood"):
         parse_item({"prompt": "{} is in", "subject": "X", "target": "Y", "neighborhood": [{"prompt": "Z"}]})
+
+
+def test_forget_holds_counts_untrained_neighbours_apart():
+    """evals/forget_holds.py: a neighbour whose subject the run protected is left out of the
+    untrained-only figure (kept 1 of 2 overall, 1 of 1 untrained)."""
+    import importlib.util
+
+    from llm_edit.unlearning.items import ForgetItem
+
+    path = Path(__file__).resolve().parents[1] / "evals" / "forget_holds.py"
+    spec = importlib.util.spec_from_file_location("forget_holds", path)
+    holds = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(holds)
+    items = [ForgetItem("fact", "The Louvre is in", "Paris", (), {"subject": "Louvre"}),
+             ForgetItem("fact", "Big Ben is in", "London", (), {"subject": "Big Ben"})]
+    before = [{"answered": True}, {"answered": True}]
+    after = [{"answered": False}, {"answered": True}]
+    manifest = {"protective_retain": [{"extra": {"subject": "Louvre"}}], "derived_forms": []}
+    assert holds.kept(before, after) == (1, 2)
+    assert holds.kept_untrained(before, after, items, holds.trained_subjects(manifest)) == (1, 1)
