@@ -13,12 +13,14 @@ the recipe's comment quotes the tuning figure it was chosen by and the report fi
 The score is the mean of CounterFact's efficacy, generalisation and specificity and the
 generation success in the chat, question and in-context forms (``evaluating.edit_forms``),
 over those that apply. The report set is only ever edited with the chosen value and the
-recipe's: nothing is chosen on it.
+recipe's: nothing is chosen on it. ``--tuned-in EARLIER.json`` takes the choice of an earlier run
+whose tuning half finished (on the same, unchanged ``--tune`` file) and runs only the report set.
 """
 from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import statistics
 import sys
 import time
@@ -69,6 +71,19 @@ class FactSet:
                 "hyperparameters": result.manifest["hyperparameters"]}
 
 
+def earlier_tuning(path: Path, tune_file: str):
+    """The tuning half of an earlier run (``--tuned-in``): its fact set, its runs and its choice, after
+    checking that it tuned on this very file."""
+    earlier = json.loads(path.read_text())
+    sha256 = hashlib.sha256(Path(tune_file).read_bytes()).hexdigest()
+    if earlier["tune"]["sha256"] != sha256:
+        raise SystemExit(f"{path}: it tuned on another version of {tune_file} (sha256 differs)")
+    tuned = earlier["tune"]["runs"]
+    best = max(tuned, key=lambda r: r["score"])
+    tune = argparse.Namespace(requests=[None] * earlier["tune"]["n"], sha256=sha256, before=earlier["tune"]["before"])
+    return tune, tuned, best
+
+
 def table(title: str, before: dict, runs: list[dict]) -> str:
     def cell(v):
         return "n/a" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
@@ -92,6 +107,8 @@ def main(argv=None) -> int:
     ap.add_argument("--set", dest="sets", action="append", default=[], help="fixed overrides for every run")
     ap.add_argument("--tune-limit", type=int)
     ap.add_argument("--report-limit", type=int)
+    ap.add_argument("--tuned-in", help="an earlier run's output whose tuning half finished (its --tune file must "
+                    "be this --tune, unchanged): take its choice and run only the report set")
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
     key, _, values = args.grid.partition("=")
@@ -100,9 +117,12 @@ def main(argv=None) -> int:
     if shared:
         raise SystemExit(f"--tune and --report share {len(shared)} fact(s), e.g. {sorted(shared)[0]}: not disjoint")
     model, tok = load_model(args.model, device="cpu")
-    tune = FactSet(model, tok, args.tune, args.tune_limit)
-    tuned = [tune.run(model, tok, args.method, args.sets + [f"{key}={v}"]) for v in values.split(",")]
-    best = max(tuned, key=lambda r: r["score"])
+    if args.tuned_in:
+        tune, tuned, best = earlier_tuning(Path(args.tuned_in), args.tune)
+    else:
+        tune = FactSet(model, tok, args.tune, args.tune_limit)
+        tuned = [tune.run(model, tok, args.method, args.sets + [f"{key}={v}"]) for v in values.split(",")]
+        best = max(tuned, key=lambda r: r["score"])
     print(table(f"\ntuning set {args.tune} ({len(tune.requests)} facts)", tune.before, tuned))
     report = FactSet(model, tok, args.report, args.report_limit)
     reported = [report.run(model, tok, args.method, args.sets)]
@@ -113,11 +133,11 @@ def main(argv=None) -> int:
     write_json(Path(args.out), {
         "method": args.method, "grid": args.grid, "chosen": best["sets"], "score": list(SCORED),
         "tune": {"facts": args.tune, "n": len(tune.requests), "sha256": tune.sha256, "before": tune.before,
-                 "runs": tuned},
+                 "runs": tuned, **({"from": args.tuned_in} if args.tuned_in else {})},
         "report": {"facts": args.report, "n": len(report.requests), "sha256": report.sha256, "before": report.before,
                    "runs": reported},
         "threads": torch.get_num_threads(), "command": sys.argv, **run_info()})
-    exact = all(r["reverts_bit_exact"] for r in tuned + reported)
+    exact = all(r.get("reverts_bit_exact", True) for r in tuned + reported)
     return 0 if exact else 1
 
 

@@ -133,3 +133,16 @@ def test_tune_split_chooses_on_one_set_and_reports_on_the_other(tmp_path):
     clash = run_eval("tune_split.py", "--tune", str(tune), "--report", str(tune), "--grid", "kl_factor=1.0",
                      "--out", str(out), home=tmp_path / "home")
     assert clash.returncode != 0 and "not disjoint" in clash.stderr
+
+    # --tuned-in: the earlier tuning half and its choice, only the report set runs again
+    again = tmp_path / "again.json"
+    done = run_eval("tune_split.py", "--tune", str(tune), "--report", str(report), "--grid", "kl_factor=0.0625,1.0",
+                    "--tuned-in", str(out), "--out", str(again), home=tmp_path / "home")
+    assert done.returncode == 0, done.stderr
+    second = _json.loads(again.read_text())
+    assert second["tune"]["runs"] == result["tune"]["runs"] and second["chosen"] == result["chosen"]
+    assert second["tune"]["from"] == str(out) and second["report"]["runs"][0]["after"]
+    write_city_facts(tune, ("Eiffel Tower",))  # another tuning file than the earlier run's
+    stale = run_eval("tune_split.py", "--tune", str(tune), "--report", str(report), "--grid", "kl_factor=1.0",
+                     "--tuned-in", str(out), "--out", str(again), home=tmp_path / "home")
+    assert stale.returncode != 0 and "sha256 differs" in stale.stderr
