@@ -105,6 +105,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="llama")
     ap.add_argument("--facts", default=str(ROOT.parent / "shared/data/counterfact/counterfact-edit-1k.json"))
+    ap.add_argument("--skip", type=int, default=0, help="start after the first N records (tune on records that a "
+                    "sequential_edit.py run with --limit N reports on)")
     ap.add_argument("--batches", type=int, default=3)
     ap.add_argument("--batch-size", type=int, default=100)
     ap.add_argument("--set", dest="sets", action="append", default=[],
@@ -121,14 +123,14 @@ def main() -> None:
             raise SystemExit(f"--grid {item}: {key!r} is not one of {SOLVE_KEYS}")
         grid[key] = [float(v) for v in values.split(",")]
     parse_set(args.sets)  # fails on a malformed item before the model loads
-    requests = read_requests(args.facts, limit=args.batches * args.batch_size)
+    requests = read_requests(args.facts, limit=args.skip + args.batches * args.batch_size)[args.skip:]
     batches = [requests[i:i + args.batch_size] for i in range(0, len(requests), args.batch_size)]
     model, tok = load_model(args.model)
     base = fingerprint(model)
     config, recipe = load_config(AlphaEditConfig, "alphaedit", model_recipe=model_recipe_name(model), sets=args.sets)
     t0 = time.perf_counter()
     state = prepare(model, tok, config)
-    value_key = hashlib.sha256(json.dumps([base, str(args.facts), args.batch_size, args.sets,
+    value_key = hashlib.sha256(json.dumps([base, str(args.facts), args.skip, args.batch_size, args.sets,
                                            {k: getattr(config, k) for k in config.__dataclass_fields__
                                             if k not in SOLVE_KEYS}], sort_keys=True, default=str).encode()).hexdigest()[:16]
     cache = cache_home() / "cache" / "solve_grid" / value_key
@@ -150,7 +152,7 @@ def main() -> None:
         t = time.perf_counter()
         curve = replay(model, tok, config, state, batches, targets, setting, projectors_by_threshold)
         runs.append({"setting": setting, "curve": curve, "seconds": round(time.perf_counter() - t, 1)})
-        write_json(Path(args.out), {"facts": args.facts, "batches": args.batches, "batch_size": args.batch_size,
+        write_json(Path(args.out), {"facts": args.facts, "skip": args.skip, "batches": args.batches, "batch_size": args.batch_size,
                                     "recipe": str(recipe), "sets": args.sets, "value_cache": str(cache),
                                     "prepare_seconds": round(t1 - t0, 1), "value_seconds": round(t2 - t1, 1),
                                     "runs": runs, "command": " ".join(sys.argv), **run_info()})

@@ -125,3 +125,19 @@ def test_forget_holds_counts_untrained_neighbours_apart():
     manifest = {"protective_retain": [{"extra": {"subject": "Louvre"}}], "derived_forms": []}
     assert holds.kept(before, after) == (1, 2)
     assert holds.kept_untrained(before, after, items, holds.trained_subjects(manifest)) == (1, 1)
+
+
+def test_holds_table_shows_the_untrained_figure_beside_the_overall_one():
+    """evals/holds_table.py: a run that protected some judged facts shows the share over the
+    others in brackets; a run with leaks and no such figure is flagged."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "evals" / "holds_table.py"
+    spec = importlib.util.spec_from_file_location("holds_table", path)
+    table = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(table)
+    clean = {"neighbours_kept": 0.5, "neighbours_known_before": 4, "leaks": []}
+    assert table.kept(clean, "neighbours") == "0.500"
+    rescored = dict(clean, leaks=["louvre"], neighbours_kept_untrained=2 / 3, neighbours_untrained_known_before=3)
+    assert table.kept(rescored, "neighbours") == "0.500 (0.667 on 3 untrained)"
+    assert table.kept(dict(clean, leaks=["louvre"]), "neighbours") == "0.500 leaks!"

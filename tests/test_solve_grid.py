@@ -28,5 +28,12 @@ def test_grid_replays_each_setting_on_cached_values(tmp_path):
     assert again.returncode == 0, again.stderr
     assert "optimising" not in again.stderr
 
+    skipped = tmp_path / "skipped.json"
+    done = run("--facts", str(facts), "--skip", "2", "--batches", "1", "--batch-size", "2", "--out", str(skipped),
+               "--grid", "alpha=1000", home=tmp_path / "home")  # tunes on the records after the first two
+    assert done.returncode == 0, done.stderr
+    assert json.loads(skipped.read_text())["skip"] == 2
+    assert len(list((tmp_path / "home" / "cache" / "solve_grid").glob("*/batch*.pt"))) == 3
+
     bad = run(*common, "--grid", "alhpa=1", home=tmp_path / "home")
     assert bad.returncode != 0 and "'alhpa' is not one of" in bad.stderr
