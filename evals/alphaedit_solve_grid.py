@@ -4,8 +4,8 @@ weight keep sequential edits without costing the model elsewhere.
     python evals/alphaedit_solve_grid.py --batches 3 --grid alpha=30,15 --grid memory_weight=1,10
 
 The value optimisation is 90% of an AlphaEdit batch and does not depend on the solve, so the
-values (the target states z_i at the top edited layer) of the first ``--batches`` batches are
-optimised once, with the recipe's settings (and ``--set`` overrides), and cached. Every setting
+values (the target states z_i at the top edited layer) of ``--batches`` batches (after the first
+``--skip`` records) are optimised once, with the recipe's settings (and ``--set`` overrides), and cached. Every setting
 of the grid then replays the batches in order: keys and residuals measured on the model as the
 earlier batches left it, the update solved with that setting, the batch's keys added to the
 memory; after each batch the efficacy, generalisation and specificity of every batch so far
@@ -105,8 +105,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="llama")
     ap.add_argument("--facts", default=str(ROOT.parent / "shared/data/counterfact/counterfact-edit-1k.json"))
-    ap.add_argument("--skip", type=int, default=0, help="start after the first N records (tune on records that a "
-                    "sequential_edit.py run with --limit N reports on)")
+    ap.add_argument("--skip", type=int, default=0, help="start after the first N records (to tune on records that "
+                    "a sequential_edit.py run with --limit N does not report on)")
     ap.add_argument("--batches", type=int, default=3)
     ap.add_argument("--batch-size", type=int, default=100)
     ap.add_argument("--set", dest="sets", action="append", default=[],
@@ -123,7 +123,12 @@ def main() -> None:
             raise SystemExit(f"--grid {item}: {key!r} is not one of {SOLVE_KEYS}")
         grid[key] = [float(v) for v in values.split(",")]
     parse_set(args.sets)  # fails on a malformed item before the model loads
+    if args.skip < 0 or args.batches < 1 or args.batch_size < 1:
+        raise SystemExit("--skip must be >= 0, --batches and --batch-size >= 1")
     requests = read_requests(args.facts, limit=args.skip + args.batches * args.batch_size)[args.skip:]
+    if len(requests) < args.batches * args.batch_size:
+        raise SystemExit(f"{args.facts}: {len(requests)} records after --skip {args.skip}, "
+                         f"{args.batches} x {args.batch_size} asked")
     batches = [requests[i:i + args.batch_size] for i in range(0, len(requests), args.batch_size)]
     model, tok = load_model(args.model)
     base = fingerprint(model)
@@ -153,6 +158,7 @@ def main() -> None:
         curve = replay(model, tok, config, state, batches, targets, setting, projectors_by_threshold)
         runs.append({"setting": setting, "curve": curve, "seconds": round(time.perf_counter() - t, 1)})
         write_json(Path(args.out), {"facts": args.facts, "skip": args.skip, "batches": args.batches, "batch_size": args.batch_size,
+                                    "subjects": [[r.subject for r in batch] for batch in batches],
                                     "recipe": str(recipe), "sets": args.sets, "value_cache": str(cache),
                                     "prepare_seconds": round(t1 - t0, 1), "value_seconds": round(t2 - t1, 1),
                                     "runs": runs, "command": " ".join(sys.argv), **run_info()})

@@ -16,6 +16,10 @@ import json
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from llm_edit.core.files import atomic_write_text  # noqa: E402
+
 MARK = {"forgotten": "F", "partly": "P", "not forgotten": "N", "n/a": "–"}
 
 
@@ -63,7 +67,7 @@ def main() -> None:
               f"(recovery ≤ {first['config']['forgotten_max']} / ≤ {first['config']['partly_max']} / above).", "",
               "Audit time (s): " + ", ".join(f"{r.get('method', n)} {r.get('audit_s', '?')}" for n, r in reports.items()),
               "", "Sources: " + ", ".join(f"`{a}`" for a in args.audits)]
-    Path(args.out).write_text("\n".join(lines) + "\n")
+    atomic_write_text(Path(args.out), "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

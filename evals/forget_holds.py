@@ -19,9 +19,9 @@ Without ``--method`` and ``--set`` it runs ``llm-edit forget``'s defaults (throu
 * ``--attacks``: the full audit (relearning, Q8_0/Q4_0 quantization, membership, utility guard).
 
 Any overlap between what was trained (forget forms, protective retain facts) and what judges
-(neighbours, unrelated) is reported in ``leaks``; the figures count only when it is empty, and
-then ``neighbours_kept_untrained`` (and ``unrelated_...``) count only the facts that were neither
-trained on nor protected. ``--rescore RUN`` adds those to an earlier run's holds.json.
+(neighbours, unrelated) is reported in ``leaks``. The plain figures count when it is empty;
+when it is not, ``neighbours_kept_untrained`` (and ``unrelated_...``) count only the facts that
+were neither trained on nor protected, and those are the figures to quote. ``--rescore RUN`` adds those to an earlier run's holds.json.
 """
 from __future__ import annotations
 
@@ -70,7 +70,8 @@ def kept_untrained(before: list[dict], after: list[dict], items, trained: set[st
     """``kept`` over the judged facts whose subject was not trained on or protected (``items``:
     the neighbour or unrelated facts, in the rows' order): the figure that still counts when
     ``leaks`` is not empty."""
-    rows = [i for i, x in enumerate(items) if x.extra.get("subject", "").lower() not in trained]
+    rows = [i for i, x in enumerate(items)
+            if x.extra.get("subject", "").lower() not in trained and x.prompt.lower() not in trained]
     return kept([before[i] for i in rows], [after[i] for i in rows])
 
 

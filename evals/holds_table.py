@@ -9,7 +9,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from llm_edit.core.files import atomic_write_text  # noqa: E402
 
 MARK = {"forgotten": "F", "partly": "P", "not forgotten": "N", "n/a": "–"}
 
@@ -62,7 +67,7 @@ def main() -> None:
               "protected some of the judged facts' subjects, the figure on the others follows in brackets "
               "(`forget_holds.py --rescore`); `leaks!` where that figure is missing.", "",
               "Sources: " + ", ".join(f"`{p}`" for p, _ in reports)]
-    Path(args.out).write_text("\n".join(lines) + "\n")
+    atomic_write_text(Path(args.out), "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

@@ -27,7 +27,7 @@ from llm_edit import load_model  # noqa: E402
 from llm_edit.core.files import atomic_write_text  # noqa: E402
 from llm_edit.core.scoring import generate  # noqa: E402
 from llm_edit.core.text import mentions  # noqa: E402
-from llm_edit.unlearning.items import KNOWN_FACTS  # noqa: E402
+from llm_edit.unlearning.items import KNOWN_FACTS, known_pool  # noqa: E402
 
 # relation: (prompt, paraphrase, paraphrase)
 PROMPTS = {
@@ -60,6 +60,10 @@ def main() -> None:
     ap.add_argument("--per-relation", type=int, default=4)
     ap.add_argument("--unrelated", type=int, default=50)
     ap.add_argument("--exclude", action="append", default=[], help="fact files whose subjects to avoid")
+    ap.add_argument("--unrelated-pool", choices=["all", "eval"], default="all",
+                    help="draw unrelated facts from all known facts (how the shipped sets were made; protect_neighbours "
+                         "may then protect a few, which forget_holds.py reports as leaks) or only from the evaluation "
+                         "half (items.known_pool), which nothing protects")
     ap.add_argument("--out-facts", required=True)
     ap.add_argument("--out-unrelated", required=True)
     args = ap.parse_args()
@@ -93,7 +97,8 @@ def main() -> None:
                           "paraphrase_prompts": [p.replace("{}", k["subject"]) for p in paraphrases]})
     objects = {f["target"].lower() for f in facts}
     others = [k for k in known if k["subject"].lower() not in used | avoid
-              and k["attribute"].lower() not in objects and k["subject"] in k["prompt"]]
+              and k["attribute"].lower() not in objects and k["subject"] in k["prompt"]
+              and (args.unrelated_pool == "all" or known_pool(k["subject"]) == "eval")]
     texts = generate(model, tok, [list(tok(k["prompt"])["input_ids"]) for k in others], max_new_tokens=16, batch_size=64,
                      progress=True, desc="checking unrelated facts")
     unrelated, subjects = [], set()

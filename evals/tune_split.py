@@ -71,14 +71,22 @@ class FactSet:
                 "hyperparameters": result.manifest["hyperparameters"]}
 
 
-def earlier_tuning(path: Path, tune_file: str):
+def earlier_tuning(path: Path, args, key: str, values: list[str]):
     """The tuning half of an earlier run (``--tuned-in``): its fact set, its runs and its choice, after
-    checking that it tuned on this very file."""
+    checking that it tuned this method on this very file (and limit) over this grid with these
+    ``--set`` items."""
     earlier = json.loads(path.read_text())
-    sha256 = hashlib.sha256(Path(tune_file).read_bytes()).hexdigest()
+    sha256 = hashlib.sha256(Path(args.tune).read_bytes()).hexdigest()
     if earlier["tune"]["sha256"] != sha256:
-        raise SystemExit(f"{path}: it tuned on another version of {tune_file} (sha256 differs)")
+        raise SystemExit(f"{path}: it tuned on another version of {args.tune} (sha256 differs)")
+    if earlier.get("method", args.method) != args.method:
+        raise SystemExit(f"{path}: it tuned {earlier['method']}, not {args.method}")
+    if earlier["tune"]["n"] != len(read_requests(args.tune, args.tune_limit)):
+        raise SystemExit(f"{path}: it tuned on {earlier['tune']['n']} facts of {args.tune}, not this --tune-limit's")
     tuned = earlier["tune"]["runs"]
+    expected = [args.sets + [f"{key}={v}"] for v in values]
+    if [r["sets"] for r in tuned] != expected:
+        raise SystemExit(f"{path}: its runs were {[r['sets'] for r in tuned]}, this grid and --set give {expected}")
     best = max(tuned, key=lambda r: r["score"])
     tune = argparse.Namespace(requests=[None] * earlier["tune"]["n"], sha256=sha256, before=earlier["tune"]["before"])
     return tune, tuned, best
@@ -107,8 +115,9 @@ def main(argv=None) -> int:
     ap.add_argument("--set", dest="sets", action="append", default=[], help="fixed overrides for every run")
     ap.add_argument("--tune-limit", type=int)
     ap.add_argument("--report-limit", type=int)
-    ap.add_argument("--tuned-in", help="an earlier run's output whose tuning half finished (its --tune file must "
-                    "be this --tune, unchanged): take its choice and run only the report set")
+    ap.add_argument("--tuned-in", help="an earlier run's output (written once its tuning half finished; same "
+                    "--method, --tune file unchanged, --tune-limit, --grid and --set): take its choice and run only "
+                    "the report set")
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
     key, _, values = args.grid.partition("=")
@@ -116,28 +125,31 @@ def main(argv=None) -> int:
     shared = {(r.subject, r.prompt) for r in tune_facts} & {(r.subject, r.prompt) for r in report_facts}
     if shared:
         raise SystemExit(f"--tune and --report share {len(shared)} fact(s), e.g. {sorted(shared)[0]}: not disjoint")
+    if args.tuned_in:  # checked before the model loads
+        tune, tuned, best = earlier_tuning(Path(args.tuned_in), args, key, values.split(","))
     model, tok = load_model(args.model, device="cpu")
-    if args.tuned_in:
-        tune, tuned, best = earlier_tuning(Path(args.tuned_in), args.tune)
-    else:
+    if not args.tuned_in:
         tune = FactSet(model, tok, args.tune, args.tune_limit)
         tuned = [tune.run(model, tok, args.method, args.sets + [f"{key}={v}"]) for v in values.split(",")]
         best = max(tuned, key=lambda r: r["score"])
     print(table(f"\ntuning set {args.tune} ({len(tune.requests)} facts)", tune.before, tuned))
+
+    def output(report=None) -> dict:
+        return {"method": args.method, "grid": args.grid, "chosen": best["sets"], "score": list(SCORED),
+                "tune": {"facts": args.tune, "n": len(tune.requests), "sha256": tune.sha256, "before": tune.before,
+                         "runs": tuned, **({"from": args.tuned_in} if args.tuned_in else {})},
+                "report": report, "threads": torch.get_num_threads(), "command": sys.argv, **run_info()}
+
+    write_json(Path(args.out), output())  # the tuning half, for --tuned-in if the report half does not finish
     report = FactSet(model, tok, args.report, args.report_limit)
     reported = [report.run(model, tok, args.method, args.sets)]
     if best["hyperparameters"][key] != reported[0]["hyperparameters"][key]:  # the recipe's own value won: once is enough
         reported.append(report.run(model, tok, args.method, best["sets"]))
     print(table(f"\nreport set {args.report} ({len(report.requests)} facts): the recipe, then the choice",
                 report.before, reported))
-    write_json(Path(args.out), {
-        "method": args.method, "grid": args.grid, "chosen": best["sets"], "score": list(SCORED),
-        "tune": {"facts": args.tune, "n": len(tune.requests), "sha256": tune.sha256, "before": tune.before,
-                 "runs": tuned, **({"from": args.tuned_in} if args.tuned_in else {})},
-        "report": {"facts": args.report, "n": len(report.requests), "sha256": report.sha256, "before": report.before,
-                   "runs": reported},
-        "threads": torch.get_num_threads(), "command": sys.argv, **run_info()})
-    exact = all(r.get("reverts_bit_exact", True) for r in tuned + reported)
+    write_json(Path(args.out), output({"facts": args.report, "n": len(report.requests), "sha256": report.sha256,
+                                       "before": report.before, "runs": reported}))
+    exact = all(r["reverts_bit_exact"] for r in tuned + reported)
     return 0 if exact else 1
 
 

@@ -146,3 +146,7 @@ def test_tune_split_chooses_on_one_set_and_reports_on_the_other(tmp_path):
     stale = run_eval("tune_split.py", "--tune", str(tune), "--report", str(report), "--grid", "kl_factor=1.0",
                      "--tuned-in", str(out), "--out", str(again), home=tmp_path / "home")
     assert stale.returncode != 0 and "sha256 differs" in stale.stderr
+    write_city_facts(tune, ("Eiffel Tower", "Louvre"))
+    other_grid = run_eval("tune_split.py", "--tune", str(tune), "--report", str(report), "--grid", "kl_factor=1.0",
+                          "--tuned-in", str(out), "--out", str(again), home=tmp_path / "home")
+    assert other_grid.returncode != 0 and "its runs were" in other_grid.stderr

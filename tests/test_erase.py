@@ -1,6 +1,7 @@
 """Erasure by rank-one edits (rome-erase) on tiny random models, the unlikelihood objective,
 and ``layer: auto`` from causal tracing."""
 import math
+import warnings
 
 import pytest
 import torch
@@ -129,3 +130,23 @@ def test_memit_erase_keeps_protected_neighbours_by_preserved_keys(tiny):
     assert all(torch.equal(snap[k], v) for k, v in model.state_dict().items())
     with pytest.raises(llm_edit.core.config.ConfigError, match="protect_neighbours"):
         llm_edit.forget(model, tok, [FACT], method="rome-erase", protect_neighbours=2, progress=False)
+
+
+def test_protect_neighbours_outside_forget_warns_and_rome_erase_refuses_it_with_the_recipe(tiny):
+    """A plain edit does not choose neighbours (``forget`` does, from the known facts): with
+    ``protect_neighbours`` set and no ``preserve`` it says so instead of recording a protection it
+    did not apply; rome-erase refuses the key when its config is read, before any model work."""
+    from llm_edit.core.config import ConfigError, load_config
+    from llm_edit.editing.methods.rome import ROMEEraseConfig
+
+    model, tok = tiny("llama")
+    request = {"prompt": "{} is located in", "subject": "Paris", "target_new": "x", "target_true": "France"}
+    with pytest.warns(UserWarning, match="protect_neighbours=2 takes effect through"):
+        llm_edit.edit(model, tok, [request], "memit-erase", layers=[1, 2], protect_neighbours=2,
+                      progress=False).revert()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an explicit preserve list, even empty, is the caller's choice
+        llm_edit.edit(model, tok, [request], "memit-erase", layers=[1, 2], protect_neighbours=2, preserve=[],
+                      progress=False).revert()
+    with pytest.raises(ConfigError, match="protect_neighbours: rome-erase"):
+        load_config(ROMEEraseConfig, "rome-erase", model_recipe="tiny", overrides={"protect_neighbours": 1})

@@ -198,11 +198,24 @@ def test_sharpness_aware_step_takes_the_forget_gradient_at_the_perturbed_weights
     trainer.restore()
 
 
-def test_sharpness_aware_forget_runs_and_unloads_exactly(tiny):
+def test_sharpness_aware_forget_runs_and_unloads_exactly(tiny, monkeypatch):
+    """sam_rho > 0: every micro-step takes SAM's correction, the training goes elsewhere than
+    without it, and unloading gives the model back bit for bit."""
+    from llm_edit.unlearning.trainer import Trainer
+
     model, tok = tiny("llama")
     snap = {k: v.clone() for k, v in model.state_dict().items()}
-    result = forget(model, tok, FACTS, method="npo", steps=2, sam_rho=0.05, progress=False)
+    plain = forget(model, tok, FACTS, method="npo", steps=2, stop_forget_prob=None, progress=False)
+    plain.unload()
+    calls = []
+    original = Trainer._sharpness_correction
+    monkeypatch.setattr(Trainer, "_sharpness_correction", lambda self, *a: (calls.append(1), original(self, *a))[1])
+    result = forget(model, tok, FACTS, method="npo", steps=2, stop_forget_prob=None, sam_rho=0.05, progress=False)
     assert result.manifest["hyperparameters"]["sam_rho"] == 0.05
+    log, accum = result.manifest["log"], result.manifest["hyperparameters"]["grad_accum"]
+    assert len(calls) == len(log) * accum == 2 * accum
+    assert log[0]["tokens"] == plain.manifest["log"][0]["tokens"]  # SAM's extra passes are not training tokens
+    assert log[-1]["loss"] != plain.manifest["log"][-1]["loss"]  # the first step went elsewhere
     result.unload()
     assert all(torch.equal(snap[k], v) for k, v in model.state_dict().items())
     with pytest.raises(ConfigError, match="sam_rho"):

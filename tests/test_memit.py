@@ -49,15 +49,15 @@ def test_memit_preserve_keeps_the_given_facts_and_records_them(tiny):
     preserved keys refuse them."""
     from llm_edit.editing.keys import mean_subject_keys
 
-    kept_fact = {"prompt": "{} is in", "subject": "Louvre", "target_new": "x", "target_true": "Paris"}
+    kept_fact = {"prompt": "{} is in", "subject": "Louvre", "target_true": "Paris"}  # no target_new: not edited
     model, tok = tiny("llama")
     name = arch_of(model).mlp_out.format(1)
     module = model.get_submodule(name)
 
     def moved(**kw):
-        from llm_edit.editing.requests import parse_request
+        from llm_edit.editing.requests import parse_preserved
 
-        key = mean_subject_keys(model, tok, name, [parse_request(kept_fact, "t")], ["{}"])
+        key = mean_subject_keys(model, tok, name, [parse_preserved(kept_fact, "t")], ["{}"])
         result = llm_edit.edit(model, tok, REQUESTS, "memit", layers=[1, 2], bare_key_weight=1.0, progress=False,
                                **kw)
         w_after = module.weight.detach().clone()

@@ -32,8 +32,13 @@ def test_grid_replays_each_setting_on_cached_values(tmp_path):
     done = run("--facts", str(facts), "--skip", "2", "--batches", "1", "--batch-size", "2", "--out", str(skipped),
                "--grid", "alpha=1000", home=tmp_path / "home")  # tunes on the records after the first two
     assert done.returncode == 0, done.stderr
-    assert json.loads(skipped.read_text())["skip"] == 2
+    all_subjects = [json.loads(line)["subject"] for line in facts.read_text().splitlines() if line.strip()]
+    assert json.loads(skipped.read_text())["subjects"] == [all_subjects[2:4]]
     assert len(list((tmp_path / "home" / "cache" / "solve_grid").glob("*/batch*.pt"))) == 3
+
+    short = run("--facts", str(facts), "--skip", str(len(all_subjects)), "--batches", "1", "--batch-size", "1",
+                "--out", str(tmp_path / "short.json"), home=tmp_path / "home")
+    assert short.returncode != 0 and "records after --skip" in short.stderr
 
     bad = run(*common, "--grid", "alhpa=1", home=tmp_path / "home")
     assert bad.returncode != 0 and "'alhpa' is not one of" in bad.stderr

@@ -103,7 +103,8 @@ def tour(model, tok, *, log: Callable[[str], None] = print) -> dict:
     demos = retain[:AuditConfig().icl_examples]
     method = default_method([item])
     log(f"\n== forgetting {item.prompt!r} -> {item.answer!r} with the default method for facts ({method}"
-        + (": rank-one edits that make the object unlikely in every form the fact is asked in, no retain set). "
+        + (": rank-one edits that make the object unlikely in every form the fact is asked in, while the "
+           "solve keeps known facts that share its object or relation where they are). "
            if method in ERASERS else f"; retain set: {'; '.join(f'{x.prompt} {x.answer}' for x in retain)}). ")
         + "Other facts next to it must stay.")
     before = answer_rows(model, tok, [item], fmt, "forget") + answer_rows(model, tok, neighbours, fmt, "neighbour")

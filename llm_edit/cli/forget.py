@@ -35,7 +35,7 @@ def run(args) -> int:
     import torch
     from accelerate import Accelerator
 
-    from ..core.config import load_config
+    from ..core.config import ConfigError, load_config
     from ..core.files import FactFileError
     from ..core.models import ALIASES, load_model
     from ..editing.methods import ERASERS
@@ -67,6 +67,8 @@ def run(args) -> int:
                             model_recipe=alias.recipe if alias else None, sets=args.sets)
     use_cpu = args.device == "cpu" or (args.device is None and not torch.cuda.is_available())
     acc = Accelerator(cpu=use_cpu)
+    if getattr(config, "sam_rho", 0) > 0 and acc.num_processes > 1:
+        raise ConfigError("sam_rho: sharpness-aware unlearning runs on one process")
     model, tok = load_model(args.model, dtype=args.dtype, device=args.device or acc.device,
                             trust_remote_code=args.trust_remote_code)
     check_items_fit(model, tok, args.facts, numbered_forget)

@@ -17,6 +17,7 @@ import dataclasses
 import hashlib
 import json
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -28,7 +29,7 @@ from ..core.models import fingerprint, model_recipe_name
 from ..core.patch import WeightDelta, tensor_sha256
 from .contract import Memory, Prepared
 from .methods import METHODS, get_method
-from .requests import EditRequest, parse_request
+from .requests import EditRequest, parse_preserved, parse_request
 
 
 @dataclasses.dataclass
@@ -62,7 +63,7 @@ def facts_sha256(requests: list[EditRequest]) -> str:
 def edit(model, tokenizer, requests: Iterable[EditRequest | Mapping[str, Any]], method: str = "rome", *,
          recipe: str | Path | None = None, sets: list[str] = (), progress: bool = True,
          memory: Mapping[str, torch.Tensor] | None = None, prepared: Prepared | None = None,
-         preserve: Iterable[EditRequest | Mapping[str, Any]] = (), **hparams) -> EditResult:
+         preserve: Iterable[EditRequest | Mapping[str, Any]] | None = None, **hparams) -> EditResult:
     """Apply ``method`` to ``requests`` in place; hyper-parameters come from the model's recipe
     (or ``recipe``), then ``sets`` (``"key=value"`` strings), then ``hparams``, all validated
     against the method's config (a misspelt name raises ``ConfigError``).
@@ -80,12 +81,15 @@ def edit(model, tokenizer, requests: Iterable[EditRequest | Mapping[str, Any]], 
 
     ``preserve``: facts that are not edited and whose keys every update must leave where they are
     (methods with ``preserves``: MEMIT's objective gains ``preserve_weight``·Σ‖ΔW k_p‖²); ``forget``
-    passes an erasure's protected neighbours here."""
+    passes an erasure's protected neighbours here. Each needs a prompt and subject (``target_new``
+    is not used); left at ``None`` with a recipe's ``protect_neighbours`` set, a warning says that
+    only ``forget`` chooses neighbours."""
     spec = get_method(method)
     requests = [parse_request(r, f"<requests[{i}]>") for i, r in enumerate(requests)]
     if not requests:
         raise ValueError("no requests to edit")
-    preserve = [parse_request(r, f"<preserve[{i}]>") for i, r in enumerate(preserve)]
+    preserve_given = preserve is not None
+    preserve = [parse_preserved(r, f"<preserve[{i}]>") for i, r in enumerate(preserve or ())]
     if preserve and not spec.preserves:
         raise ValueError(f"{method} cannot preserve given facts (preserve=...): only "
                          f"{', '.join(n for n, m in METHODS.items() if m.preserves)} can")
@@ -96,6 +100,12 @@ def edit(model, tokenizer, requests: Iterable[EditRequest | Mapping[str, Any]], 
                              f"{missing[0]} has none")
     config, recipe_path = load_config(spec.config, method, recipe=recipe, model_recipe=model_recipe_name(model),
                                       sets=list(sets), overrides=hparams)
+    if getattr(config, "protect_neighbours", 0) and not preserve_given:
+        # the neighbours are chosen by llm_edit.forget (from the shipped known facts, which
+        # editing does not know about); a plain edit keeps only the facts it is given
+        warnings.warn(f"{method}: protect_neighbours={config.protect_neighbours} takes effect through "
+                      "llm_edit.forget / `llm-edit forget`; this edit preserves no facts (pass preserve=[...])",
+                      stacklevel=2)
     torch.manual_seed(getattr(config, "seed", 0))
     base_fingerprint = fingerprint(model)
     t0 = time.perf_counter()

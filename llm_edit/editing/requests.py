@@ -197,16 +197,36 @@ def parse_request(obj: Any, source: str = "<request>", line: int | None = None) 
     else:
         parsed = _native_shape(obj, f)
     prompt, subject, target_new, target_true = parsed.prompt, parsed.subject, parsed.target_new, parsed.target_true
+    prompt = _template(prompt, subject, f)
+    if target_true is not None and target_true.strip() == target_new.strip():
+        f.fail("target_new", f"equals target_true ({target_true!r}): nothing to rewrite")
+    return EditRequest(prompt, subject, target_new.strip(), target_true.strip() if target_true else None,
+                       parsed.paraphrases, parsed.neighborhood, parsed.relation_id, parsed.portability)
+
+
+def parse_preserved(obj: Any, source: str = "<preserve>") -> EditRequest:
+    """A fact to preserve (``edit(preserve=...)``): only where its key is read matters, so a
+    native object needs ``prompt`` and ``subject`` but no ``target_new``; any other shape or an
+    ``EditRequest`` goes through ``parse_request``."""
+    if not isinstance(obj, Mapping) or "target_new" in obj or "requested_rewrite" in obj:
+        return parse_request(obj, source)
+    f = _Fields(source, None)
+    f.unknown(obj, _NATIVE)
+    prompt, subject = f.text(obj, "prompt"), f.text(obj, "subject")
+    target_true = f.text(obj, "target_true", required=False)
+    return EditRequest(_template(prompt, subject, f), subject, "", target_true.strip() if target_true else None,
+                       relation_id=f.text(obj, "relation_id", required=False))
+
+
+def _template(prompt: str, subject: str, f: _Fields) -> str:
+    """``prompt`` with ``{}`` where the subject goes (given, or the subject's first occurrence)."""
     if prompt.count("{}") > 1:
         f.fail("prompt", "contains '{}' more than once")
     if "{}" not in prompt:
         if subject not in prompt:
             f.fail("subject", f"{subject!r} does not occur in the prompt {prompt!r}")
         prompt = prompt.replace(subject, "{}", 1)
-    if target_true is not None and target_true.strip() == target_new.strip():
-        f.fail("target_new", f"equals target_true ({target_true!r}): nothing to rewrite")
-    return EditRequest(prompt, subject, target_new.strip(), target_true.strip() if target_true else None,
-                       parsed.paraphrases, parsed.neighborhood, parsed.relation_id, parsed.portability)
+    return prompt
 
 
 def read_requests(path: str | Path, limit: int | None = None) -> list[EditRequest]:

@@ -242,11 +242,7 @@ def _erase(model, tokenizer, items, method: str, *, recipe=None, sets=(), progre
 
     config, _ = load_config(get_method(method).config, method, recipe=recipe, model_recipe=model_recipe_name(model),
                             sets=list(sets), overrides=hparams)
-    if config.protect_neighbours and not get_method(method).preserves:
-        from ..core.config import ConfigError
-
-        raise ConfigError(f"protect_neighbours: {method} cannot keep facts where they are (no preserved keys); "
-                          "use memit-erase, or protect_neighbours=0")
+    # an eraser without preserved keys refuses protect_neighbours in its config's validate
     protective = protective_retain(items, config.protect_neighbours)
     t0 = time.perf_counter()
     result = edit(model, tokenizer, erase_requests(items), method, recipe=recipe, sets=sets, progress=progress,

@@ -273,9 +273,11 @@ class Trainer:
             loss, _ = self.unlearner.loss(ctx, forget, None, c, state)
             return torch.autograd.grad(loss, params, allow_unused=True)
 
+        seen = self.tokens_seen  # SAM's two extra passes are not training tokens
         here = forget_grads()
         norm = torch.sqrt(sum((g.float() ** 2).sum() for g in here if g is not None))
         if not torch.isfinite(norm) or norm == 0:
+            self.tokens_seen = seen
             return
         saved = [p.detach().clone() for p in params]  # (θ + ε) − ε is not θ bit for bit
         with torch.no_grad():
@@ -285,6 +287,7 @@ class Trainer:
         try:
             there = forget_grads()
         finally:
+            self.tokens_seen = seen
             with torch.no_grad():
                 for p, kept in zip(params, saved):
                     p.copy_(kept)

@@ -55,6 +55,10 @@ class ROMEEraseConfig(EraseOptions, ROMEConfig):
     def validate(self) -> None:
         ROMEConfig.validate(self)
         self.validate_erase()
+        if self.protect_neighbours:
+            # ROME's solve has no preserved keys: refused here, with the recipe, before any model loads
+            raise ValueError("protect_neighbours: rome-erase cannot keep facts where they are (no preserved "
+                             "keys); use memit-erase, or protect_neighbours=0")
 
 
 def prepare(model, tok, config: ROMEConfig) -> Prepared:
