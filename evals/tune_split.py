@@ -13,8 +13,9 @@ the recipe's comment quotes the tuning figure it was chosen by and the report fi
 The score is the mean of CounterFact's efficacy, generalisation and specificity and the
 generation success in the chat, question and in-context forms (``evaluating.edit_forms``),
 over those that apply. The report set is only ever edited with the chosen value and the
-recipe's: nothing is chosen on it. ``--tuned-in EARLIER.json`` takes the choice of an earlier run
-whose tuning half finished (on the same, unchanged ``--tune`` file) and runs only the report set.
+recipe's: nothing is chosen on it. The tuning half is written to ``--out`` as soon as it ends;
+``--tuned-in EARLIER.json`` takes the choice of such an earlier run (same method, unchanged
+``--tune`` file and limit, same grid and ``--set``) and runs only the report set.
 """
 from __future__ import annotations
 
