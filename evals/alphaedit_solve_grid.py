@@ -4,9 +4,9 @@ weight keep sequential edits without costing the model elsewhere.
     python evals/alphaedit_solve_grid.py --batches 3 --grid alpha=30,15 --grid memory_weight=1,10
 
 The value optimisation is 90% of an AlphaEdit batch and does not depend on the solve, so the
-values (the target states z_i at the top edited layer) of ``--batches`` batches (after the first
-``--skip`` records) are optimised once, with the recipe's settings (and ``--set`` overrides), and cached. Every setting
-of the grid then replays the batches in order: keys and residuals measured on the model as the
+values (the target states z_i at the top edited layer) of ``--batches`` batches (after the
+first ``--skip`` records) are optimised once, with the recipe's settings (and ``--set``
+overrides), and cached. Every setting of the grid then replays the batches in order: keys and residuals measured on the model as the
 earlier batches left it, the update solved with that setting, the batch's keys added to the
 memory; after each batch the efficacy, generalisation and specificity of every batch so far
 (each batch on its own, so decay shows) and perplexity on the generic text.

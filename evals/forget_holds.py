@@ -21,7 +21,8 @@ Without ``--method`` and ``--set`` it runs ``llm-edit forget``'s defaults (throu
 Any overlap between what was trained (forget forms, protective retain facts) and what judges
 (neighbours, unrelated) is reported in ``leaks``. The plain figures count when it is empty;
 when it is not, ``neighbours_kept_untrained`` (and ``unrelated_...``) count only the facts that
-were neither trained on nor protected, and those are the figures to quote. ``--rescore RUN`` adds those to an earlier run's holds.json.
+were neither trained on nor protected, and those are the figures to quote. ``--rescore RUN``
+adds those to an earlier run's holds.json.
 """
 from __future__ import annotations
 

@@ -72,7 +72,7 @@ class FactSet:
                 "hyperparameters": result.manifest["hyperparameters"]}
 
 
-def earlier_tuning(path: Path, args, key: str, values: list[str]):
+def earlier_tuning(path: Path, args, key: str, values: list[str], n_tune: int):
     """The tuning half of an earlier run (``--tuned-in``): its fact set, its runs and its choice, after
     checking that it tuned this method on this very file (and limit) over this grid with these
     ``--set`` items."""
@@ -82,7 +82,7 @@ def earlier_tuning(path: Path, args, key: str, values: list[str]):
         raise SystemExit(f"{path}: it tuned on another version of {args.tune} (sha256 differs)")
     if earlier.get("method", args.method) != args.method:
         raise SystemExit(f"{path}: it tuned {earlier['method']}, not {args.method}")
-    if earlier["tune"]["n"] != len(read_requests(args.tune, args.tune_limit)):
+    if earlier["tune"]["n"] != n_tune:
         raise SystemExit(f"{path}: it tuned on {earlier['tune']['n']} facts of {args.tune}, not this --tune-limit's")
     tuned = earlier["tune"]["runs"]
     expected = [args.sets + [f"{key}={v}"] for v in values]
@@ -127,7 +127,8 @@ def main(argv=None) -> int:
     if shared:
         raise SystemExit(f"--tune and --report share {len(shared)} fact(s), e.g. {sorted(shared)[0]}: not disjoint")
     if args.tuned_in:  # checked before the model loads
-        tune, tuned, best = earlier_tuning(Path(args.tuned_in), args, key, values.split(","))
+        tune, tuned, best = earlier_tuning(Path(args.tuned_in), args, key, values.split(","),
+                                           len(tune_facts[:args.tune_limit]))
     model, tok = load_model(args.model, device="cpu")
     if not args.tuned_in:
         tune = FactSet(model, tok, args.tune, args.tune_limit)
