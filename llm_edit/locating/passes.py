@@ -17,6 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..core.arch import arch_of
+from ..core.head import head_of
 from ..core.hooks import Trace, replay_blocks
 
 # How restored runs are grouped into passes: layers are bucketed into this many floors, tokens
@@ -145,7 +146,7 @@ def restored_probs(model, input_ids: torch.Tensor, passes: list[_Pass], clean: d
     draws, keyed by (kind, token, layer)."""
     spec = arch_of(model)
     samples = corrupt.draws.shape[0]
-    lm_head = model.get_submodule(spec.lm_head)
+    lm_head, _ = head_of(model)  # with Gemma 2's soft-capping
     blocks = [spec.layer(i) for i in range(len(corrupted_blocks))]
     prefix_caches: dict[int, object] = {}
     restored: dict[tuple[str, int, int], float] = {}

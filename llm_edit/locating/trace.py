@@ -43,6 +43,7 @@ import torch
 
 from ..core.arch import arch_of, num_layers
 from ..core.files import DATA_DIR, write_json
+from ..core.head import head_of
 from ..core.hooks import Trace
 from ..core.models import cache_home, fingerprint
 from ..core.text import SubjectNotFound, subject_span, target_ids
@@ -212,7 +213,7 @@ def trace(model, tok, prompt: str, subject: str, target: str | None = None, *,
     ids, first, last = subject_span(tok, _template(prompt, subject), subject)
     n_tok = len(ids)
     input_ids = torch.tensor([ids], device=device)
-    lm_head = model.get_submodule(spec.lm_head)
+    lm_head, _ = head_of(model)  # with Gemma 2's soft-capping
     blocks = [spec.layer(i) for i in range(n_layers)]
     restorable = sorted({m for kind in kinds for l in range(n_layers)
                          for m in restore_modules(spec, kind, l, n_layers, window)})

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from ..core import head
 from ..core.text import token_logprobs
 from . import losses
 from .items import ForgetItem, TrainBatch, collate
@@ -94,8 +95,9 @@ class StepContext:
         return collate(encoded, t.pad_id).to(t.device)
 
     def forward(self, *batches: TrainBatch | None, hidden_layer: int | None = None) -> list:
-        """Logits (or the block output of ``hidden_layer``) for each batch (None stays None)
-        from the model being trained."""
+        """For each batch (None stays None), from the model being trained: its final states with
+        the head still to apply (``core.head.HeadStates``: ``logp`` and the retain term apply it
+        where they need logits), or the block output of ``hidden_layer``."""
         return self._trainer.run(self._trainer.model, batches, hidden_layer)
 
     @torch.no_grad()
@@ -105,20 +107,26 @@ class StepContext:
             return self._trainer.run(ref, batches, hidden_layer)
 
     @staticmethod
-    def logp(logits: torch.Tensor, batch: TrainBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        return token_logprobs(logits, batch.labels)
+    def logp(out: head.HeadStates | torch.Tensor, batch: TrainBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-sequence log π(answer | prompt) and the answer's token count."""
+        if isinstance(out, head.HeadStates):
+            return head.token_logprobs(out, batch.labels)
+        return token_logprobs(out, batch.labels)
 
-    def retain_term(self, logits: torch.Tensor | None, batch: TrainBatch | None, config: TrainConfig) -> torch.Tensor:
+    def retain_term(self, out: head.HeadStates | None, batch: TrainBatch | None, config: TrainConfig) -> torch.Tensor:
         """NLL or KL(π_ref‖π_θ) on the retain batch's answer tokens (0 without a retain batch)."""
         if batch is None:
             return torch.zeros((), device=self._trainer.device)
         if config.retain_loss == "nll":
-            return losses.nll(*self.logp(logits, batch))
-        (ref_logits,) = self.reference(batch)
-        return losses.kl_to_reference(logits, ref_logits, batch.labels)
+            return losses.nll(*self.logp(out, batch))
+        # the reference's head runs after its context closed: LoRA never adapts the head (trainer.lora_targets)
+        # and full fine-tuning's reference is a frozen copy, so it is the reference's head either way
+        (ref,) = self.reference(batch)
+        per_token, rows = head.per_position(losses.token_kl, out, ref, batch.labels)
+        return losses.sequence_mean(per_token, rows, batch.labels.shape[0])
 
-    def with_retain(self, forget_loss: torch.Tensor, retain_logits, retain_batch, config: TrainConfig):
+    def with_retain(self, forget_loss: torch.Tensor, retain_out, retain_batch, config: TrainConfig):
         """``forget + α·retain`` and the parts to log: how every method with a retain term ends."""
-        retain_loss = self.retain_term(retain_logits, retain_batch, config)
+        retain_loss = self.retain_term(retain_out, retain_batch, config)
         total = forget_loss + config.retain_weight * retain_loss
         return total, {"forget": forget_loss.detach(), "retain": retain_loss.detach()}

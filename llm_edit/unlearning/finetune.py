@@ -31,8 +31,8 @@ class FinetuneConfig(TrainConfig):
 
 def _loss(ctx, items, _retain, config, state):
     batch = ctx.batch(items)
-    (logits,) = ctx.forward(batch)
-    loss = losses.nll(*ctx.logp(logits, batch))
+    (out,) = ctx.forward(batch)
+    loss = losses.nll(*ctx.logp(out, batch))
     return loss, {"nll": loss.detach()}
 
 

@@ -57,15 +57,28 @@ def dpo(logp_win: torch.Tensor, logp_lose: torch.Tensor, ref_win: torch.Tensor, 
     return (-F.logsigmoid(beta * margin)).mean()
 
 
+def token_kl(logits: torch.Tensor, ref_logits: torch.Tensor) -> torch.Tensor:
+    """KL(π_ref ‖ π_θ) of the next-token distributions at each position (the last dimension is
+    the vocabulary)."""
+    logq = torch.log_softmax(logits.float(), dim=-1)
+    logp_ref = torch.log_softmax(ref_logits.float(), dim=-1)
+    return (logp_ref.exp() * (logp_ref - logq)).sum(-1)
+
+
 def kl_to_reference(logits: torch.Tensor, ref_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """KL(π_ref ‖ π_θ) of the next-token distributions, averaged over the answer tokens of each
     sequence (``labels != -100``; never prompt or padding), then over sequences. This is the
     retain term of grad_diff/NPO in its KL form (TOFU, Maini et al. 2024, §4: "KL minimization")."""
-    mask = (labels != -100).float()
-    logq = torch.log_softmax(logits.float(), dim=-1)
-    logp_ref = torch.log_softmax(ref_logits.float(), dim=-1)
-    per_token = (logp_ref.exp() * (logp_ref - logq)).sum(-1)
-    return ((per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1)).mean()
+    rows, cols = (labels != -100).nonzero(as_tuple=True)
+    return sequence_mean(token_kl(logits[rows, cols], ref_logits[rows, cols]), rows, labels.shape[0])
+
+
+def sequence_mean(values: torch.Tensor, rows: torch.Tensor, batch: int) -> torch.Tensor:
+    """The mean over ``batch`` sequences of each sequence's mean of ``values`` (one per answer
+    token, ``rows`` its sequence); a sequence without answer tokens counts as 0."""
+    sums = torch.zeros(batch, dtype=values.dtype, device=values.device).index_add(0, rows, values)
+    counts = torch.bincount(rows, minlength=batch).clamp(min=1)
+    return (sums / counts).mean()
 
 
 def rmu_forget(hidden: torch.Tensor, control: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

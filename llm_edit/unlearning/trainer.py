@@ -37,6 +37,7 @@ from typing import Callable
 
 import torch
 
+from ..core import head
 from ..core.config import ConfigError
 from ..core.text import pad_id, token_logprobs
 from . import losses
@@ -212,15 +213,19 @@ class Trainer:
 
     def run(self, model, batches, hidden_layer):
         """One forward per batch, each padded only to its own width (joining short forget
-        answers with long retain texts would mostly compute padding)."""
+        answers with long retain texts would mostly compute padding), the LM head left to the
+        losses (``core.head``: at answer tokens only, in chunks on large vocabularies)."""
         results = []
         for b in batches:
             if b is None:
                 results.append(None)
                 continue
-            out = model(input_ids=b.input_ids, attention_mask=b.attention_mask,
-                        output_hidden_states=hidden_layer is not None, use_cache=False)
-            results.append(out.hidden_states[hidden_layer + 1] if hidden_layer is not None else out.logits)
+            inputs = dict(input_ids=b.input_ids, attention_mask=b.attention_mask, use_cache=False)
+            if hidden_layer is None:
+                results.append(head.final_states(model, **inputs))
+            else:
+                with head.deferred_head(model):  # RMU reads a block's output: no logits needed
+                    results.append(model(**inputs, output_hidden_states=True).hidden_states[hidden_layer + 1])
             self.tokens_seen += int(b.attention_mask.sum())
         return results
 

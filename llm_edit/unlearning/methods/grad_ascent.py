@@ -14,6 +14,6 @@ class GradAscentConfig(TrainConfig):
 
 def loss(ctx, forget, retain, config, state):
     batch = ctx.batch(forget)
-    (logits,) = ctx.forward(batch)
-    forget_loss = losses.grad_ascent(*ctx.logp(logits, batch))
+    (out,) = ctx.forward(batch)
+    forget_loss = losses.grad_ascent(*ctx.logp(out, batch))
     return forget_loss, {"forget": forget_loss.detach()}

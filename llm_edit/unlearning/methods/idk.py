@@ -56,17 +56,17 @@ def prepare(trainer, config) -> dict[int, str]:
 def loss(ctx, forget, retain, config, state):
     idk_batch = ctx.batch(forget, [state[id(item)] for item in forget])
     retain_batch = ctx.batch(retain) if retain else None
-    idk_logits, retain_logits = ctx.forward(idk_batch, retain_batch)
-    forget_loss = losses.nll(*ctx.logp(idk_logits, idk_batch))
-    return ctx.with_retain(forget_loss, retain_logits, retain_batch, config)
+    idk_out, retain_out = ctx.forward(idk_batch, retain_batch)
+    forget_loss = losses.nll(*ctx.logp(idk_out, idk_batch))
+    return ctx.with_retain(forget_loss, retain_out, retain_batch, config)
 
 
 def dpo_loss(ctx, forget, retain, config, state):
     win = ctx.batch(forget, [state[id(item)] for item in forget])
     lose = ctx.batch(forget)
     retain_batch = ctx.batch(retain) if retain else None
-    win_logits, lose_logits, retain_logits = ctx.forward(win, lose, retain_batch)
+    win_out, lose_out, retain_out = ctx.forward(win, lose, retain_batch)
     ref_win, ref_lose = ctx.reference(win, lose)
-    forget_loss = losses.dpo(ctx.logp(win_logits, win)[0], ctx.logp(lose_logits, lose)[0],
+    forget_loss = losses.dpo(ctx.logp(win_out, win)[0], ctx.logp(lose_out, lose)[0],
                              ctx.logp(ref_win, win)[0], ctx.logp(ref_lose, lose)[0], config.beta)
-    return ctx.with_retain(forget_loss, retain_logits, retain_batch, config)
+    return ctx.with_retain(forget_loss, retain_out, retain_batch, config)

@@ -21,9 +21,9 @@ class NPOConfig(TrainConfig):
 def loss(ctx, forget, retain, config, state):
     forget_batch = ctx.batch(forget)
     retain_batch = ctx.batch(retain) if retain else None
-    forget_logits, retain_logits = ctx.forward(forget_batch, retain_batch)
-    logp, _ = ctx.logp(forget_logits, forget_batch)
-    (ref_logits,) = ctx.reference(forget_batch)
-    ref_logp, _ = ctx.logp(ref_logits, forget_batch)
+    forget_out, retain_out = ctx.forward(forget_batch, retain_batch)
+    logp, _ = ctx.logp(forget_out, forget_batch)
+    (ref_out,) = ctx.reference(forget_batch)
+    ref_logp, _ = ctx.logp(ref_out, forget_batch)
     forget_loss = losses.npo(logp, ref_logp, config.beta)
-    return ctx.with_retain(forget_loss, retain_logits, retain_batch, config)
+    return ctx.with_retain(forget_loss, retain_out, retain_batch, config)

@@ -22,6 +22,6 @@ class SimNPOConfig(TrainConfig):
 def loss(ctx, forget, retain, config, state):
     forget_batch = ctx.batch(forget)
     retain_batch = ctx.batch(retain) if retain else None
-    forget_logits, retain_logits = ctx.forward(forget_batch, retain_batch)
-    forget_loss = losses.simnpo(*ctx.logp(forget_logits, forget_batch), config.beta, config.gamma)
-    return ctx.with_retain(forget_loss, retain_logits, retain_batch, config)
+    forget_out, retain_out = ctx.forward(forget_batch, retain_batch)
+    forget_loss = losses.simnpo(*ctx.logp(forget_out, forget_batch), config.beta, config.gamma)
+    return ctx.with_retain(forget_loss, retain_out, retain_batch, config)
