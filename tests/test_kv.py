@@ -94,19 +94,3 @@ def test_requests_go_in_groups_that_fit_the_cache_budget(tiny):
     alone = [optimise_values(model, tok, name, [r], contexts, **kw)[0] for r in requests]
     for a, b in zip(grouped, alone):
         assert a.steps == b.steps and torch.allclose(a.delta, b.delta, atol=1e-3)
-
-
-def test_chunks_cut_where_padding_costs_more_than_a_call():
-    from llm_edit.editing.value_rows import _chunk_bounds
-
-    # a ROME edit with forms: essence 3, six rows of 8, one chat row of 14. One chunk: 8 * 14 + 16
-    # = 128; cut at both jumps: 3 + 48 + 14 + 3 * 16 = 113; cut before the 14 only: 56 + 14 + 32
-    # = 102, the least (the essence row alone saves 5 padded tokens, less than a call)
-    assert _chunk_bounds([3] + [8] * 6 + [14], max_rows=96, call_tokens=16) == [(0, 7), (7, 8)]
-    # calls free: every width its own chunk; calls dear: one chunk
-    assert _chunk_bounds([3, 8, 8, 14], max_rows=96, call_tokens=0) == [(0, 1), (1, 3), (3, 4)]
-    assert _chunk_bounds([3, 8, 8, 14], max_rows=96, call_tokens=1000) == [(0, 4)]
-    # never more than max_rows per chunk, and every row in exactly one chunk
-    bounds = _chunk_bounds([5] * 7 + [6] * 3, max_rows=4, call_tokens=16)
-    assert all(b - a <= 4 for a, b in bounds) and [k for a, b in bounds for k in range(a, b)] == list(range(10))
-    assert _chunk_bounds([], max_rows=4) == []

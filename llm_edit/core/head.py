@@ -9,9 +9,11 @@ log-softmax, the reference's logits and the gradient each as much again (11.4 Gi
 a time under activation checkpointing: only one chunk's logits exist at once, forward or
 backward, for one more head multiplication per chunk in the backward pass.
 
-The model's forward still runs through whatever wraps it (PEFT, accelerate, DDP): only the
-head's own ``forward`` is replaced while the context is open, so gradient synchronisation and
-adapters work as before.
+The model's forward still runs through whatever wraps it (PEFT, accelerate, DDP, FSDP): only
+the head's own ``forward`` is replaced while the context is open, so gradient synchronisation
+and adapters work as before. One case does not: DDP with ``find_unused_parameters=True`` and a
+trained head not tied to the embeddings (full fine-tuning) would find the head unused from the
+outputs; accelerate's default leaves that search off.
 """
 from __future__ import annotations
 
@@ -26,8 +28,10 @@ from .arch import arch_of
 # Logits (float32) of at most this many bytes are computed at once; a loss whose logits fit runs
 # in one piece, without checkpointing: 341 positions on the default model's 49k vocabulary, 64 on
 # Gemma's 262k. `forget --method npo` on the 10 dev facts, peak RSS and training time, 2 cores:
-# Gemma 6.5 GiB at 256 MiB, 4.25 GiB (82.8 s) at 64 MiB (11.4 GiB with whole logits, 88 s);
-# SmolLM2 5.39 GiB (84.5 s) at 256 MiB, 4.43 GiB (92.8 s) at 64 MiB. Memory wins: +10% time.
+# the training phase (psutil, in-process) on Gemma 6.5 GiB at 256 MiB, 4.25 GiB (82.8 s) at
+# 64 MiB; SmolLM2 5.39 GiB (84.5 s) at 256 MiB, 4.43 GiB (92.8 s) at 64 MiB. The whole command on
+# Gemma (/usr/bin/time): 11.4 GiB with whole logits, 5.5 GiB at 64 MiB. A chunk's working set is
+# a few times CHUNK_BYTES (logits, their float copy, log-softmax; two models' for the KL).
 CHUNK_BYTES = 2**26
 
 
@@ -85,11 +89,15 @@ def deferred_head(model: torch.nn.Module):
 
 
 def final_states(model: torch.nn.Module, **inputs) -> HeadStates:
-    """One forward of ``model`` (any wrapper) without the head: the states the head would take."""
+    """One forward of ``model`` (any wrapper) without the head: the states the head would take.
+
+    The wrapper's output (the placeholder) is added times zero: FSDP finishes its backward
+    (moving sharded gradients into ``.grad``) from hooks on the root module's outputs, which
+    must therefore be part of the loss."""
     with deferred_head(model) as recorded:
-        model(**inputs)
+        placeholder = model(**inputs).logits
     head, vocab = head_of(model)
-    return HeadStates(recorded[-1], head, vocab)
+    return HeadStates(recorded[-1] + placeholder * 0, head, vocab)
 
 
 def _positions(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

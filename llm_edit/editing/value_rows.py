@@ -149,38 +149,3 @@ def _groups_within(rows_of: list[list[_Row]], bytes_per_token: int | None, budge
         groups[-1].append(i)
         size += need
     return groups
-
-
-# What one more forward call costs, in padded suffix tokens (layer calls, hooks, the prefix cache's
-# copy): a chunk of r rows padded to width w costs about r*w + _CALL_TOKENS. Measured on the default
-# model, 2 cores: one row of one token forward and backward through layers 4-29 takes as long as
-# one padded chunk holding about 16 more tokens (evals/results/bench_rome_chunks.json).
-_CALL_TOKENS = 16
-
-
-def _chunk_bounds(widths: list[int], max_rows: int, call_tokens: int = _CALL_TOKENS) -> list[tuple[int, int]]:
-    """Split rows sorted by ``widths`` (their suffix lengths, non-decreasing) into consecutive
-    chunks of at most ``max_rows`` that minimise the padded tokens plus ``call_tokens`` per chunk.
-
-    A single ROME edit with derived forms has rows of 3, 8 and 14 tokens: one chunk pads all
-    eight to 14 (112 tokens), three chunks run 65. Cuts are only tried where the width changes
-    (dynamic programming over the distinct widths, so a batch of thousands of rows stays cheap);
-    a stretch longer than ``max_rows`` is cut into pieces of ``max_rows``."""
-    n = len(widths)
-    if n == 0:
-        return []
-    cuts = [0] + [k for k in range(1, n) if widths[k] != widths[k - 1]] + [n]
-    best = [0.0] + [float("inf")] * (len(cuts) - 1)
-    came_from = [0] * len(cuts)
-    for j in range(1, len(cuts)):
-        for i in range(j):
-            rows = cuts[j] - cuts[i]
-            pieces = -(-rows // max_rows)
-            cost = best[i] + rows * widths[cuts[j] - 1] + pieces * call_tokens
-            if cost < best[j]:
-                best[j], came_from[j] = cost, i
-    stretches, j = [], len(cuts) - 1
-    while j > 0:
-        stretches.append((cuts[came_from[j]], cuts[j]))
-        j = came_from[j]
-    return [(k, min(k + max_rows, end)) for start, end in reversed(stretches) for k in range(start, end, max_rows)]

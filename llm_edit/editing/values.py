@@ -21,8 +21,7 @@ from ..core.hooks import Trace
 from ..core.text import pad_id
 from .objectives import clamp_norm, kl_to_initial, mean_target_nll, object_unlikelihood, relative_weight_decay
 from .requests import EditRequest
-from .value_rows import (_cache_bytes_per_token, _CacheBudget, _chunk_bounds, _groups_within, _PromptChunk, _Row,
-                         _value_rows)
+from .value_rows import _cache_bytes_per_token, _CacheBudget, _groups_within, _PromptChunk, _Row, _value_rows
 
 
 @contextlib.contextmanager
@@ -135,9 +134,8 @@ def optimise_values(model, tok, module_name: str, requests: list[EditRequest], c
     each δ_i exactly the gradient it gets alone, and every δ_i has its own Adam state (one
     parameter each); a request that has stopped leaves the batch (its δ is frozen, as Adam
     skips parameters without a gradient). Every term of the loss is a mean over one request's
-    prompts, so the prompts of all requests are pooled, sorted by length and sent in chunks of
-    at most ``max_rows`` sequences, cut where the length jumps when padding would cost more than
-    another call (``value_rows._chunk_bounds``), gradients accumulating. Each prompt's
+    prompts, so the prompts of all requests are pooled, sorted by length (little padding) and
+    sent in chunks of at most ``max_rows`` sequences, gradients accumulating. Each prompt's
     tokens before the subject's last token do not depend on δ: they run once, without
     gradients, and their key/value cache is kept, so a step runs only the tokens from the
     subject on. Requests go in groups whose caches fit ``prefix_cache_bytes`` (256 MiB: about
@@ -203,8 +201,7 @@ class _GroupOptimisation:
         # changes (``_PromptChunk``). Sorting by the changing part keeps its padding small.
         rows.sort(key=lambda row: (len(row.ids) + len(row.target) - row.split, row.split))
         pad = pad_id(tok)
-        widths = [len(row.ids) + len(row.target) - row.split for row in rows]
-        self.chunks = [_PromptChunk(rows[a:b], pad, self.device) for a, b in _chunk_bounds(widths, max_rows)]
+        self.chunks = [_PromptChunk(rows[k:k + max_rows], pad, self.device) for k in range(0, len(rows), max_rows)]
         self.cache_room = _CacheBudget(prefix_cache_bytes)
         # each rewrite row's term is divided by its request's number of rewrite rows (n_ctx
         # without derived forms), so the objective is a mean over that request's prompts

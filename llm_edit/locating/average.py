@@ -64,7 +64,11 @@ def trace_facts(model, tok, facts: list[dict], *, kinds: Iterable[str] = ("mlp",
     digest = _facts_sha256(facts)
     fp = fingerprint(model)
     # one file per setting; a cached run that traced more kinds serves a request for fewer
-    key = hashlib.sha256(json.dumps([digest, limit, samples, window, seed, only_correct]).encode()).hexdigest()
+    settings = [digest, limit, samples, window, seed, only_correct]
+    cap = getattr(model.config, "final_logit_softcapping", None)
+    if cap:  # traced with the soft-cap since 2026-12-03 (core.head); earlier files lacked it
+        settings.append({"final_logit_softcapping": cap})
+    key = hashlib.sha256(json.dumps(settings).encode()).hexdigest()
     path = cache_home() / "locate" / fp[:16] / f"average-{key[:16]}.json"
     if use_cache and path.is_file():
         cached = AverageTrace(**json.loads(path.read_text()))

@@ -39,7 +39,7 @@ import torch
 
 from ..core import head
 from ..core.config import ConfigError
-from ..core.text import pad_id, token_logprobs
+from ..core.text import pad_id
 from . import losses
 from .checkpoints import load_checkpoint, save_checkpoint
 from .contract import StepContext, TrainConfig
@@ -174,9 +174,9 @@ class Trainer:
         device = next(model.parameters()).device
         for i in range(0, len(self.forget), 8):
             batch = collate([self.encode(x) for x in self.forget[i:i + 8]], self.pad_id).to(device)
-            logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
-            logp, count = token_logprobs(logits, batch.labels)
-            losses.nll(logp, count).backward()
+            out = head.final_states(model, input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                                    use_cache=False)
+            losses.nll(*head.token_logprobs(out, batch.labels)).backward()
         model.train(was_training)
         score = {n: float(p.grad.norm()) / p.numel() ** 0.5 for n, p in candidates.items() if p.grad is not None}
         keep = sorted(score, key=score.get, reverse=True)[: max(1, round(fraction * len(score)))]
@@ -253,9 +253,9 @@ class Trainer:
         probs = []
         for i in range(0, len(self.forget), 16):
             batch = collate([self.encode(x) for x in self.forget[i:i + 16]], self.pad_id).to(self.device)
-            logits = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                                use_cache=False).logits
-            logp, count = token_logprobs(logits, batch.labels)
+            out = head.final_states(self.model, input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                                    use_cache=False)
+            logp, count = head.token_logprobs(out, batch.labels)
             probs += (logp / count.clamp(min=1)).exp().tolist()
         self.model.train(was_training)
         return sum(probs) / len(probs)
