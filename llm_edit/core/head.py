@@ -32,6 +32,7 @@ from .arch import arch_of
 # 64 MiB; SmolLM2 5.39 GiB (84.5 s) at 256 MiB, 4.43 GiB (92.8 s) at 64 MiB. The whole command on
 # Gemma (/usr/bin/time): 11.4 GiB with whole logits, 5.5 GiB at 64 MiB. A chunk's working set is
 # a few times CHUNK_BYTES (logits, their float copy, log-softmax; two models' for the KL).
+# (Times on this machine vary by up to 40% between runs of the same work.)
 CHUNK_BYTES = 2**26
 
 
