@@ -101,11 +101,6 @@ def final_states(model: torch.nn.Module, **inputs) -> HeadStates:
     return HeadStates(recorded[-1] + placeholder * 0, head, vocab)
 
 
-def _positions(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    rows, cols = (labels != -100).nonzero(as_tuple=True)
-    return rows, cols
-
-
 def _in_chunks(fn, vocab: int, *tensors: torch.Tensor) -> torch.Tensor:
     """``fn`` over the rows of ``tensors`` (positions, first dimension): at once when their
     logits fit ``CHUNK_BYTES``, else a chunk at a time, each under checkpointing (its logits are
@@ -125,7 +120,7 @@ def _in_chunks(fn, vocab: int, *tensors: torch.Tensor) -> torch.Tensor:
 def token_logprobs(out: HeadStates, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-sequence sum of the label tokens' log-probabilities and their number (as
     ``core.text.token_logprobs`` on full logits), the head applied at label positions only."""
-    rows, cols = _positions(labels)
+    rows, cols = (labels != -100).nonzero(as_tuple=True)
 
     def picked(states, targets):
         return torch.log_softmax(out.head(states).float(), dim=-1).gather(-1, targets[:, None])[:, 0]
@@ -140,7 +135,7 @@ def per_position(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], out: 
                  labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``fn(logits, ref_logits)`` (one value per position) at the label positions of ``out`` and
     ``ref``, chunked; returns the values and their sequence index."""
-    rows, cols = _positions(labels)
+    rows, cols = (labels != -100).nonzero(as_tuple=True)
 
     def value(states, ref_states):
         return fn(out.head(states), ref.head(ref_states))

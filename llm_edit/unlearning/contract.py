@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING
 import torch
 
 from ..core import head
-from ..core.text import token_logprobs
 from . import losses
 from .items import ForgetItem, TrainBatch, collate
 
@@ -107,11 +106,9 @@ class StepContext:
             return self._trainer.run(ref, batches, hidden_layer)
 
     @staticmethod
-    def logp(out: head.HeadStates | torch.Tensor, batch: TrainBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    def logp(out: head.HeadStates, batch: TrainBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-sequence log π(answer | prompt) and the answer's token count."""
-        if isinstance(out, head.HeadStates):
-            return head.token_logprobs(out, batch.labels)
-        return token_logprobs(out, batch.labels)
+        return head.token_logprobs(out, batch.labels)
 
     def retain_term(self, out: head.HeadStates | None, batch: TrainBatch | None, config: TrainConfig) -> torch.Tensor:
         """NLL or KL(π_ref‖π_θ) on the retain batch's answer tokens (0 without a retain batch)."""
