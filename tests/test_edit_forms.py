@@ -54,19 +54,28 @@ def test_forms_follow_the_relation_and_the_chat_template(tiny):
 
 
 def test_the_judges_wordings_are_in_no_training_form():
-    """The editors' derived training forms (core.forms without questions) must contain none of
-    the generation forms' wordings, MQuAKE's question included, or the forms would measure what
-    was trained on."""
-    from llm_edit.core.forms import FINISH, fact_forms, question_template
+    """The editors' derived training forms (core.forms without MQuAKE's questions, with or
+    without llm-edit's own) must contain none of the generation forms' wordings, MQuAKE's
+    question included, or the forms would measure what was trained on."""
+    from llm_edit.core.forms import FINISH, MQUAKE, TRAINING_QUESTIONS, fact_forms, question_template
 
     judge = [E.CONTEXT.strip(), E.COMPLETE.split("{}")[0].strip(), E.QUESTION.split("{}")[0].strip()]
-    for relation in ["P17", "P36", "P131", "P19", "P37", None]:
+    relations = set(json.loads(TRAINING_QUESTIONS.read_text())) | set(json.loads(
+        (MQUAKE / "question_templates.json").read_text()))
+    for relation in sorted(relations) + [None]:
         question = question_template(relation)
-        for form in fact_forms("{} is located in", relation, chat=True, questions=False):
-            text = form.template + " " + (form.reply or "")
-            assert not any(w in text for w in judge), (form, relation)
-            assert not question or question not in text, (form, relation)
+        for questions in ("none", "own"):
+            for form in fact_forms("{} is located in", relation, chat=True, questions=questions):
+                text = (form.template + " " + (form.reply or "")).lower()
+                assert not any(w.lower() in text for w in judge), (form, relation)
+                assert not question or question.lower() not in text, (form, relation)
     assert not any(w in FINISH for w in judge)
+    # the own questions are really used: a question form wherever the file has the relation
+    own = {f.name: f.template for f in fact_forms("{} is located in", "P17", chat=True, questions="own")}
+    assert own["question"] == "In what country is {}?" and own["chat_reply"] == own["question"]
+    assert not any(f.name == "question" for f in fact_forms("{} is located in", "P17", chat=True, questions="none"))
+    with pytest.raises(ValueError, match="questions"):
+        fact_forms("{} is located in", "P17", chat=True, questions="yes")
     # erasures keep their question forms (the forgetting audit judges them with other wordings)
     assert any(f.name == "question" for f in fact_forms("{} is located in", "P17", chat=True))
 
@@ -82,10 +91,19 @@ def test_insertions_with_forms_train_on_them_without_questions(tiny):
         config, _ = load_config(get_method(method).config, method, model_recipe="tiny", sets=["expand=forms"])
         forms = value_objective(config, [request], tok)["forms"][0]
         assert forms and not any(f.name in ("question", "chat_question") for f in forms)
+        config, _ = load_config(get_method(method).config, method, model_recipe="tiny",
+                                sets=["expand=forms", "own_questions=true"])
+        forms = value_objective(config, [request], tok)["forms"][0]
+        assert {f.template for f in forms if f.name in ("question", "chat_question")} == {"In what country is {}?"}
         config, _ = load_config(get_method(method).config, method, model_recipe="tiny")
         assert "forms" not in value_objective(config, [request], tok)
     with pytest.raises(Exception, match="expand"):
         load_config(get_method("rome").config, "rome", model_recipe="tiny", sets=["expand=everything"])
+    with pytest.raises(Exception, match="needs expand: forms"):
+        load_config(get_method("rome").config, "rome", model_recipe="tiny", sets=["expand=none", "own_questions=true"])
+    with pytest.raises(Exception, match="own_questions is for insertions"):
+        load_config(get_method("memit-erase").config, "memit-erase", model_recipe="tiny",
+                    sets=["expand=forms", "own_questions=true"])
 
 
 def test_portability_probes_are_read_written_and_checked(tmp_path):

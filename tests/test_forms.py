@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from llm_edit.auditing.probes import PROBES, WORDINGS, probe_prompts
-from llm_edit.core.forms import MQUAKE, cloze_template, fact_forms, question_template
+from llm_edit.core.forms import MQUAKE, TRAINING_QUESTIONS, cloze_template, fact_forms, question_template
 from llm_edit.core.text import render
 from llm_edit.unlearning.expand import derived_forms, expand_items, protective_retain
 from llm_edit.unlearning.items import Formatting, known_pool, neighbour_facts, parse_item, read_items
@@ -78,8 +78,11 @@ def _training_texts(tok, items, chat):
     for item in items:  # the erasers' forms of the same facts
         if item.kind == "fact":
             template = item.prompt.replace(item.extra["subject"], "{}", 1)
-            for form in fact_forms(template, item.extra.get("relation_id"), chat=chat):
-                out.append(render(tok, form.template, item.extra["subject"], chat=form.chat, reply=form.reply)[0])
+            # and the insertions' own question wording (expand: forms, own_questions)
+            for questions in ("mquake", "own"):
+                for form in fact_forms(template, item.extra.get("relation_id"), chat=chat, questions=questions):
+                    out.append(render(tok, form.template, item.extra["subject"], chat=form.chat,
+                                      reply=form.reply)[0])
     return out
 
 
@@ -88,7 +91,8 @@ def test_no_training_form_holds_an_audit_probe(tiny):
     with and without a relation id, questions) contains a probe's wording or equals a probe."""
     _, tok = tiny("llama")
     assert getattr(tok, "chat_template", None)
-    relations = json.loads((MQUAKE / "question_templates.json").read_text())
+    relations = json.loads((MQUAKE / "question_templates.json").read_text()) | json.loads(
+        TRAINING_QUESTIONS.read_text())
     items = [parse_item({"prompt": "{} is known for", "subject": f"Subject {i}", "target": "Object",
                          "relation_id": r}) for i, r in enumerate(relations)]
     items += read_items(DEV) + [parse_item({"prompt": "{} played the", "subject": "Jimi Hendrix", "target": "guitar"}),

@@ -7,7 +7,9 @@ turns and plain Q/A).
 Each ``Form`` is a template with ``{}`` for the subject, answered by the fact's object:
 
 * ``question``: MQuAKE's question for the fact's Wikidata relation ("Which city is {} located
-  in?"), as plain text (Zhong et al. 2023, ``data/mquake``);
+  in?"), as plain text (Zhong et al. 2023, ``data/mquake``); or, for insertions, whose edits
+  MQuAKE's questions judge (``evaluating.edit_forms``), llm-edit's own wording of the question
+  (``data/training_questions.json``: "In what country is {}?"), which no judge uses;
 * ``chat_question``: the same question as a user turn through the model's chat template;
 * ``subject_first``: MQuAKE's cloze sentence when its blank ends it ("{} is located in the
   country of"), unless it is the given prompt;
@@ -29,6 +31,10 @@ from typing import NamedTuple
 from .files import DATA_DIR
 
 MQUAKE = DATA_DIR / "mquake"
+# per-relation questions written for training only, worded unlike MQuAKE's (which judge edits) and
+# unlike the audit's probes; tests/test_edit_forms.py and tests/test_forms.py check both
+TRAINING_QUESTIONS = DATA_DIR / "training_questions.json"
+QUESTION_SOURCES = ("mquake", "own", "none")
 FINISH = "Finish this sentence: {}"
 
 
@@ -50,6 +56,16 @@ def question_template(relation_id: str | None) -> str | None:
     return template.replace("[X]", "{}") if template and "[X]" in template else None
 
 
+def training_question(relation_id: str | None) -> str | None:
+    """llm-edit's own question for a relation (``{}`` for the subject), or None."""
+    return _own_questions().get(relation_id or "")
+
+
+@functools.lru_cache(maxsize=None)
+def _own_questions() -> dict[str, str]:
+    return json.loads(TRAINING_QUESTIONS.read_text())
+
+
 def cloze_template(relation_id: str | None) -> str | None:
     """MQuAKE's cloze sentence up to its blank, when the blank ends it ("{} is located in the
     country of"); None otherwise."""
@@ -59,13 +75,17 @@ def cloze_template(relation_id: str | None) -> str | None:
     return template.rstrip()[:-2].rstrip().replace("[X]", "{}")
 
 
-def fact_forms(prompt: str, relation_id: str | None, *, chat: bool, questions: bool = True) -> list[Form]:
+def fact_forms(prompt: str, relation_id: str | None, *, chat: bool, questions: str = "mquake") -> list[Form]:
     """The derived forms of a fact whose prompt template is ``prompt`` (with ``{}``); ``chat``:
-    whether the model has a chat template. ``questions=False`` leaves out MQuAKE's question,
-    which judges edits (``evaluating.edit_forms``): an editor trained on it would be graded on
+    whether the model has a chat template. ``questions`` says whose question is asked:
+    MQuAKE's (``mquake``), llm-edit's own (``own``) or none. Insertions never take MQuAKE's,
+    which judges them (``evaluating.edit_forms``): an editor trained on it would be graded on
     its own training text."""
+    if questions not in QUESTION_SOURCES:
+        raise ValueError(f"questions must be one of {QUESTION_SOURCES}, got {questions!r}")
     forms = []
-    question = question_template(relation_id) if questions else None
+    question = (question_template(relation_id) if questions == "mquake"
+                else training_question(relation_id) if questions == "own" else None)
     if question:
         forms.append(Form("question", question, False))
         if chat:

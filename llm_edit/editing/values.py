@@ -55,6 +55,10 @@ class ValueOptions:
     # forms: the value is also optimised over the other forms each fact is asked in (core.forms:
     # chat turns, subject first; erasures also MQuAKE's questions, which judge insertions)
     expand: str = "none"
+    # with expand: forms, insertions are also asked as a question, in llm-edit's own per-relation
+    # wording (core.forms, data/training_questions.json): MQuAKE's questions judge edits, so an
+    # insertion never trains on them; erasures always train on MQuAKE's (the audit judges them)
+    own_questions: bool = False
     stats_corpus: str = "model-samples"  # see editing/stats.py
     stats_tokens: int = 50_000
     stats_seq_len: int = 128
@@ -70,6 +74,8 @@ def check_value_options(config) -> None:
         raise ValueError("bare_key_weight must be between 0 and 1 (or null)")
     if config.expand not in ("none", "forms"):
         raise ValueError(f"expand must be 'none' or 'forms', got {config.expand!r}")
+    if config.own_questions and config.expand != "forms":
+        raise ValueError("own_questions asks the fact as a question among its forms: it needs expand: forms")
     for p in config.kl_prompts:
         if p.count("{}") != 1:
             raise ValueError(f"kl_prompts: {p!r} must contain '{{}}' exactly once")

@@ -28,6 +28,8 @@ class EraseOptions:
             raise ValueError("erase_stop_prob must be between 0 and 1")
         if not self.neutral_target.strip():
             raise ValueError("neutral_target must not be empty")
+        if getattr(self, "own_questions", False):
+            raise ValueError("own_questions is for insertions: an erasure's forms already ask MQuAKE's questions")
         if self.protect_neighbours < 0:
             raise ValueError("protect_neighbours must be >= 0")
 
@@ -36,7 +38,8 @@ def value_objective(config, requests: list, tok=None) -> dict:
     """Keyword arguments of ``values.optimise_values`` for ``config``'s objective: ROME/MEMIT's
     insertion of ``target_new`` unless the config is an erasure's; with ``expand: forms``, each
     request's derived forms (``core.forms``: an erasure's include MQuAKE's questions, an
-    insertion's do not, since they judge insertions in ``evaluating.edit_forms``)."""
+    insertion's do not, since they judge insertions in ``evaluating.edit_forms``; with
+    ``own_questions`` an insertion's include llm-edit's own question wording instead)."""
     erase = isinstance(config, EraseOptions)
     out: dict = {"objective": "insert"}
     if erase:
@@ -47,5 +50,6 @@ def value_objective(config, requests: list, tok=None) -> dict:
         from ...core.forms import fact_forms
 
         chat = bool(getattr(tok, "chat_template", None))
-        out["forms"] = [fact_forms(r.prompt, r.relation_id, chat=chat, questions=erase) for r in requests]
+        questions = "mquake" if erase else "own" if config.own_questions else "none"
+        out["forms"] = [fact_forms(r.prompt, r.relation_id, chat=chat, questions=questions) for r in requests]
     return out
