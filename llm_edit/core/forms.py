@@ -46,30 +46,25 @@ class Form(NamedTuple):
 
 
 @functools.lru_cache(maxsize=None)
-def _templates(name: str) -> dict[str, str]:
-    return json.loads((MQUAKE / f"{name}_templates.json").read_text())
+def _templates(path) -> dict[str, str]:
+    return json.loads(path.read_text())
 
 
 def question_template(relation_id: str | None) -> str | None:
     """MQuAKE's question for a relation, with ``{}`` for the subject (None when it has none)."""
-    template = _templates("question").get(relation_id or "")
+    template = _templates(MQUAKE / "question_templates.json").get(relation_id or "")
     return template.replace("[X]", "{}") if template and "[X]" in template else None
 
 
 def training_question(relation_id: str | None) -> str | None:
     """llm-edit's own question for a relation (``{}`` for the subject), or None."""
-    return _own_questions().get(relation_id or "")
-
-
-@functools.lru_cache(maxsize=None)
-def _own_questions() -> dict[str, str]:
-    return json.loads(TRAINING_QUESTIONS.read_text())
+    return _templates(TRAINING_QUESTIONS).get(relation_id or "")
 
 
 def cloze_template(relation_id: str | None) -> str | None:
     """MQuAKE's cloze sentence up to its blank, when the blank ends it ("{} is located in the
     country of"); None otherwise."""
-    template = _templates("cloze").get(relation_id or "")
+    template = _templates(MQUAKE / "cloze_templates.json").get(relation_id or "")
     if not template or "[X]" not in template or not template.rstrip().endswith("__"):
         return None
     return template.rstrip()[:-2].rstrip().replace("[X]", "{}")
