@@ -141,3 +141,17 @@ def test_holds_table_shows_the_untrained_figure_beside_the_overall_one():
     rescored = dict(clean, leaks=["louvre"], neighbours_kept_untrained=2 / 3, neighbours_untrained_known_before=3)
     assert table.kept(rescored, "neighbours") == "0.500 (0.667 on 3 untrained)"
     assert table.kept(dict(clean, leaks=["louvre"]), "neighbours") == "0.500 leaks!"
+
+
+def test_the_forgetting_sets_that_choose_share_no_subject_with_those_that_report():
+    """evals/data: values are chosen on the development and tuning sets and reported on the
+    held-out one, so no subject the held-out set judges may appear in a set that chooses."""
+    data = Path(__file__).resolve().parents[1] / "evals" / "data"
+
+    def subjects(*names):
+        return {x.extra["subject"].lower() for name in names for x in read_items(data / f"{name}.jsonl")}
+
+    reporting = subjects("forget_heldout", "neighbours_heldout", "unrelated_heldout")
+    for chooser in (("forget_dev", "neighbours_dev", "unrelated_dev"), ("forget_tune", "neighbours_tune", "unrelated_tune")):
+        assert not subjects(*chooser) & reporting, chooser
+    assert not subjects("forget_tune") & subjects("forget_dev", "neighbours_dev", "unrelated_dev")
