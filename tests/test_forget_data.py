@@ -152,6 +152,7 @@ def test_the_forgetting_sets_that_choose_share_no_subject_with_those_that_report
         return {x.extra["subject"].lower() for name in names for x in read_items(data / f"{name}.jsonl")}
 
     reporting = subjects("forget_heldout", "neighbours_heldout", "unrelated_heldout")
-    for chooser in (("forget_dev", "neighbours_dev", "unrelated_dev"), ("forget_tune", "neighbours_tune", "unrelated_tune")):
+    for chooser in (("forget_dev", "neighbours_dev", "unrelated_dev"),
+                    ("forget_tune", "neighbours_tune", "unrelated_tune")):
         assert not subjects(*chooser) & reporting, chooser
     assert not subjects("forget_tune") & subjects("forget_dev", "neighbours_dev", "unrelated_dev")
