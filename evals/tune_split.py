@@ -16,6 +16,10 @@ over those that apply. The report set is only ever edited with the chosen value 
 recipe's: nothing is chosen on it. The tuning half is written to ``--out`` as soon as it ends;
 ``--tuned-in EARLIER.json`` takes the choice of such an earlier run (same method, unchanged
 ``--tune`` file and limit, same grid and ``--set``) and runs only the report set.
+
+``--tolerance T`` chooses for cost: the first value, in the grid's order, whose tuning score is
+within T of the best one's. List the cheaper values first (``--grid v_steps=8,12,20
+--tolerance 0.02``: the fewest steps that score as well, up to T).
 """
 from __future__ import annotations
 
@@ -88,9 +92,15 @@ def earlier_tuning(path: Path, args, key: str, values: list[str], n_tune: int):
     expected = [args.sets + [f"{key}={v}"] for v in values]
     if [r["sets"] for r in tuned] != expected:
         raise SystemExit(f"{path}: its runs were {[r['sets'] for r in tuned]}, this grid and --set give {expected}")
-    best = max(tuned, key=lambda r: r["score"])
+    best = choose(tuned, args.tolerance)
     tune = argparse.Namespace(requests=[None] * earlier["tune"]["n"], sha256=sha256, before=earlier["tune"]["before"])
     return tune, tuned, best
+
+
+def choose(runs: list[dict], tolerance: float) -> dict:
+    """The first run whose score is within ``tolerance`` of the best (0: the best; ties go to the first)."""
+    top = max(r["score"] for r in runs)
+    return next(r for r in runs if r["score"] >= top - tolerance)
 
 
 def table(title: str, before: dict, runs: list[dict]) -> str:
@@ -119,8 +129,13 @@ def main(argv=None) -> int:
     ap.add_argument("--tuned-in", help="an earlier run's output (written once its tuning half finished; same "
                     "--method, --tune file unchanged, --tune-limit, --grid and --set): take its choice and run only "
                     "the report set")
+    ap.add_argument("--tolerance", type=float, default=0.0,
+                    help="choose the first grid value whose tuning score is within this of the best (list cheaper "
+                    "values first)")
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
+    if args.tolerance < 0:
+        raise SystemExit("--tolerance must be >= 0")
     key, _, values = args.grid.partition("=")
     tune_facts, report_facts = read_requests(args.tune), read_requests(args.report)  # bad files fail before loading
     shared = {(r.subject, r.prompt) for r in tune_facts} & {(r.subject, r.prompt) for r in report_facts}
@@ -133,11 +148,12 @@ def main(argv=None) -> int:
     if not args.tuned_in:
         tune = FactSet(model, tok, args.tune, args.tune_limit)
         tuned = [tune.run(model, tok, args.method, args.sets + [f"{key}={v}"]) for v in values.split(",")]
-        best = max(tuned, key=lambda r: r["score"])
+        best = choose(tuned, args.tolerance)
     print(table(f"\ntuning set {args.tune} ({len(tune.requests)} facts)", tune.before, tuned))
 
     def output(report=None) -> dict:
         return {"method": args.method, "grid": args.grid, "chosen": best["sets"], "score": list(SCORED),
+                "tolerance": args.tolerance,
                 "tune": {"facts": args.tune, "n": len(tune.requests), "sha256": tune.sha256, "before": tune.before,
                          "runs": tuned, **({"from": args.tuned_in} if args.tuned_in else {})},
                 "report": report, "threads": torch.get_num_threads(), "command": sys.argv, **run_info()}

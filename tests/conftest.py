@@ -71,6 +71,19 @@ def run_eval(script: str, *args, home):
                           capture_output=True, text=True, env=env, cwd=root, timeout=600)
 
 
+def eval_script(name: str):
+    """An evals/ script imported as a module (``eval_script("tune_split")``), to test its functions."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "evals" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up by name
+    spec.loader.exec_module(module)
+    return module
+
+
 def write_city_facts(path, subjects=("Eiffel Tower", "Louvre", "Colosseum", "Big Ben")):
     """A fact file moving each landmark to Rome, with a paraphrase and a neighbourhood prompt."""
     import json

@@ -132,6 +132,21 @@ def test_generation_answers_on_a_tiny_model(tiny):
     assert all(a.request == 0 and isinstance(a.answer, str) for a in answers)
 
 
+def test_tune_split_with_a_tolerance_chooses_the_first_value_that_scores_nearly_as_well():
+    """evals/tune_split.py --tolerance: cheaper values are listed first; the first within the
+    tolerance of the best score is chosen, the best when none other is."""
+    from conftest import eval_script
+
+    choose = eval_script("tune_split").choose
+    runs = [{"sets": ["v_steps=8"], "score": 0.80}, {"sets": ["v_steps=12"], "score": 0.86},
+            {"sets": ["v_steps=20"], "score": 0.87}]
+    assert choose(runs, 0.0)["sets"] == ["v_steps=20"]
+    assert choose(runs, 0.02)["sets"] == ["v_steps=12"]
+    assert choose(runs, 0.1)["sets"] == ["v_steps=8"]
+    tie = [{"sets": ["a"], "score": 0.5}, {"sets": ["b"], "score": 0.9}, {"sets": ["c"], "score": 0.9}]
+    assert choose(tie, 0.0)["sets"] == ["b"]
+
+
 def test_tune_split_chooses_on_one_set_and_reports_on_the_other(tmp_path):
     import json as _json
 

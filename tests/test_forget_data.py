@@ -110,14 +110,11 @@ def test_neighbourhood_given_in_the_file_wins():
 def test_forget_holds_counts_untrained_neighbours_apart():
     """evals/forget_holds.py: a neighbour whose subject the run protected is left out of the
     untrained-only figure (kept 1 of 2 overall, 1 of 1 untrained)."""
-    import importlib.util
+    from conftest import eval_script
 
     from llm_edit.unlearning.items import ForgetItem
 
-    path = Path(__file__).resolve().parents[1] / "evals" / "forget_holds.py"
-    spec = importlib.util.spec_from_file_location("forget_holds", path)
-    holds = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(holds)
+    holds = eval_script("forget_holds")
     items = [ForgetItem("fact", "The Louvre is in", "Paris", (), {"subject": "Louvre"}),
              ForgetItem("fact", "Big Ben is in", "London", (), {"subject": "Big Ben"})]
     before = [{"answered": True}, {"answered": True}]
@@ -130,12 +127,9 @@ def test_forget_holds_counts_untrained_neighbours_apart():
 def test_holds_table_shows_the_untrained_figure_beside_the_overall_one():
     """evals/holds_table.py: a run that protected some judged facts shows the share over the
     others in brackets; a run with leaks and no such figure is flagged."""
-    import importlib.util
+    from conftest import eval_script
 
-    path = Path(__file__).resolve().parents[1] / "evals" / "holds_table.py"
-    spec = importlib.util.spec_from_file_location("holds_table", path)
-    table = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(table)
+    table = eval_script("holds_table")
     clean = {"neighbours_kept": 0.5, "neighbours_known_before": 4, "leaks": []}
     assert table.kept(clean, "neighbours") == "0.500"
     rescored = dict(clean, leaks=["louvre"], neighbours_kept_untrained=2 / 3, neighbours_untrained_known_before=3)

@@ -1,7 +1,5 @@
 """evals/ou_crosscheck.py: open-unlearning's conventions recomputed from llm-edit's scores."""
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,11 +10,9 @@ TOFU = ROOT.parent / "shared" / "data" / "tofu"
 
 @pytest.fixture(scope="module")
 def crosscheck():
-    spec = importlib.util.spec_from_file_location("ou_crosscheck", ROOT / "evals" / "ou_crosscheck.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["ou_crosscheck"] = module
-    spec.loader.exec_module(module)
-    return module
+    from conftest import eval_script
+
+    return eval_script("ou_crosscheck")
 
 
 def test_open_unlearnings_extraction_floor_is_one_over_length(crosscheck):
