@@ -192,9 +192,14 @@ def test_sharpness_aware_step_takes_the_forget_gradient_at_the_perturbed_weights
     assert all(torch.equal(p, b) for p, b in zip(params, before))
     loss, _ = trainer.unlearner.loss(ctx, items, None, trainer.config, None)
     loss.backward()
-    assert any(not torch.allclose(g0, g1) for g0, g1 in zip(here, there))  # ε moved something
+    # the trainer's ε is rounded otherwise than the one above, which moves every entry of a
+    # gradient by up to ~3e-6 of the tensor's largest: compared at that scale, not entry by entry
+    def gap(a, b):
+        return float((a - b).abs().max() / b.abs().max())
+
+    assert max(gap(g0, g1) for g0, g1 in zip(here, there)) > 1e-2  # ε moved the gradient, far beyond the tolerance
     for p, g1 in zip(params, there):
-        assert torch.allclose(p.grad, g1, atol=1e-6, rtol=1e-4)
+        assert gap(p.grad, g1) < 1e-5
     trainer.restore()
 
 
