@@ -135,7 +135,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
     if args.tolerance < 0:
-        raise SystemExit("--tolerance must be >= 0")
+        ap.error("--tolerance must be >= 0")  # exit status 2, before the model loads
     key, _, values = args.grid.partition("=")
     tune_facts, report_facts = read_requests(args.tune), read_requests(args.report)  # bad files fail before loading
     shared = {(r.subject, r.prompt) for r in tune_facts} & {(r.subject, r.prompt) for r in report_facts}
