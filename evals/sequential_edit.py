@@ -15,6 +15,13 @@ OUT.sessions/METHOD) saved batch by batch, so ``--resume`` continues an interrup
 OUT.json (every measurement, the hyper-parameters, timings split into value optimisation and
 solve, peak memory, data hash) after every batch, and OUT.png (efficacy, generalisation,
 specificity and perplexity against the number of edits).
+
+``--generation-sample N`` also judges the edits by what the model says (``evaluating/edit_forms``:
+the greedy answer to the prompt, a chat turn, the question and the prompt in context; the new
+object named and the old one not) on N records spread evenly over all batches, once before any
+edit and once after the last batch: whether the early edits still hold, by generation, after
+all the later ones. It is a sample because generation is the slow part: four forms of 1,000
+records take longer than the editing.
 """
 from __future__ import annotations
 
@@ -31,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from llm_edit import load_model, read_requests  # noqa: E402
 from llm_edit.core.files import run_info, write_json  # noqa: E402
+from llm_edit.evaluating.edit_forms import FORMS, generation_answers, generation_scores  # noqa: E402
 from llm_edit.evaluating.metrics import edit_table, generic_perplexity, summarise  # noqa: E402
 from llm_edit.core.models import fingerprint  # noqa: E402
 from llm_edit.editing.session import EditSession  # noqa: E402
@@ -44,8 +52,32 @@ def measure(model, tok, requests) -> dict:
     return dict(scores, perplexity=generic_perplexity(model, tok), eval_seconds=round(time.perf_counter() - t0, 2))
 
 
+def spread_sample(n_records: int, n: int) -> list[int]:
+    """``n`` record indices spread evenly from the first to the last (all of them if n ≥ the count)."""
+    if n >= n_records:
+        return list(range(n_records))
+    if n == 1:
+        return [0]
+    return sorted({round(i * (n_records - 1) / (n - 1)) for i in range(n)})
+
+
+class GenerationSample:
+    """The records judged by generation, with the original model's answers (taken once)."""
+
+    def __init__(self, model, tok, requests, n: int):
+        self.indices = spread_sample(len(requests), n)
+        self.requests = [requests[i] for i in self.indices]
+        self.before = generation_answers(model, tok, self.requests, progress=True)
+
+    def measure(self, model, tok) -> dict:
+        t0 = time.perf_counter()
+        scores = generation_scores(generation_answers(model, tok, self.requests, progress=True), self.before)
+        return {"records": self.indices, **{k: v for k, v in scores.items() if not k.startswith("portability")},
+                "eval_seconds": round(time.perf_counter() - t0, 2)}
+
+
 def run_method(model, tok, method, requests, batch_size, sets, session_dir: Path, resume_from: dict | None = None,
-               on_point=lambda run: None) -> dict:
+               on_point=lambda run: None, generation: GenerationSample | None = None) -> dict:
     """Edit ``requests`` batch after batch in an editing session kept in ``session_dir``, measuring
     after each batch; ``on_point`` gets the run so far (``"complete": False``) after every
     measurement, so an interrupted run still leaves a curve.
@@ -102,10 +134,17 @@ def run_method(model, tok, method, requests, batch_size, sets, session_dir: Path
                   f"{point['generalisation']:.3f}, specificity {point['specificity']:.3f}, "
                   f"perplexity {point['perplexity']:.2f}", flush=True)
             on_point(summary(complete=False))
+        by_generation = generation.measure(model, tok) if generation is not None else None
     finally:
         session.revert_all()
     assert fingerprint(model) == base, "reverting the edits did not restore the original weights"
-    return dict(summary(complete=True), reverts_bit_exact=True)
+    done = dict(summary(complete=True), reverts_bit_exact=True)
+    if by_generation is not None:
+        done["generation_after_last_batch"] = by_generation
+        print(f"{method}: by generation after {curve[-1]['edits']} edits, on {len(generation.indices)} records: "
+              + ", ".join(f"{form} {by_generation[f'gen_{form}']:.3f} ({by_generation[f'gen_{form}_n']})"
+                          for form in FORMS if by_generation.get(f"gen_{form}") is not None), flush=True)
+    return done
 
 
 def plot(runs, path: Path, title: str) -> None:
@@ -163,12 +202,17 @@ def main() -> None:
     ap.add_argument("--rerun", default="",
                     help="with --resume: run these methods again from scratch (a new recipe, say); every other "
                          "run of the report is kept as it is, finished or not")
+    ap.add_argument("--generation-sample", type=int, default=0, metavar="N",
+                    help="also judge N records, spread over all batches, by generation before any edit and "
+                         "after the last batch (default 0: off)")
     args = ap.parse_args()
     methods, rerun = args.methods.split(","), set(filter(None, args.rerun.split(",")))
     if rerun and not args.resume:
         ap.error("--rerun goes with --resume (without it every method runs from scratch anyway)")
     if rerun - set(methods):
         ap.error(f"--rerun {args.rerun}: not among --methods {args.methods}")
+    if args.generation_sample < 0:
+        ap.error(f"--generation-sample {args.generation_sample}: must be 0 (off) or a number of records")
 
     requests = read_requests(args.facts, limit=args.limit)
     facts_sha = hashlib.sha256("".join(json.dumps(r.to_dict(), sort_keys=True) for r in requests).encode()).hexdigest()
@@ -176,6 +220,7 @@ def main() -> None:
     sessions = Path(args.sessions) if args.sessions else out.with_suffix(".sessions")
     earlier = earlier_runs(out.with_suffix(".json"), args, facts_sha) if args.resume else {}
     model, tok = load_model(args.model, device=args.device)
+    generation = GenerationSample(model, tok, requests, args.generation_sample) if args.generation_sample else None
     runs = []
     t0 = time.perf_counter()
     title = f"{args.model}: {len(requests)} CounterFact edits in batches of {args.batch_size}"
@@ -199,7 +244,8 @@ def main() -> None:
             runs.append(before)
             continue
         runs.append(run_method(model, tok, method, requests, args.batch_size, args.sets, sessions / method,
-                               resume_from=before, on_point=lambda partial: write(runs + [partial] + later)))
+                               resume_from=before, on_point=lambda partial: write(runs + [partial] + later),
+                               generation=generation))
         write(runs + later)
     for run in runs:
         last = run["curve"][-1]

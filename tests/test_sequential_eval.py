@@ -2,7 +2,7 @@
 and ends where an uninterrupted run ends."""
 import json
 
-from conftest import run_eval, write_city_facts
+from conftest import eval_script, run_eval, write_city_facts
 
 
 def run(*args, home):
@@ -57,3 +57,30 @@ def test_an_interrupted_run_resumes_and_matches_an_uninterrupted_one(tmp_path):
     assert [p["efficacy"] for p in again["curve"]] == [p["efficacy"] for p in complete["curve"]]
     done = run(*common, "--out", str(whole), "--rerun", "alphaedit", home=tmp_path / "home")
     assert done.returncode != 0 and "--rerun goes with --resume" in done.stderr
+
+
+def test_the_generation_sample_spreads_over_every_batch():
+    spread_sample = eval_script("sequential_edit").spread_sample
+    sample = spread_sample(1000, 100)
+    assert len(sample) == 100 and sample[0] == 0 and sample[-1] == 999
+    assert all(sum(start <= i < start + 100 for i in sample) == 10 for start in range(0, 1000, 100))
+    assert spread_sample(4, 3) == [0, 2, 3]
+    assert spread_sample(3, 10) == [0, 1, 2]
+
+
+def test_a_run_with_a_generation_sample_judges_it_after_the_last_batch(tmp_path):
+    facts = write_city_facts(tmp_path / "facts.jsonl")
+    out = tmp_path / "gen"
+    done = run("--facts", str(facts), "--limit", "4", "--batch-size", "2", "--methods", "memit",
+               "--generation-sample", "3", "--out", str(out), home=tmp_path / "home")
+    assert done.returncode == 0, done.stderr
+    [memit] = json.loads(out.with_suffix(".json").read_text())["runs"]
+    judged = memit["generation_after_last_batch"]
+    assert judged["records"] == [0, 2, 3]
+    for form in ("prompt", "chat", "question", "in_context"):
+        # counted only where the original model said the old object
+        assert 0 <= judged[f"gen_{form}_n"] <= 3
+        assert (judged[f"gen_{form}"] is None) == (judged[f"gen_{form}_n"] == 0)
+    assert "by generation after 4 edits, on 3 records" in done.stdout
+    bad = run("--facts", str(facts), "--generation-sample", "-1", "--out", str(out), home=tmp_path / "home")
+    assert bad.returncode == 2 and "--generation-sample -1" in bad.stderr
