@@ -4,7 +4,7 @@ import torch
 
 import llm_edit
 from llm_edit.core.arch import arch_of
-from llm_edit.editing.rank_one import batch_update
+from llm_edit.editing.rank_one import batch_update, leak_fractions
 from llm_edit.evaluating.metrics import target_logprob
 
 REQUESTS = [{"prompt": "{} is in", "subject": "Eiffel Tower", "target_new": "Rome", "target_true": "Paris"},
@@ -40,6 +40,58 @@ def test_batch_update_preserved_keys():
     tight = left @ right
     assert (tight @ kept.T).norm() < 1e-2 * (loose @ kept.T).norm()
     assert torch.allclose(tight @ keys.T, residuals.T, atol=1e-2)  # 8 dimensions: room for both
+
+
+def test_leak_fractions_are_what_the_batch_update_writes_at_other_keys():
+    """Hand-computed: one unit key, C = I, λ = 1: the update is r kᵀ/2, so a key o receives
+    (k·o)/2 against k's own 1/2, a share k·o. In a batch, the update written at another key is
+    the shares' mix of the residuals, each scaled as its own key's."""
+    key = torch.tensor([[1.0, 0.0, 0.0]])
+    other = torch.tensor([[0.5, 2.0, 0.0], [0.0, 0.0, 1.0]])
+    assert torch.allclose(leak_fractions(key, other, torch.eye(3), 1.0), torch.tensor([[0.5, 0.0]]))
+    torch.manual_seed(0)
+    keys, residuals, others = torch.randn(3, 8), torch.randn(3, 5), torch.randn(4, 8)
+    cov, lam = torch.eye(8) + 0.1 * torch.ones(8, 8), 2.0
+    left, right = batch_update(residuals, keys, cov, lam)
+    own = (right * keys).sum(1)  # what each key receives of its own residual
+    shares = leak_fractions(keys, others, cov, lam)
+    written = (left @ right) @ others.T  # (5, 4)
+    assert torch.allclose(written, residuals.T @ (shares * own[:, None]), atol=1e-4)
+    assert torch.allclose(leak_fractions(keys, keys, cov, lam).diagonal(), torch.ones(3), atol=1e-5)
+
+
+def test_leak_kl_chooses_another_value_and_records_where_it_leaks(tiny):
+    """``leak_kl`` (memit, memit-erase): the preserved facts' prompts enter the value loss with the
+    share of δ the update leaks to them; the manifest lists them per request with their shares.
+    A share of 0 changes nothing (its KL's gradient is zero; up to rounding: the row changes the
+    batch's shape)."""
+    from llm_edit.editing.keys import context_templates
+    from llm_edit.editing.requests import parse_preserved, parse_request
+    from llm_edit.editing.values import optimise_values
+
+    model, tok = tiny("llama")
+    kept = [{"prompt": "{} is in", "subject": "Louvre", "target_true": "Paris"},
+            {"prompt": "{} was written by", "subject": "Macbeth", "target_true": "Shakespeare"}]
+    result = llm_edit.edit(model, tok, REQUESTS, "memit", layers=[1, 2], preserve=kept, leak_kl=1.0,
+                           progress=False)
+    leaks = [info["leaks"] for info in result.manifest["per_request"]]
+    result.revert()
+    assert all(len(per) == 1 and per[0][0] in ("Louvre", "Macbeth") for per in leaks)  # 2 kept, 3 edited: 1 each
+
+    requests = [parse_request(REQUESTS[0], "t")]
+    other = parse_preserved(kept[0], "t")
+    contexts = context_templates(model, tok, [3], 1)
+    name = arch_of(model).layer(2)
+
+    def deltas(leaks, leak_kl):
+        out = optimise_values(model, tok, name, requests, contexts, steps=3, lr=0.5, kl_factor=0.0625,
+                              weight_decay=0.5, clamp_norm_factor=4.0, kl_prompts=["{} is a"], nll_stop=0.0,
+                              leaks=leaks, leak_kl=leak_kl)
+        return out[0].delta
+
+    plain = deltas(None, 0.0)
+    assert torch.allclose(plain, deltas([[(other, 0.0)]], 1.0), atol=1e-4)
+    assert not torch.allclose(plain, deltas([[(other, 0.8)]], 100.0), atol=1e-2)
 
 
 def test_memit_preserve_keeps_the_given_facts_and_records_them(tiny):

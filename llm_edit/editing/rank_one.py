@@ -53,6 +53,13 @@ def batch_update(residuals: torch.Tensor, keys: torch.Tensor, cov: torch.Tensor 
     ``residuals`` (n, d_out), ``keys`` (n, d_in), ``cov`` (d_in, d_in) or None for the identity.
     Solved in float64; returns ``left`` (d_out, n) and ``right`` (n, d_in) in float32.
     """
+    right = _batch_right(keys, cov, weight, preserved, preserve_weight)
+    return residuals.double().T.float(), right.float()
+
+
+def _batch_right(keys: torch.Tensor, cov: torch.Tensor | None, weight: float,
+                 preserved: torch.Tensor | None = None, preserve_weight: float = 0.0) -> torch.Tensor:
+    """K (λC + μK_pᵀK_p + KᵀK)⁻¹, (n, d_in), float64: ``batch_update``'s right factor."""
     k = keys.double()
     c = torch.eye(k.shape[1], dtype=torch.float64, device=k.device) if cov is None else cov.double()
     system = weight * c + k.T @ k
@@ -62,7 +69,25 @@ def batch_update(residuals: torch.Tensor, keys: torch.Tensor, cov: torch.Tensor 
     right = torch.linalg.solve(system, k.T).T  # (n, d_in): rows of K (λC + μK_pᵀK_p + KᵀK)⁻¹, symmetric
     if not torch.isfinite(right).all():
         raise FloatingPointError("MEMIT update: the key system is singular or not finite")
-    return residuals.double().T.float(), right.float()
+    return right
+
+
+def leak_fractions(keys: torch.Tensor, others: torch.Tensor, cov: torch.Tensor | None, weight: float
+                   ) -> torch.Tensor:
+    """How much of each edit MEMIT's update (``batch_update``, no preserved keys) also writes at
+    keys it was not asked to change: (n, m), entry (i, j) = a_ij / a_ii with a = K (λC + KᵀK)⁻¹
+    [K; K_o]ᵀ. The update writes ΔW k = Σ_i r_i a_i(k), so a key k_j of another fact receives
+    a_ij / a_ii of what request i's own key receives, residual r_i for residual r_i.
+
+    A fact whose key lies close to an edited one in C⁻¹'s metric (another person of the same
+    religion, another landmark of the same city) gets a large share; an erasure's value
+    optimisation can use it to choose a δ that does no harm where it leaks (``values``,
+    ``leak_kl``). ``keys`` (n, d_in), ``others`` (m, d_in); float32."""
+    right = _batch_right(keys, cov, weight)
+    own = (right * keys.double()).sum(1)
+    if not torch.isfinite(own).all() or (own.abs() < 1e-12).any():
+        raise FloatingPointError("leak fractions: an edited key receives none of its own update")
+    return (right @ others.double().to(right.device).T / own[:, None]).float()
 
 
 def null_space_projector(cov: torch.Tensor, threshold: float) -> torch.Tensor:

@@ -99,13 +99,17 @@ class _Row(NamedTuple):
     split: int  # the subject's last token, where δ enters: the tokens before it never change
     target: list[int]  # the new object's tokens (none for essence prompts)
     keyed: bool = True  # a context-prefixed prompt, whose value at δ = 0 is part of v_init (a derived form's is not)
+    # the share of the request's δ this row receives: 1 for its own prompts; a leak row (another
+    # fact's prompt, KL only, essence slot past the essence prompts) gets what the update leaks to it
+    scale: float = 1.0
 
 
 def _value_rows(tok, request: EditRequest, target: str, contexts: list[str], kl_prompts: list[str],
-                forms: list = ()) -> list[_Row]:
+                forms: list = (), leaks: list = ()) -> list[_Row]:
     """Every prompt of one request is one row: its context-prefixed rewrite prompts (with the
     target), the other forms it is asked in (``core.forms.Form``: the target too, no prefix),
-    and its essence prompts (no target)."""
+    its essence prompts (no target) and, for each (fact, share) of ``leaks``, that fact's prompt
+    receiving the share of δ (no target)."""
     new_ids = target_ids(tok, target)
     rows = []
     for c in contexts:
@@ -117,6 +121,9 @@ def _value_rows(tok, request: EditRequest, target: str, contexts: list[str], kl_
     for e, kp in enumerate(kl_prompts):
         ids, sub = encode_with_subject(tok, kp, request.subject)
         rows.append(_Row(0, e, ids, sub, []))
+    for j, (other, share) in enumerate(leaks):
+        ids, sub = encode_with_subject(tok, other.prompt, other.subject)
+        rows.append(_Row(0, len(kl_prompts) + j, ids, sub, [], keyed=False, scale=float(share)))
     return rows
 
 

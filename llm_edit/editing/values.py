@@ -120,15 +120,18 @@ def optimise_values(model, tok, module_name: str, requests: list[EditRequest], c
                     steps: int, lr: float, kl_factor: float, weight_decay: float,
                     clamp_norm_factor: float, kl_prompts: list[str], nll_stop: float,
                     targets: list[str] | None = None, objective: str = "insert", stop_prob: float = 0.0,
-                    forms: list[list] | None = None, max_rows: int = 96, prefix_cache_bytes: int = 2**28,
-                    progress: bool = False) -> list[ValueResult]:
+                    forms: list[list] | None = None, leaks: list[list] | None = None, leak_kl: float = 0.0,
+                    max_rows: int = 96, prefix_cache_bytes: int = 2**28, progress: bool = False) -> list[ValueResult]:
     """For each request, find δ added to ``module_name``'s output at the last subject token
     (ROME eq. 4; MEMIT eq. 16 optimises the same at its top layer).
 
     Loss per request = objective over its context-prefixed prompts (and ``forms[i]``, the other
     forms request i is asked in, ``core.forms``: a mean over all of them) + kl_factor · KL on its
     essence prompts + weight_decay · ||δ||²/||v_init||²; Adam; after each step ||δ|| is clamped
-    to clamp_norm_factor · ||v_init||. The objective:
+    to clamp_norm_factor · ||v_init||. With ``leaks[i]``, (fact, share) pairs: facts that request i's
+    weight update will also move, by that share of δ_i (``rank_one.leak_fractions``), the loss gains
+    leak_kl · (mean over them of the KL of that fact's next token when the share of δ is added at
+    its subject): δ_i is chosen among the values that also do no harm where they leak. The objective:
 
     * ``insert`` (ROME): the mean per-token NLL of the target (default ``target_new``); a
       request stops once it is below ``nll_stop``;
@@ -163,7 +166,9 @@ def optimise_values(model, tok, module_name: str, requests: list[EditRequest], c
     # large the batch (a batch of 1,000 would otherwise rebuild most prefixes every step or hold
     # gigabytes of cache).
     forms = forms or [[] for _ in requests]
-    rows_of = [_value_rows(tok, r, t, contexts, kl_prompts, f) for r, t, f in zip(requests, targets, forms)]
+    leaks = leaks if leaks and leak_kl > 0 else [[] for _ in requests]
+    rows_of = [_value_rows(tok, r, t, contexts, kl_prompts, f, spill)
+               for r, t, f, spill in zip(requests, targets, forms, leaks)]
     groups = _groups_within(rows_of, _cache_bytes_per_token(model), prefix_cache_bytes)
     results: list[ValueResult] = []
     for group in tqdm(groups, desc=f"value groups of {len(requests)} requests", unit="group",
@@ -172,7 +177,7 @@ def optimise_values(model, tok, module_name: str, requests: list[EditRequest], c
         optimisation = _GroupOptimisation(model, tok, module_name, rows, len(group), n_ctx=len(contexts),
                                           n_ess=len(kl_prompts), objective=objective, max_rows=max_rows,
                                           prefix_cache_bytes=prefix_cache_bytes, progress=progress)
-        results += optimisation.run(steps=steps, lr=lr, kl_factor=kl_factor, weight_decay=weight_decay,
+        results += optimisation.run(steps=steps, lr=lr, kl_factor=kl_factor, leak_kl=leak_kl, weight_decay=weight_decay,
                                     clamp_norm_factor=clamp_norm_factor, nll_stop=nll_stop, stop_prob=stop_prob)
     return results
 
@@ -211,10 +216,12 @@ class _GroupOptimisation:
         self.cache_room = _CacheBudget(prefix_cache_bytes)
         # each rewrite row's term is divided by its request's number of rewrite rows (n_ctx
         # without derived forms), so the objective is a mean over that request's prompts
-        self.n_rewrite = [0] * n
+        self.n_rewrite, self.n_leak = [0] * n, [0] * n
         for row in rows:
             if row.essence < 0:
                 self.n_rewrite[row.request] += 1
+            elif row.essence >= n_ess:
+                self.n_leak[row.request] += 1
         self.deltas: list[torch.Tensor | None] = [None] * n  # None until measured at δ = 0
         self.initial_sum: dict[int, torch.Tensor] = {}  # Σ of v over each request's rewrite rows, at δ = 0
         # Essence rows at δ = 0, kept as final-norm states (d floats), not as next-token log-probs
@@ -222,8 +229,8 @@ class _GroupOptimisation:
         # distribution is recomputed from them, in the same batched head call, whenever needed.
         self.essence_init: dict[tuple[int, int], torch.Tensor] = {}
 
-    def run(self, *, steps: int, lr: float, kl_factor: float, weight_decay: float, clamp_norm_factor: float,
-            nll_stop: float, stop_prob: float) -> list[ValueResult]:
+    def run(self, *, steps: int, lr: float, kl_factor: float, leak_kl: float, weight_decay: float,
+            clamp_norm_factor: float, nll_stop: float, stop_prob: float) -> list[ValueResult]:
         n = self.n
         before, after = [0.0] * n, [0.0] * n
         taken, done = [0] * n, [False] * n
@@ -243,7 +250,7 @@ class _GroupOptimisation:
                 if not active:
                     break
                 opt.zero_grad(set_to_none=True)
-                values, probs = self._backward_losses(active, kl_factor)
+                values, probs = self._backward_losses(active, kl_factor, leak_kl)
                 stepped = []
                 for i in sorted(active):
                     if (values[i] < nll_stop) if self.objective == "insert" else (probs[i] < stop_prob):
@@ -279,13 +286,14 @@ class _GroupOptimisation:
                 _tally(chunk_pass, values, probs)
         return values, probs
 
-    def _backward_losses(self, active: set[int], kl_factor: float) -> tuple[dict[int, float], dict[int, float]]:
+    def _backward_losses(self, active: set[int], kl_factor: float, leak_kl: float
+                         ) -> tuple[dict[int, float], dict[int, float]]:
         """Accumulate the gradient of every active request's loss, chunk by chunk; returns what
         ``measure`` returns, at the δ before this step."""
         values, probs = {i: 0.0 for i in active}, {i: 0.0 for i in active}
         for chunk_pass in self._passes(active):
             _tally(chunk_pass, values, probs)
-            loss = torch.stack([term * (1.0 if row.essence < 0 else kl_factor)
+            loss = torch.stack([term * (1.0 if row.essence < 0 else kl_factor if row.essence < self.n_ess else leak_kl)
                                 for row, term in zip(chunk_pass.rows, chunk_pass.terms)]).sum()
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"value optimisation diverged (loss={loss.item()})")
@@ -334,7 +342,8 @@ class _GroupOptimisation:
                     self.initial_sum[row.request] = self.initial_sum.get(row.request, 0) + at_subject[b]
             return output
         hidden = hidden.clone()
-        hidden[:, 0] += torch.stack([self.deltas[row.request] for row in rows]).to(hidden.dtype)
+        hidden[:, 0] += torch.stack([self.deltas[row.request] if row.scale == 1.0 else self.deltas[row.request] * row.scale
+                                     for row in rows]).to(hidden.dtype)
         return (hidden,) + tuple(output[1:]) if isinstance(output, tuple) else hidden
 
     def _rewrite_terms(self, rows: list[_Row], final: torch.Tensor, labels: torch.Tensor):
@@ -354,18 +363,24 @@ class _GroupOptimisation:
         return terms, target_logprobs
 
     def _essence_terms(self, rows: list[_Row], final: torch.Tensor):
-        """(row, KL share) for the essence rows: KL of the next token to its distribution at δ = 0."""
+        """(row, KL share) for the essence and leak rows: KL of the next token to its distribution
+        at δ = 0, divided by the request's number of such rows of its kind. An essence prompt's
+        is read at the subject's last token, as ROME's code does; a leak row's after the prompt,
+        where the other fact's object is said."""
         ess = [b for b, row in enumerate(rows) if row.essence >= 0]
         if not ess:
             return []
-        states = final[torch.tensor(ess, device=self.device), 0]
+        at = [0 if rows[b].essence < self.n_ess else len(rows[b].ids) - 1 - rows[b].split for b in ess]
+        states = final[torch.tensor(ess, device=self.device), torch.tensor(at, device=self.device)]
         keys = [(rows[b].request, rows[b].essence) for b in ess]
         for key, state in zip(keys, states):
             self.essence_init.setdefault(key, state.detach())
         both = torch.log_softmax(self.lm_head(torch.cat([states, torch.stack([self.essence_init[k] for k in keys])]))
                                  .float(), dim=-1)
         ess_logp, init_logp = both[:len(ess)], both[len(ess):].detach()
-        return [(b, kl_to_initial(own[None], init[None]) / self.n_ess) for b, own, init in zip(ess, ess_logp, init_logp)]
+        return [(b, kl_to_initial(own[None], init[None]) / (self.n_ess if rows[b].essence < self.n_ess
+                                                              else self.n_leak[rows[b].request]))
+                for b, own, init in zip(ess, ess_logp, init_logp)]
 
 
 def _tally(chunk_pass: _Pass, values: dict[int, float], probs: dict[int, float]) -> None:

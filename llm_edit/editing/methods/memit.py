@@ -20,7 +20,9 @@ Deviations: z_i, h_i and the keys are all averaged over the same context-prefixe
 (MEMIT's code takes h_i and z_i from the bare prompt but the keys from the prefixed ones);
 ``bare_key_weight`` weights the bare prompt's key as in ``rome.py``. Facts given to keep
 (``memory.preserve``: an erasure's protected neighbours) add their keys, weighted
-``preserve_weight``, to the old keys of eq. 14 (``rank_one.batch_update``).
+``preserve_weight``, to the old keys of eq. 14 (``rank_one.batch_update``); with ``leak_kl`` their
+prompts also enter the value loss, each receiving the share of δ the update will leak to it
+(``rank_one.leak_fractions``), so that δ is chosen to do no harm there (an addition of ours).
 """
 from __future__ import annotations
 
@@ -32,7 +34,7 @@ import torch
 from ...core.arch import arch_of
 from ..contract import Memory, Prepared
 from ..keys import check_layer_range, context_templates, mean_subject_keys, resolve_layers, spread_over_layers
-from ..rank_one import batch_update
+from ..rank_one import batch_update, leak_fractions
 from ..stats import second_moment
 from ..values import ValueOptions, check_value_options, optimise_with
 from .erase import EraseOptions, value_objective
@@ -52,13 +54,16 @@ class MEMITConfig(ValueOptions):
     # μ: weight of each preserved fact's key (edit(preserve=...), an erasure's protect_neighbours)
     # against one edited key's 1 and the old keys' λC (rank_one.batch_update)
     preserve_weight: float = 10.0
+    # weight of the KL on preserved facts' prompts with the share of δ the update leaks to them
+    # (``leak_fractions``): each value is chosen to do no harm where it leaks; 0: off
+    leak_kl: float = 0.0
 
     def validate(self) -> None:
         check_layer_range(self)
         if self.mom2_update_weight <= 0:
             raise ValueError("mom2_update_weight > 0 is required")
-        if self.preserve_weight < 0:
-            raise ValueError("preserve_weight must be >= 0")
+        if self.preserve_weight < 0 or self.leak_kl < 0:
+            raise ValueError("preserve_weight >= 0 and leak_kl >= 0 are required")
         check_value_options(self)
 
 
@@ -93,7 +98,9 @@ def compute(model, tok, requests, config: MEMITConfig, prepared: Prepared, memor
     top = spec.layer(layers[-1])
     t0 = time.perf_counter()
     objective = value_objective(config, requests, tok)
-    values = optimise_with(config, model, tok, top, requests, contexts, progress=len(requests) > 1, **objective)
+    leaks = _leaks(model, tok, requests, memory.preserve, prepared, config) if config.leak_kl > 0 else None
+    values = optimise_with(config, model, tok, top, requests, contexts, progress=len(requests) > 1, leaks=leaks,
+                           leak_kl=config.leak_kl, **objective)
     targets = torch.stack([v.initial + v.delta for v in values])
     t1 = time.perf_counter()
 
@@ -110,5 +117,28 @@ def compute(model, tok, requests, config: MEMITConfig, prepared: Prepared, memor
     t2 = time.perf_counter()
     info = [{"objective": objective["objective"], "loss_before": v.nll_before,
              "loss_after_optimisation": v.nll_after, "steps": v.steps, "delta_norm": float(v.delta.norm()),
-             "value_seconds_batch": round(t1 - t0, 3), "solve_seconds_batch": round(t2 - t1, 3)} for v in values]
+             "value_seconds_batch": round(t1 - t0, 3), "solve_seconds_batch": round(t2 - t1, 3),
+             **({"leaks": [[other.subject, round(share, 4)] for other, share in leaks[i]]} if leaks else {})}
+            for i, v in enumerate(values)]
     return factors, info
+
+
+def _leaks(model, tok, requests, preserve, prepared: Prepared, config: MEMITConfig):
+    """For each request, the preserved facts its edit will move most (``rank_one.leak_fractions``,
+    averaged over the edited layers, keys of the model as it is before the batch) with their
+    shares: as many per request as the batch preserves per request. None without preserved facts."""
+    if not preserve:
+        return None
+    spec = arch_of(model)
+    shares = 0
+    for layer in prepared.layers:
+        name = spec.mlp_out.format(layer)
+        keys = mean_subject_keys(model, tok, name, requests, prepared.contexts, config.bare_key_weight)
+        others = mean_subject_keys(model, tok, name, preserve, prepared.contexts, config.bare_key_weight)
+        cov = prepared.covariances[layer]
+        shares = shares + leak_fractions(keys, others, cov.to(keys.device) if cov is not None else None,
+                                         config.mom2_update_weight)
+    shares = shares / len(prepared.layers)
+    per = min(len(preserve), max(1, round(len(preserve) / len(requests))))
+    return [[(preserve[j], float(shares[i, j])) for j in shares[i].abs().topk(per).indices.tolist()]
+            for i in range(len(requests))]
