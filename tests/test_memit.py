@@ -72,11 +72,11 @@ def test_leak_kl_chooses_another_value_and_records_where_it_leaks(tiny):
     model, tok = tiny("llama")
     kept = [{"prompt": "{} is in", "subject": "Louvre", "target_true": "Paris"},
             {"prompt": "{} was written by", "subject": "Macbeth", "target_true": "Shakespeare"}]
-    result = llm_edit.edit(model, tok, REQUESTS, "memit", layers=[1, 2], preserve=kept, leak_kl=1.0,
+    result = llm_edit.edit(model, tok, REQUESTS, "memit", layers=[1, 2], preserve=kept, leak_kl=1.0, leak_facts=1,
                            progress=False)
     leaks = [info["leaks"] for info in result.manifest["per_request"]]
     result.revert()
-    assert all(len(per) == 1 and per[0][0] in ("Louvre", "Macbeth") for per in leaks)  # 2 kept, 3 edited: 1 each
+    assert all(len(per) == 1 and per[0][0] in ("Louvre", "Macbeth") for per in leaks)
 
     requests = [parse_request(REQUESTS[0], "t")]
     other = parse_preserved(kept[0], "t")

@@ -57,13 +57,14 @@ class MEMITConfig(ValueOptions):
     # weight of the KL on preserved facts' prompts with the share of δ the update leaks to them
     # (``leak_fractions``): each value is chosen to do no harm where it leaks; 0: off
     leak_kl: float = 0.0
+    leak_facts: int = 3  # with leak_kl: the preserved facts per request it leaks to most whose prompts enter
 
     def validate(self) -> None:
         check_layer_range(self)
         if self.mom2_update_weight <= 0:
             raise ValueError("mom2_update_weight > 0 is required")
-        if self.preserve_weight < 0 or self.leak_kl < 0:
-            raise ValueError("preserve_weight >= 0 and leak_kl >= 0 are required")
+        if self.preserve_weight < 0 or self.leak_kl < 0 or self.leak_facts < 1:
+            raise ValueError("preserve_weight >= 0, leak_kl >= 0 and leak_facts >= 1 are required")
         check_value_options(self)
 
 
@@ -126,7 +127,8 @@ def compute(model, tok, requests, config: MEMITConfig, prepared: Prepared, memor
 def _leaks(model, tok, requests, preserve, prepared: Prepared, config: MEMITConfig):
     """For each request, the preserved facts its edit will move most (``rank_one.leak_fractions``,
     averaged over the edited layers, keys of the model as it is before the batch) with their
-    shares: as many per request as the batch preserves per request. None without preserved facts."""
+    shares: ``leak_facts`` of them per request (a forget set's protected facts all come with every
+    batch, most of them close to other batches' facts). None without preserved facts."""
     if not preserve:
         return None
     spec = arch_of(model)
@@ -139,6 +141,6 @@ def _leaks(model, tok, requests, preserve, prepared: Prepared, config: MEMITConf
         shares = shares + leak_fractions(keys, others, cov.to(keys.device) if cov is not None else None,
                                          config.mom2_update_weight)
     shares = shares / len(prepared.layers)
-    per = min(len(preserve), max(1, round(len(preserve) / len(requests))))
+    per = min(len(preserve), config.leak_facts)
     return [[(preserve[j], float(shares[i, j])) for j in shares[i].abs().topk(per).indices.tolist()]
             for i in range(len(requests))]
