@@ -74,7 +74,7 @@ def test_leak_kl_chooses_another_value_and_records_where_it_leaks(tiny):
             {"prompt": "{} was written by", "subject": "Macbeth", "target_true": "Shakespeare"}]
     result = llm_edit.edit(model, tok, REQUESTS, "memit", layers=[1, 2], preserve=kept, leak_kl=1.0, leak_facts=1,
                            progress=False)
-    leaks = [info["leaks"] for info in result.manifest["per_request"]]
+    leaks = [info["leak_shares"] for info in result.manifest["per_request"]]
     result.revert()
     assert all(len(per) == 1 and per[0][0] in ("Louvre", "Macbeth") for per in leaks)
 

@@ -119,7 +119,7 @@ def compute(model, tok, requests, config: MEMITConfig, prepared: Prepared, memor
     info = [{"objective": objective["objective"], "loss_before": v.nll_before,
              "loss_after_optimisation": v.nll_after, "steps": v.steps, "delta_norm": float(v.delta.norm()),
              "value_seconds_batch": round(t1 - t0, 3), "solve_seconds_batch": round(t2 - t1, 3),
-             **({"leaks": [[other.subject, round(share, 4)] for other, share in leaks[i]]} if leaks else {})}
+             **({"leak_shares": [[other.subject, round(share, 4)] for other, share in leaks[i]]} if leaks else {})}
             for i, v in enumerate(values)]
     return factors, info
 
