@@ -15,6 +15,9 @@ Without ``--method`` and ``--set`` it runs ``llm-edit forget``'s defaults (throu
   relation, never trained on (drawn from the evaluation half of the known facts); answered =
   the object anywhere in a 16-token greedy continuation;
 * unrelated (``--unrelated``): the same criterion;
+* subject facts (``--subject-facts``, optional): other facts about the forgotten subjects (another
+  relation, another object: Sukarno's country when his religion is forgotten); the same
+  criterion. A forgetting that erases who the subject is, not the one fact, loses them;
 * perplexity on ``llm_edit/data/generic_text.txt``;
 * ``--attacks``: the full audit (relearning, Q8_0/Q4_0 quantization, membership, utility guard).
 
@@ -51,10 +54,24 @@ def answered(model, tok, items) -> list[dict]:
             for x, t in zip(items, texts)]
 
 
-def measure(model, tok, forget_items, neighbours, unrelated, config) -> dict:
+def measure(model, tok, forget_items, neighbours, unrelated, config, subject_facts=()) -> dict:
     probes = run_probes(model, tok, forget_items, unrelated[:config.icl_examples], Formatting(), config)
     return {"probes": probes, "neighbours": answered(model, tok, neighbours),
-            "unrelated": answered(model, tok, unrelated), "perplexity": generic_perplexity(model, tok)}
+            "unrelated": answered(model, tok, unrelated), "perplexity": generic_perplexity(model, tok),
+            **({"subject_facts": answered(model, tok, subject_facts)} if subject_facts else {})}
+
+
+def check_subject_facts(path: str, facts, forget_items) -> None:
+    """Each subject fact must be about a forgotten subject and say something else than the forgotten object."""
+    forgotten = {}
+    for x in forget_items:
+        forgotten.setdefault(x.extra.get("subject", "").lower(), set()).add(x.answer.lower())
+    for line, x in enumerate(facts, 1):
+        subject = x.extra.get("subject", "").lower()
+        if subject not in forgotten:
+            sys.exit(f"{path}:{line}: subject {x.extra.get('subject')!r} is not a forgotten subject")
+        if x.answer.lower() in forgotten[subject]:
+            sys.exit(f"{path}:{line}: target {x.answer!r} is the forgotten object itself")
 
 
 def share(rows: list[dict]) -> float:
@@ -88,6 +105,7 @@ def main() -> None:
     ap.add_argument("--facts", help="the forget file (not needed with --rescore)")
     ap.add_argument("--neighbours", required=True)
     ap.add_argument("--unrelated", required=True)
+    ap.add_argument("--subject-facts", help="other facts about the forgotten subjects (optional; see above)")
     ap.add_argument("--retain", help="a retain file (default: none, as llm-edit forget without --retain)")
     ap.add_argument("--method", help="default: llm-edit forget's default")
     ap.add_argument("--set", dest="sets", action="append", default=[])
@@ -104,16 +122,18 @@ def main() -> None:
     if not args.out or not args.facts:
         ap.error("--facts and --out are required (unless --rescore)")
     forget_items, neighbours, unrelated = read_items(args.facts), read_items(args.neighbours), read_items(args.unrelated)
+    subject_facts = read_items(args.subject_facts) if args.subject_facts else []
+    check_subject_facts(args.subject_facts, subject_facts, forget_items)
     config = AuditConfig()
     original, tok = load_model(args.model)
     model, _ = load_model(args.model)
-    before = measure(original, tok, forget_items, neighbours, unrelated, config)
+    before = measure(original, tok, forget_items, neighbours, unrelated, config, subject_facts)
     kwargs = {"method": args.method} if args.method else {}
     t0 = time.perf_counter()
     result = forget(model, tok, forget_items, args.retain, sets=args.sets, **kwargs)
     seconds = time.perf_counter() - t0
     unlearned = result.merge()
-    after = measure(unlearned, tok, forget_items, neighbours, unrelated, config)
+    after = measure(unlearned, tok, forget_items, neighbours, unrelated, config, subject_facts)
     trained = trained_subjects(result.manifest)
     judged = {x.extra.get("subject", "").lower() for x in neighbours + unrelated} | {x.prompt.lower() for x in
                                                                                    neighbours + unrelated}
@@ -132,13 +152,18 @@ def main() -> None:
         "protective_retain": len(result.manifest.get("protective_retain", [])),
         "leaks": sorted(trained & judged),
     }
+    if subject_facts:
+        s_kept, s_known = kept(before["subject_facts"], after["subject_facts"])
+        summary["subject_facts_kept"] = s_kept / s_known if s_known else None
+        summary["subject_facts_known_before"] = s_known
     if summary["leaks"]:
         for name, items in (("neighbours", neighbours), ("unrelated", unrelated)):
             k, n = kept_untrained(before[name], after[name], items, trained)
             summary[f"{name}_kept_untrained"], summary[f"{name}_untrained_known_before"] = (k / n if n else None), n
     report = {"command": " ".join(sys.argv), "summary": summary, "before": before, "after": after,
               "data_sha256": {name: items_sha256(items) for name, items in
-                              (("facts", forget_items), ("neighbours", neighbours), ("unrelated", unrelated))},
+                              (("facts", forget_items), ("neighbours", neighbours), ("unrelated", unrelated),
+                               ("subject_facts", subject_facts)) if items},
               "manifest": {k: v for k, v in result.manifest.items() if k != "log"}}
     with atomic_directory(Path(args.out), overwrite=True) as out:
         if args.attacks:

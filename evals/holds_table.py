@@ -39,13 +39,15 @@ def main() -> None:
     args = ap.parse_args()
     reports = [(Path(r), json.loads((Path(r) / "holds.json").read_text())) for r in args.runs]
     probes = list(reports[0][1]["summary"]["probes"])
-    head = (["run", "configuration"] + probes + ["forgotten probes", "neighbours kept", "unrelated kept", "perplexity",
-                                          "seconds"])
+    subject = any("subject_facts_kept" in r["summary"] for _, r in reports)  # a column only where measured
+    head = (["run", "configuration"] + probes + ["forgotten probes", "neighbours kept", "unrelated kept"]
+            + ["subject facts kept"] * subject + ["perplexity", "seconds"])
     lines = [f"# {args.title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     first = reports[0][1]["summary"]
     lines.append("| | original | " + " | ".join(f"{first['probes'][p]['original']:.2f}" for p in probes)
                  + f" | | {first['neighbours_known_before']} known | {first['unrelated_known_before']} known | "
-                 f"{first['perplexity_before']:.2f} | |")
+                 + (f"{first.get('subject_facts_known_before', '–')} known | " if subject else "")
+                 + f"{first['perplexity_before']:.2f} | |")
     for path, report in reports:
         s = report["summary"]
         name = f"{path.name} | {s['method']}" + (" " + " ".join(s["sets"]) if s["sets"] else "")
@@ -57,7 +59,10 @@ def main() -> None:
         judged = [v for v in s["probes"].values() if v["verdict"] != "n/a"]
         forgotten = sum(v["verdict"] == "forgotten" for v in judged)
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {forgotten} of {len(judged)} | "
-                     f"{kept(s, 'neighbours')} | {kept(s, 'unrelated')} | {s['perplexity_rise']:+.1%} | "
+                     f"{kept(s, 'neighbours')} | {kept(s, 'unrelated')} | "
+                     + (f"{s['subject_facts_kept']:.3f} | " if s.get("subject_facts_kept") is not None
+                        else "– | " if subject else "")
+                     + f"{s['perplexity_rise']:+.1%} | "
                      f"{s['forget_seconds']} |")
     lines += ["", "Cells: the share of forget items whose object appears in the unlearned model's greedy answer "
               "(48 tokens; F/P/N: the audit's verdict against the original: recovery ≤ 0.25 / ≤ 0.6 / above). "

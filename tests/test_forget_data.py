@@ -124,6 +124,25 @@ def test_forget_holds_counts_untrained_neighbours_apart():
     assert holds.kept_untrained(before, after, items, holds.trained_subjects(manifest)) == (1, 1)
 
 
+def test_forget_holds_refuses_subject_facts_that_are_not_about_a_forgotten_subject_or_repeat_its_object():
+    """evals/forget_holds.py --subject-facts: other facts about the forgotten subjects only, never
+    the forgotten fact itself; the file and line are named."""
+    from conftest import eval_script
+
+    from llm_edit.unlearning.items import ForgetItem
+
+    holds = eval_script("forget_holds")
+    forgotten = [ForgetItem("fact", "Sukarno follows the religion of", "Islam", (), {"subject": "Sukarno"})]
+    fine = ForgetItem("fact", "Sukarno was the first president of", "Indonesia", (), {"subject": "Sukarno"})
+    holds.check_subject_facts("s.jsonl", [fine], forgotten)
+    other = ForgetItem("fact", "Hatta was the vice-president of", "Indonesia", (), {"subject": "Hatta"})
+    with pytest.raises(SystemExit, match="s.jsonl:2: subject 'Hatta' is not a forgotten subject"):
+        holds.check_subject_facts("s.jsonl", [fine, other], forgotten)
+    same = ForgetItem("fact", "Sukarno's religion was", "islam", (), {"subject": "Sukarno"})
+    with pytest.raises(SystemExit, match="s.jsonl:1: target 'islam' is the forgotten object"):
+        holds.check_subject_facts("s.jsonl", [same], forgotten)
+
+
 def test_holds_table_shows_the_untrained_figure_beside_the_overall_one():
     """evals/holds_table.py: a run that protected some judged facts shows the share over the
     others in brackets; a run with leaks and no such figure is flagged."""
