@@ -39,14 +39,16 @@ def main() -> None:
     args = ap.parse_args()
     reports = [(Path(r), json.loads((Path(r) / "holds.json").read_text())) for r in args.runs]
     probes = list(reports[0][1]["summary"]["probes"])
-    subject = any("subject_facts_kept" in r["summary"] for _, r in reports)  # a column only where measured
+    subject_known = next((r["summary"]["subject_facts_known_before"] for _, r in reports
+                          if "subject_facts_known_before" in r["summary"]), None)
+    subject = subject_known is not None  # a column only where measured
     head = (["run", "configuration"] + probes + ["forgotten probes", "neighbours kept", "unrelated kept"]
             + ["subject facts kept"] * subject + ["perplexity", "seconds"])
     lines = [f"# {args.title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     first = reports[0][1]["summary"]
     lines.append("| | original | " + " | ".join(f"{first['probes'][p]['original']:.2f}" for p in probes)
                  + f" | | {first['neighbours_known_before']} known | {first['unrelated_known_before']} known | "
-                 + (f"{first.get('subject_facts_known_before', '–')} known | " if subject else "")
+                 + (f"{subject_known} known | " if subject else "")
                  + f"{first['perplexity_before']:.2f} | |")
     for path, report in reports:
         s = report["summary"]

@@ -167,8 +167,8 @@ def optimise_values(model, tok, module_name: str, requests: list[EditRequest], c
     # gigabytes of cache).
     forms = forms or [[] for _ in requests]
     leaks = leaks if leaks and leak_kl > 0 else [[] for _ in requests]
-    rows_of = [_value_rows(tok, r, t, contexts, kl_prompts, f, spill)
-               for r, t, f, spill in zip(requests, targets, forms, leaks)]
+    rows_of = [_value_rows(tok, r, t, contexts, kl_prompts, f, leak)
+               for r, t, f, leak in zip(requests, targets, forms, leaks)]
     groups = _groups_within(rows_of, _cache_bytes_per_token(model), prefix_cache_bytes)
     results: list[ValueResult] = []
     for group in tqdm(groups, desc=f"value groups of {len(requests)} requests", unit="group",
@@ -293,8 +293,9 @@ class _GroupOptimisation:
         values, probs = {i: 0.0 for i in active}, {i: 0.0 for i in active}
         for chunk_pass in self._passes(active):
             _tally(chunk_pass, values, probs)
-            loss = torch.stack([term * (1.0 if row.essence < 0 else kl_factor if row.essence < self.n_ess else leak_kl)
-                                for row, term in zip(chunk_pass.rows, chunk_pass.terms)]).sum()
+            weights = [1.0 if row.essence < 0 else kl_factor if row.essence < self.n_ess else leak_kl
+                       for row in chunk_pass.rows]
+            loss = torch.stack([term * w for w, term in zip(weights, chunk_pass.terms)]).sum()
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"value optimisation diverged (loss={loss.item()})")
             loss.backward()
@@ -342,8 +343,8 @@ class _GroupOptimisation:
                     self.initial_sum[row.request] = self.initial_sum.get(row.request, 0) + at_subject[b]
             return output
         hidden = hidden.clone()
-        hidden[:, 0] += torch.stack([self.deltas[row.request] if row.scale == 1.0 else self.deltas[row.request] * row.scale
-                                     for row in rows]).to(hidden.dtype)
+        shifts = [self.deltas[r.request] * r.scale if r.scale != 1.0 else self.deltas[r.request] for r in rows]
+        hidden[:, 0] += torch.stack(shifts).to(hidden.dtype)
         return (hidden,) + tuple(output[1:]) if isinstance(output, tuple) else hidden
 
     def _rewrite_terms(self, rows: list[_Row], final: torch.Tensor, labels: torch.Tensor):
