@@ -62,16 +62,17 @@ def measure(model, tok, forget_items, neighbours, unrelated, config, subject_fac
 
 
 def check_subject_facts(path: str, facts, forget_items) -> None:
-    """Each subject fact must be about a forgotten subject and say something else than the forgotten object."""
+    """Each subject fact must be about a forgotten subject and say something else than the forgotten
+    object; raises ``ValueError`` naming the file and line."""
     forgotten = {}
     for x in forget_items:
         forgotten.setdefault(x.extra.get("subject", "").lower(), set()).add(x.answer.lower())
     for line, x in enumerate(facts, 1):
         subject = x.extra.get("subject", "").lower()
         if subject not in forgotten:
-            sys.exit(f"{path}:{line}: subject {x.extra.get('subject')!r} is not a forgotten subject")
+            raise ValueError(f"{path}:{line}: subject {x.extra.get('subject')!r} is not a forgotten subject")
         if x.answer.lower() in forgotten[subject]:
-            sys.exit(f"{path}:{line}: target {x.answer!r} is the forgotten object itself")
+            raise ValueError(f"{path}:{line}: target {x.answer!r} is the forgotten object itself")
 
 
 def share(rows: list[dict]) -> float:
@@ -123,7 +124,10 @@ def main() -> None:
         ap.error("--facts and --out are required (unless --rescore)")
     forget_items, neighbours, unrelated = read_items(args.facts), read_items(args.neighbours), read_items(args.unrelated)
     subject_facts = read_items(args.subject_facts) if args.subject_facts else []
-    check_subject_facts(args.subject_facts, subject_facts, forget_items)
+    try:  # before any model loads: exit status 2, nothing written
+        check_subject_facts(args.subject_facts, subject_facts, forget_items)
+    except ValueError as e:
+        ap.error(str(e))
     config = AuditConfig()
     original, tok = load_model(args.model)
     model, _ = load_model(args.model)

@@ -136,10 +136,10 @@ def test_forget_holds_refuses_subject_facts_that_are_not_about_a_forgotten_subje
     fine = ForgetItem("fact", "Sukarno was the first president of", "Indonesia", (), {"subject": "Sukarno"})
     holds.check_subject_facts("s.jsonl", [fine], forgotten)
     other = ForgetItem("fact", "Hatta was the vice-president of", "Indonesia", (), {"subject": "Hatta"})
-    with pytest.raises(SystemExit, match="s.jsonl:2: subject 'Hatta' is not a forgotten subject"):
+    with pytest.raises(ValueError, match="s.jsonl:2: subject 'Hatta' is not a forgotten subject"):
         holds.check_subject_facts("s.jsonl", [fine, other], forgotten)
     same = ForgetItem("fact", "Sukarno's religion was", "islam", (), {"subject": "Sukarno"})
-    with pytest.raises(SystemExit, match="s.jsonl:1: target 'islam' is the forgotten object"):
+    with pytest.raises(ValueError, match="s.jsonl:1: target 'islam' is the forgotten object"):
         holds.check_subject_facts("s.jsonl", [same], forgotten)
 
 
