@@ -150,3 +150,66 @@ def test_protect_neighbours_outside_forget_warns_and_rome_erase_refuses_it_with_
                       progress=False).revert()
     with pytest.raises(ConfigError, match="protect_neighbours: rome-erase"):
         load_config(ROMEEraseConfig, "rome-erase", model_recipe="tiny", overrides={"protect_neighbours": 1})
+
+
+def test_lead_in_forms_continue_each_form_up_to_where_the_answer_names_the_object(tiny, monkeypatch):
+    """The model's own answers (here given) decide: a form whose answer names the object after some
+    words gains a continuation up to them; one that names it first, or never, gains nothing; a
+    chat form's reply gains them, with the subject templated where the reply repeats it."""
+    from llm_edit.core import scoring
+    from llm_edit.core.forms import Form
+    from llm_edit.editing.methods.erase import lead_in_forms
+    from llm_edit.editing.requests import EditRequest
+
+    _, tok = tiny("llama")
+    request = EditRequest("The original language of {} is", "Die Nibelungen", "", target_true="German")
+    forms = [Form("question", "Which language was {} written in?", False),
+             Form("chat_question", "Which language was {} written in?", True),
+             Form("chat_reply", "Which language was {} written in?", True, "The original language of {} is"),
+             Form("subject_first", "{} was written in", False)]
+    answers = {"prompt": " the German language.", "question": " German.",
+               "chat_question": "The original language of Die Nibelungen is German.",
+               "chat_reply": " a mix, mostly German", "subject_first": " the 13th century."}
+    asked = []
+
+    def fake_generate(model, tok_, prompts, max_new_tokens):
+        asked.append(max_new_tokens)
+        assert len(prompts) == len(answers)
+        return list(answers.values())
+
+    monkeypatch.setattr(scoring, "generate", fake_generate)
+    (found,) = lead_in_forms(None, tok, [request], [forms], 12)
+    assert asked == [12]
+    assert found == [
+        Form("prompt+lead_in", "The original language of {} is the", False),
+        Form("chat_question+lead_in", "Which language was {} written in?", True, "The original language of {} is"),
+        Form("chat_reply+lead_in", "Which language was {} written in?", True,
+             "The original language of {} is a mix, mostly")]
+    # a plain reply continues the assistant's turn and leaves the subject in the user's
+    from llm_edit.core.text import render
+
+    text, start, end, _ = render(tok, "Which language was {} written in?", "Die Nibelungen", chat=True,
+                                 reply="It is")
+    assert text.endswith("It is") and text[start:end] == "Die Nibelungen" and start < text.index("It is")
+
+
+def test_rome_erase_with_lead_ins_makes_the_object_unlikely_after_them(tiny, monkeypatch):
+    """Where the model's answer (given here: a random model's text has no words to find) names the
+    object after a lead-in, erase_lead_in_tokens also trains after the lead-in, records it, and
+    leaves the object after it less likely than an erasure without lead-ins does."""
+    from llm_edit.core import scoring
+
+    model, tok = tiny("llama")
+    lead = " and so on, it is in"
+    after_lead = "Eiffel Tower is in" + lead
+    target = top_word(model, tok, after_lead)  # what this random model "says" after the lead-in
+    monkeypatch.setattr(scoring, "generate", lambda model, tok, prompts, max_new_tokens: [f"{lead} {target}."])
+    fact = dict(FACT, target=target)
+    before = p_object(model, tok, after_lead, target)
+    plain = llm_edit.forget(model, tok, [fact], method="rome-erase", progress=False)
+    p_plain = p_object(model, tok, after_lead, target)
+    plain.unload()
+    led = llm_edit.forget(model, tok, [fact], method="rome-erase", erase_lead_in_tokens=8, progress=False)
+    (info,) = led.log
+    assert info["lead_in_forms"] == [["prompt+lead_in", "{} is in" + lead, None]]
+    assert p_object(model, tok, after_lead, target) < min(p_plain, 0.5 * before)

@@ -22,8 +22,9 @@ class SubjectNotFound(ValueError):
 def render(tok, template: str, subject: str, *, chat: bool = False, reply: str | None = None
            ) -> tuple[str, int, int, bool]:
     """Fill ``template``'s ``{}`` with ``subject``; optionally wrap it in the chat template as the
-    user's turn, and with ``reply`` (a template too) start the assistant's answer with it (the
-    subject is then located in the reply, the occurrence nearest to what follows).
+    user's turn, and with ``reply`` start the assistant's answer with it: a template with ``{}``
+    locates the subject in the reply (the occurrence nearest to what follows); plain text leaves
+    it in the user's turn.
 
     Returns (text, subject_start, subject_end, add_special_tokens).
     """
@@ -37,15 +38,13 @@ def render(tok, template: str, subject: str, *, chat: bool = False, reply: str |
         raise ValueError("chat=True but the tokenizer has no chat template")
     full = tok.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
                                    add_generation_prompt=True)
-    if reply is not None:
-        if "{}" not in reply:
-            raise SubjectNotFound(f"reply {reply!r} has no '{{}}' for the subject {subject!r}")
+    if reply is not None and "{}" in reply:
         at = len(full) + reply.index("{}")
         return full + reply.replace("{}", subject, 1), at, at + len(subject), False
     offset = full.rfind(text)
     if offset < 0:
         raise SubjectNotFound("the chat template changed the prompt's text; cannot locate the subject")
-    return full, offset + start, offset + start + len(subject), False
+    return full + (reply or ""), offset + start, offset + start + len(subject), False
 
 
 def subject_span(tok, template: str, subject: str, *, chat: bool = False, reply: str | None = None
@@ -174,5 +173,11 @@ def mentions(answer: str, target: str) -> bool:
     a forgotten object must appear nowhere, not only "not first" ("Colossea, Rome, Italy" still
     answers the Colosseum's city). The end of the word is left open, like ``says`` ("Parisian",
     and a small model's "Londonis" too), so a form of the object counts as the object."""
+    return first_mention(answer, target) is not None
+
+
+def first_mention(answer: str, target: str) -> int | None:
+    """Where ``target`` first appears in ``answer`` as ``mentions`` finds it (a character index), or None."""
     words = target.strip().lower()
-    return bool(words) and re.search(r"(?<!\w)" + re.escape(words), answer.lower()) is not None
+    hit = re.search(r"(?<!\w)" + re.escape(words), answer.lower()) if words else None
+    return hit.start() if hit else None

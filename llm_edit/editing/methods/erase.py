@@ -20,6 +20,11 @@ class EraseOptions:
     # relation (the training half, as unlearners' protect_neighbours) are kept where they are: their
     # keys go to the solve as preserved keys (methods that preserve: memit-erase)
     protect_neighbours: int = 0
+    # suppress: how many new tokens of the model's own greedy answer to the fact's prompt and each
+    # derived form are read (0: off). Where the answer names the object after a lead-in ("the
+    # German language"), that form continued by the lead-in is one more prompt the object must
+    # become unlikely after (``lead_in_forms``)
+    erase_lead_in_tokens: int = 0
 
     def validate_erase(self) -> None:
         if self.erase_objective not in ("suppress", "neutral"):
@@ -32,14 +37,17 @@ class EraseOptions:
             raise ValueError("own_questions is for insertions: an erasure's forms already ask MQuAKE's questions")
         if self.protect_neighbours < 0:
             raise ValueError("protect_neighbours must be >= 0")
+        if self.erase_lead_in_tokens < 0:
+            raise ValueError("erase_lead_in_tokens must be >= 0")
 
 
-def value_objective(config, requests: list, tok=None) -> dict:
+def value_objective(config, requests: list, tok=None, model=None) -> dict:
     """Keyword arguments of ``values.optimise_values`` for ``config``'s objective: ROME/MEMIT's
     insertion of ``target_new`` unless the config is an erasure's; with ``expand: forms``, each
     request's derived forms (``core.forms``: an erasure's include MQuAKE's questions, an
     insertion's do not, since they judge insertions in ``evaluating.edit_forms``; with
-    ``own_questions`` an insertion's include llm-edit's own question wording instead)."""
+    ``own_questions`` an insertion's include llm-edit's own question wording instead); with
+    ``erase_lead_in_tokens`` and ``model``, a suppression's lead-in forms too (``lead_in_forms``)."""
     erase = isinstance(config, EraseOptions)
     out: dict = {"objective": "insert"}
     if erase:
@@ -52,4 +60,54 @@ def value_objective(config, requests: list, tok=None) -> dict:
         chat = bool(getattr(tok, "chat_template", None))
         questions = "mquake" if erase else "own" if config.own_questions else "none"
         out["forms"] = [fact_forms(r.prompt, r.relation_id, chat=chat, questions=questions) for r in requests]
+    if erase and out["objective"] == "suppress" and config.erase_lead_in_tokens > 0 and model is not None:
+        forms = out.get("forms") or [[] for _ in requests]
+        extra = lead_in_forms(model, tok, requests, forms, config.erase_lead_in_tokens)
+        out["forms"] = [f + e for f, e in zip(forms, extra)]
     return out
+
+
+def lead_in_forms(model, tok, requests: list, forms: list[list], max_new_tokens: int) -> list[list]:
+    """For each request, the forms in which the model (as it is now) names the object only after
+    a lead-in: its greedy answer (``max_new_tokens``) to the fact's prompt and to each of
+    ``forms`` is read, and where the object first appears after some words (" the German
+    language", "Islam" after a sentence about the subject), the form continued by those words is
+    returned (named ``<form>+lead_in``; a chat form's reply gains them).
+
+    Why: suppression makes the object unlikely right after each prompt, but the audit counts a
+    fact as answered when the object appears anywhere in the answer, and a small model often
+    says it a few words in. These lead-ins come from the training forms (``core.forms``) and the
+    model's own words, never from the audit's probes."""
+    from ...core.forms import Form
+    from ...core.scoring import generate
+    from ...core.text import encode_with_subject, first_mention
+
+    asked = [(i, form) for i, r in enumerate(requests)
+             for form in [Form("prompt", r.prompt, False), *forms[i]]]
+    prompts = [encode_with_subject(tok, form.template, requests[i].subject, chat=form.chat, reply=form.reply)[0]
+               for i, form in asked]
+    answers = generate(model, tok, prompts, max_new_tokens=max_new_tokens)
+    out: list[list] = [[] for _ in requests]
+    for (i, form), answer in zip(asked, answers):
+        at = first_mention(answer, requests[i].target_true)
+        lead = answer[:at].rstrip() if at else ""
+        if not lead.strip() or "{" in lead or "}" in lead:  # said first (the form covers it), or never
+            continue
+        name = form.name + "+lead_in"
+        if not form.chat:
+            out[i].append(Form(name, form.template + lead, False))
+            continue
+        reply = form.reply or ""
+        subject = requests[i].subject
+        if "{}" not in reply and subject in lead:  # δ enters at the subject nearest the object, as chat_reply's
+            k = lead.rindex(subject)
+            lead = lead[:k] + "{}" + lead[k + len(subject):]
+        out[i].append(Form(name, form.template, True, reply + lead))
+    return out
+
+
+def lead_in_record(objective: dict, i: int) -> dict:
+    """Request i's lead-in forms as the manifest records them (nothing when it has none)."""
+    found = [[f.name, f.template, f.reply] for f in (objective.get("forms") or [[]] * (i + 1))[i]
+             if f.name.endswith("+lead_in")]
+    return {"lead_in_forms": found} if found else {}

@@ -37,7 +37,7 @@ from ..keys import check_layer_range, context_templates, mean_subject_keys, reso
 from ..rank_one import batch_update, leak_fractions
 from ..stats import second_moment
 from ..values import ValueOptions, check_value_options, optimise_with
-from .erase import EraseOptions, value_objective
+from .erase import EraseOptions, lead_in_record, value_objective
 
 
 @dataclass
@@ -98,7 +98,7 @@ def compute(model, tok, requests, config: MEMITConfig, prepared: Prepared, memor
     layers, contexts = prepared.layers, prepared.contexts
     top = spec.layer(layers[-1])
     t0 = time.perf_counter()
-    objective = value_objective(config, requests, tok)
+    objective = value_objective(config, requests, tok, model)
     leaks = _leaks(model, tok, requests, memory.preserve, prepared, config) if config.leak_kl > 0 else None
     values = optimise_with(config, model, tok, top, requests, contexts, progress=len(requests) > 1, leaks=leaks,
                            leak_kl=config.leak_kl, **objective)
@@ -119,7 +119,8 @@ def compute(model, tok, requests, config: MEMITConfig, prepared: Prepared, memor
     info = [{"objective": objective["objective"], "loss_before": v.nll_before,
              "loss_after_optimisation": v.nll_after, "steps": v.steps, "delta_norm": float(v.delta.norm()),
              "value_seconds_batch": round(t1 - t0, 3), "solve_seconds_batch": round(t2 - t1, 3),
-             **({"leak_shares": [[other.subject, round(share, 4)] for other, share in leaks[i]]} if leaks else {})}
+             **({"leak_shares": [[other.subject, round(share, 4)] for other, share in leaks[i]]} if leaks else {}),
+             **lead_in_record(objective, i)}
             for i, v in enumerate(values)]
     return factors, info
 

@@ -28,7 +28,7 @@ from ..keys import context_templates, mean_subject_key
 from ..rank_one import rank_one_update
 from ..stats import second_moment
 from ..values import ValueOptions, check_value_options, optimise_with
-from .erase import EraseOptions, value_objective
+from .erase import EraseOptions, lead_in_record, value_objective
 
 
 @dataclass
@@ -89,7 +89,7 @@ def compute(model, tok, requests, config: ROMEConfig, prepared: Prepared, memory
     t0 = time.perf_counter()
     key = mean_subject_key(model, tok, name, request, prepared.contexts, config.bare_key_weight)
     t1 = time.perf_counter()
-    objective = value_objective(config, [request], tok)
+    objective = value_objective(config, [request], tok, model)
     (value,) = optimise_with(config, model, tok, name, [request], prepared.contexts, **objective)
     t2 = time.perf_counter()
     cov = prepared.covariances[prepared.layer]
@@ -101,5 +101,6 @@ def compute(model, tok, requests, config: ROMEConfig, prepared: Prepared, memory
     info = {"objective": objective["objective"], "loss_before": value.nll_before,
             "loss_after_optimisation": value.nll_after, "steps": value.steps,
             "delta_norm": float(value.delta.norm()), "value_norm": float(value.initial.norm()),
-            "key_seconds": round(t1 - t0, 3), "value_seconds": round(t2 - t1, 3), "solve_seconds": round(t3 - t2, 3)}
+            "key_seconds": round(t1 - t0, 3), "value_seconds": round(t2 - t1, 3), "solve_seconds": round(t3 - t2, 3),
+            **lead_in_record(objective, 0)}
     return {name + ".weight": (left, right)}, [info]
