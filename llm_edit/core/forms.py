@@ -42,7 +42,9 @@ class Form(NamedTuple):
     name: str
     template: str  # holds "{}" for the subject; the object follows it (or follows ``reply``)
     chat: bool  # a user turn, to be wrapped in the model's chat template
-    reply: str | None = None  # chat forms: the assistant's answer starts with this (with "{}"), then the object
+    # chat forms: the assistant's answer starts with this, then the object; with "{}" the subject is
+    # located there, else in the user's turn (``core.text.render``)
+    reply: str | None = None
 
 
 @functools.lru_cache(maxsize=None)

@@ -108,6 +108,6 @@ def lead_in_forms(model, tok, requests: list, forms: list[list], max_new_tokens:
 
 def lead_in_record(objective: dict, i: int) -> dict:
     """Request i's lead-in forms as the manifest records them (nothing when it has none)."""
-    found = [[f.name, f.template, f.reply] for f in (objective.get("forms") or [[]] * (i + 1))[i]
-             if f.name.endswith("+lead_in")]
+    forms = objective.get("forms")
+    found = [[f.name, f.template, f.reply] for f in (forms[i] if forms else []) if f.name.endswith("+lead_in")]
     return {"lead_in_forms": found} if found else {}
