@@ -343,6 +343,8 @@ class _GroupOptimisation:
                     self.initial_sum[row.request] = self.initial_sum.get(row.request, 0) + at_subject[b]
             return output
         hidden = hidden.clone()
+        # own rows take δ itself, not δ × 1.0: the extra multiply changes autograd's summation order
+        # and with it the edit's last bits (measured), and edits without leak rows must stay as they were
         shifts = [self.deltas[r.request] * r.scale if r.scale != 1.0 else self.deltas[r.request] for r in rows]
         hidden[:, 0] += torch.stack(shifts).to(hidden.dtype)
         return (hidden,) + tuple(output[1:]) if isinstance(output, tuple) else hidden
