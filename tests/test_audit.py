@@ -64,6 +64,15 @@ def test_quantization_matches_gguf_q4_0_and_restores_bit_for_bit(tiny):
     assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
 
 
+def test_a_fact_is_answered_by_its_object_outside_the_subjects_name():
+    from llm_edit.auditing.probes import answered
+
+    fact = parse_item({"prompt": "{} is made by", "subject": "Toyota RAV4", "target": "Toyota"})
+    assert answered(fact, " The Toyota RAV4 is a compact car.", 0.5) == (False, 0.0)
+    assert answered(fact, " The Toyota RAV4 is made by Toyota.", 0.5) == (True, 1.0)
+    assert answered(fact, " toyota, of course", 0.5) == (True, 1.0)
+
+
 def test_probe_prompts_cover_both_item_kinds(tiny):
     _, tok = tiny("llama")
     qa = parse_item({"question": "Who wrote Hamlet?", "answer": "Shakespeare",

@@ -23,6 +23,19 @@ def test_an_edit_holds_when_the_new_object_is_said_and_the_old_one_is_not():
     assert not answer(0, "chat", " New York City, not New York", expected="New York City", unwanted="New York").holds
 
 
+def test_the_subject_repeated_in_the_answer_names_neither_object():
+    def maker(text):
+        return FormAnswer(0, "chat", "", text, "Honda", "Toyota", "Toyota RAV4")
+
+    assert maker("The Toyota RAV4 is made by Honda.").holds
+    assert not maker("The Toyota RAV4 is made by Honda, not Toyota.").holds
+    assert not maker("The Toyota RAV4 is a Toyota.").holds and maker("The Toyota RAV4 is a Toyota.").says_old
+    assert not maker("The Toyota RAV4 is a compact SUV.").says_old  # only the subject: not the old maker
+    assert not maker("The toyota rav4s are popular.").says_old  # case and a small model's endings, as mentions
+    # without a subject, as before: the name counts
+    assert not FormAnswer(0, "chat", "", "The Toyota RAV4 is made by Honda.", "Honda", "Toyota").holds
+
+
 def test_scores_count_only_forms_the_model_answered_before():
     before = [answer(0, "chat", " Paris"), answer(1, "chat", " Paris"), answer(2, "chat", " I do not know"),
               answer(0, "question", " Paris"), FormAnswer(0, "portability", "", " France", "Italy", None),
@@ -183,3 +196,4 @@ def test_tune_split_chooses_on_one_set_and_reports_on_the_other(tmp_path):
     other_grid = run_eval("tune_split.py", "--tune", str(tune), "--report", str(report), "--grid", "kl_factor=1.0",
                           "--tuned-in", str(out), "--out", str(again), home=tmp_path / "home")
     assert other_grid.returncode != 0 and "its runs were" in other_grid.stderr
+

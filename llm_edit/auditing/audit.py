@@ -9,7 +9,8 @@ reports for each:
 * ``rate``: the share of forget items the model still *answers* under the probe. A fact is
   answered when its object appears anywhere in the greedy continuation (``metrics.mentions``:
   "Colossea, Rome, Italy" still answers the Colosseum's city; until 2026-12-02 the object had
-  to come first, which called that forgotten); a question
+  to come first, which called that forgotten), outside the subject's name ("The Toyota RAV4 is
+  a car" does not name its maker; since 2026-12-05); a question
   when the ROUGE-L recall of the greedy answer against the reference is ≥ ``answered_rouge``
   (0.5: at least half the reference's words, in order);
 * ``recovery``: how much of the original model's rate the unlearned model keeps, measured from

@@ -28,7 +28,7 @@ WORDINGS = ("Complete the sentence", "Fill in the blank", "Here is a question an
             "What is the last word of", "Tell me about", IGNORE.strip(), OTHER_SYSTEM, TWO_FACTS.strip(),
             WARM_UP[0]["content"], WARM_UP[1]["content"])
 # part of the reference cache's key: rows cached under another criterion are not reused
-ANSWERED_CRITERION = "fact: object anywhere in the answer; question: ROUGE-L recall"
+ANSWERED_CRITERION = "fact: object anywhere in the answer outside the subject's name; question: ROUGE-L recall"
 
 
 @dataclass
@@ -126,11 +126,13 @@ def _plain_tail(tok, text: str) -> list[int]:
 
 
 def answered(item: ForgetItem, generated: str, threshold: float) -> tuple[bool, float]:
-    """(answered, score): facts by their object anywhere in the answer, questions by ROUGE-L recall."""
+    """(answered, score): facts by their object anywhere in the answer outside the subject's name
+    ("The Toyota RAV4 is a car" does not name its maker), questions by ROUGE-L recall."""
+    from ..core.text import blank_out
     from ..evaluating.metrics import mentions
 
     if item.kind == "fact":
-        hit = mentions(generated, item.answer)
+        hit = mentions(blank_out(generated, item.extra.get("subject") or ""), item.answer)
         return hit, float(hit)
     score = M.rouge_l_recall(generated, item.answer)
     return score >= threshold, score

@@ -176,6 +176,17 @@ def mentions(answer: str, target: str) -> bool:
     return first_mention(answer, target) is not None
 
 
+def blank_out(text: str, phrase: str) -> str:
+    """``text`` with every mention of ``phrase`` (case-insensitive, from the start of a word, its end
+    left open as in ``mentions``) replaced by spaces of the same length, so character positions
+    stay where they were. Objects are looked for outside the subject's name: "The Toyota RAV4 is
+    made by Honda" does not name the maker Toyota (CounterFact has many such subjects)."""
+    words = phrase.strip()
+    if not words:
+        return text
+    return re.sub(r"(?<!\w)" + re.escape(words), lambda m: " " * len(m.group()), text, flags=re.IGNORECASE)
+
+
 def first_mention(answer: str, target: str) -> int | None:
     """Where ``target`` first appears in ``answer`` as ``mentions`` finds it (a character index), or None."""
     words = target.strip().lower()

@@ -15,7 +15,9 @@ instead, single-edit success fell from 96.8% to 38.5% (WILD, Yang et al. 2025, a
   relation template;
 * ``in_context``: the sentence after two unrelated true facts.
 
-Success in a form: the new object appears in the answer and the old one does not. It is
+Success in a form: the new object appears in the answer and the old one does not, outside the
+subject's own name (the subject "Toyota RAV4" repeated in "The Toyota RAV4 is made by Honda"
+does not name the maker Toyota; until 2026-12-05 it counted as the old object). It is
 reported over the requests whose form the model answered with the old object *before* the
 edit (a form the model never answered says nothing about the edit), with the count beside it.
 
@@ -32,7 +34,7 @@ import re
 from dataclasses import dataclass
 
 from ..core.forms import question_template
-from ..core.text import mentions
+from ..core.text import blank_out, mentions
 from ..editing.requests import EditRequest
 from ..unlearning.items import Formatting, question_prefix
 
@@ -54,18 +56,25 @@ class FormAnswer:
     answer: str  # the greedy answer
     expected: str  # the object that counts as the edit holding (the new one, or a probe's target)
     unwanted: str | None  # the object that must be absent (the old one); None for portability
+    subject: str = ""  # the edited subject: its name repeated in the answer names neither object
+
+    @property
+    def said(self) -> str:
+        """The answer with the subject's name blanked out."""
+        return blank_out(self.answer, self.subject)
 
     @property
     def holds(self) -> bool:
-        if not mentions(self.answer, self.expected):
+        said = self.said
+        if not mentions(said, self.expected):
             return False
         # the old object inside the new one ("New York" in "New York City") is not the old object
-        rest = re.sub(re.escape(self.expected), " ", self.answer, flags=re.IGNORECASE)
+        rest = re.sub(re.escape(self.expected), " ", said, flags=re.IGNORECASE)
         return not (self.unwanted and mentions(rest, self.unwanted))
 
     @property
     def says_old(self) -> bool:
-        return bool(self.unwanted) and mentions(self.answer, self.unwanted)
+        return bool(self.unwanted) and mentions(self.said, self.unwanted)
 
 
 def form_prompts(tok, request: EditRequest) -> dict[str, list[int]]:
@@ -91,10 +100,10 @@ def generation_answers(model, tok, requests: list[EditRequest], *, max_new_token
     rows, prompts = [], []
     for i, r in enumerate(requests):
         for form, ids in form_prompts(tok, r).items():
-            rows.append((i, form, r.target_new, r.target_true))
+            rows.append((i, form, r.target_new, r.target_true, r.subject))
             prompts.append(ids)
         for probe in r.portability:
-            rows.append((i, "portability", probe.target, None))
+            rows.append((i, "portability", probe.target, None, ""))
             prompts.append(list(tok(probe.prompt)["input_ids"]))
     texts = [""] * len(rows)
     for kind, stops in STOPS.items():
@@ -103,8 +112,8 @@ def generation_answers(model, tok, requests: list[EditRequest], *, max_new_token
                                            stop_strings=stops, batch_size=batch_size, progress=progress,
                                            desc=f"answering ({kind})")):
             texts[j] = text
-    return [FormAnswer(i, form, tok.decode(ids), text, expected, unwanted)
-            for (i, form, expected, unwanted), ids, text in zip(rows, prompts, texts)]
+    return [FormAnswer(i, form, tok.decode(ids), text, expected, unwanted, subject)
+            for (i, form, expected, unwanted, subject), ids, text in zip(rows, prompts, texts)]
 
 
 def before_scores(before: list[FormAnswer]) -> dict:
