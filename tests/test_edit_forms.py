@@ -197,3 +197,29 @@ def test_tune_split_chooses_on_one_set_and_reports_on_the_other(tmp_path):
                           "--tuned-in", str(out), "--out", str(again), home=tmp_path / "home")
     assert other_grid.returncode != 0 and "its runs were" in other_grid.stderr
 
+
+def test_rome_with_insert_lead_ins_says_the_new_object_after_them(tiny, monkeypatch):
+    """Where the model's answer (given here: a random model's text has no words to find) names the
+    old object after a lead-in, insert_lead_in_tokens also trains the new object after it, records
+    the lead-in, and leaves the new object likelier there than an edit without lead-ins does."""
+    import llm_edit
+    from llm_edit.core import scoring
+    from llm_edit.evaluating.metrics import target_logprob
+
+    model, tok = tiny("llama")
+    lead = " the city that is in"  # short and one clause, as an insertion's lead-ins must be
+    after_lead = "Eiffel Tower is in" + lead
+    monkeypatch.setattr(scoring, "generate", lambda model, tok, prompts, max_new_tokens: [f"{lead} Paris."] * len(prompts))
+    fact = {"prompt": "{} is in", "subject": "Eiffel Tower", "target_new": "Rome", "target_true": "Paris"}
+
+    def p_new():
+        return target_logprob(model, tok, [after_lead], ["Rome"]).exp().item()
+
+    before = p_new()
+    plain = llm_edit.edit(model, tok, [fact], "rome", progress=False)
+    p_plain = p_new()
+    plain.revert()
+    led = llm_edit.edit(model, tok, [fact], "rome", insert_lead_in_tokens=8, progress=False)
+    assert led.per_request[0]["lead_in_forms"] == [["prompt+lead_in", "{} is in" + lead, None]]
+    assert p_new() > max(p_plain, before)
+    led.revert()

@@ -213,3 +213,30 @@ def test_rome_erase_with_lead_ins_makes_the_object_unlikely_after_them(tiny, mon
     (info,) = led.log
     assert info["lead_in_forms"] == [["prompt+lead_in", "{} is in" + lead, None]]
     assert p_object(model, tok, after_lead, target) < min(p_plain, 0.5 * before)
+
+
+def test_an_insertions_lead_ins_look_past_the_subject_and_keep_only_short_clauses(tiny, monkeypatch):
+    """The object inside the subject's name ("Toyota" in "Toyota RAV4") is not where the answer
+    names it; with max_words (insertions) a lead-in that wanders (punctuated, long, or a chat reply
+    without the subject) is dropped, while a suppression (no max_words) keeps it."""
+    from llm_edit.core import scoring
+    from llm_edit.core.forms import Form
+    from llm_edit.editing.methods.erase import lead_in_forms
+    from llm_edit.editing.requests import EditRequest
+
+    _, tok = tiny("llama")
+    request = EditRequest("{} is made by", "Toyota RAV4", "Honda", target_true="Toyota")
+    forms = [Form("chat_statement", "Finish this sentence: {} is made by", True),
+             Form("chat_question", "Which company makes {}?", True),
+             Form("question", "Which company makes {}?", False),
+             Form("subject_first", "{} was made by", False)]
+    answers = [" Toyota.", "The Toyota RAV4 is made by Toyota.", "Toyota RAV4, since 1994, is made by Toyota",
+               " a compact SUV made by the Japanese company Toyota", " the Japanese company Toyota"]
+    monkeypatch.setattr(scoring, "generate", lambda model, tok_, prompts, max_new_tokens: answers)
+    (kept,) = lead_in_forms(None, tok, [request], [forms], 24, max_words=6)
+    assert kept == [Form("chat_statement+lead_in", "Finish this sentence: {} is made by", True, "The {} is made by"),
+                    Form("subject_first+lead_in", "{} was made by the Japanese company", False)]
+    (every,) = lead_in_forms(None, tok, [request], [forms], 24)
+    assert [f.name for f in every] == ["chat_statement+lead_in", "chat_question+lead_in", "question+lead_in",
+                                       "subject_first+lead_in"]
+    assert every[1].reply == "{}, since 1994, is made by"

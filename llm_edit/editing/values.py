@@ -59,6 +59,12 @@ class ValueOptions:
     # wording (core.forms, data/training_questions.json): MQuAKE's questions judge edits, so an
     # insertion never trains on them; erasures always train on MQuAKE's (the audit judges them)
     own_questions: bool = False
+    # insertions: how many new tokens of the model's own greedy answer to the fact's prompt, each
+    # derived form and llm-edit's own question for the relation are read (0: off). Where the answer
+    # names the old object after a short lead-in ("The developer of {} is"), that form continued by
+    # the lead-in is one more prompt after which the new object must be said (``lead_in_forms``);
+    # erasures have their own, ``erase_lead_in_tokens``
+    insert_lead_in_tokens: int = 0
     stats_corpus: str = "model-samples"  # see editing/stats.py
     stats_tokens: int = 50_000
     stats_seq_len: int = 128
@@ -76,6 +82,8 @@ def check_value_options(config) -> None:
         raise ValueError(f"expand must be 'none' or 'forms', got {config.expand!r}")
     if config.own_questions and config.expand != "forms":
         raise ValueError("own_questions asks the fact as a question among its forms: it needs expand: forms")
+    if config.insert_lead_in_tokens < 0:
+        raise ValueError("insert_lead_in_tokens must be >= 0")
     for p in config.kl_prompts:
         if p.count("{}") != 1:
             raise ValueError(f"kl_prompts: {p!r} must contain '{{}}' exactly once")

@@ -96,7 +96,7 @@ def compute(model, tok, requests, config: AlphaEditConfig, prepared: Prepared, m
     top = spec.layer(layers[-1])
     t0 = time.perf_counter()
     values = optimise_with(config, model, tok, top, requests, contexts, progress=len(requests) > 1,
-                           **value_objective(config, requests, tok))
+                           **value_objective(config, requests, tok, model))
     targets = torch.stack([v.initial + v.delta for v in values])
     t1 = time.perf_counter()
 

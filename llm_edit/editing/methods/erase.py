@@ -35,6 +35,8 @@ class EraseOptions:
             raise ValueError("neutral_target must not be empty")
         if getattr(self, "own_questions", False):
             raise ValueError("own_questions is for insertions: an erasure's forms already ask MQuAKE's questions")
+        if getattr(self, "insert_lead_in_tokens", 0):
+            raise ValueError("insert_lead_in_tokens is for insertions: an erasure's lead-ins are erase_lead_in_tokens")
         if self.protect_neighbours < 0:
             raise ValueError("protect_neighbours must be >= 0")
         if self.erase_lead_in_tokens < 0:
@@ -47,7 +49,8 @@ def value_objective(config, requests: list, tok=None, model=None) -> dict:
     request's derived forms (``core.forms``: an erasure's include MQuAKE's questions, an
     insertion's do not, since they judge insertions in ``evaluating.edit_forms``; with
     ``own_questions`` an insertion's include llm-edit's own question wording instead); with
-    ``erase_lead_in_tokens`` and ``model``, a suppression's lead-in forms too (``lead_in_forms``)."""
+    ``erase_lead_in_tokens`` (a suppression) or ``insert_lead_in_tokens`` (an insertion) and
+    ``model``, the lead-in forms too (``lead_in_forms``)."""
     erase = isinstance(config, EraseOptions)
     out: dict = {"objective": "insert"}
     if erase:
@@ -64,15 +67,40 @@ def value_objective(config, requests: list, tok=None, model=None) -> dict:
         forms = out.get("forms") or [[] for _ in requests]
         extra = lead_in_forms(model, tok, requests, forms, config.erase_lead_in_tokens)
         out["forms"] = [f + e for f, e in zip(forms, extra)]
+    if not erase and config.insert_lead_in_tokens > 0 and model is not None:
+        from ...core.forms import fact_forms
+
+        chat = bool(getattr(tok, "chat_template", None))
+        forms = out.get("forms") or [[] for _ in requests]
+        # the model is also asked llm-edit's own question (never the judge's, MQuAKE's): how it
+        # answers a question is where an insertion held least (issue 21); only the lead-ins it
+        # finds are trained, the bare question only with own_questions
+        asked = [f + [q for q in fact_forms(r.prompt, r.relation_id, chat=chat, questions="own")
+                      if q.name in ("question", "chat_question") and q not in f]
+                 for r, f in zip(requests, forms)]
+        extra = lead_in_forms(model, tok, requests, asked, config.insert_lead_in_tokens,
+                              max_words=INSERT_LEAD_IN_WORDS)
+        out["forms"] = [f + e for f, e in zip(forms, extra)]
     return out
 
 
-def lead_in_forms(model, tok, requests: list, forms: list[list], max_new_tokens: int) -> list[list]:
+# An insertion's lead-in is kept when it is this short (words besides the subject) and is one
+# clause: a longer or punctuated one ("created in 2012, is a renowned") is the model wandering, and
+# the new object trained after it would be said in the wrong place. A suppression keeps every
+# lead-in: making the object unlikely after a wandering one does no harm.
+INSERT_LEAD_IN_WORDS = 6
+
+
+def lead_in_forms(model, tok, requests: list, forms: list[list], max_new_tokens: int,
+                  max_words: int | None = None) -> list[list]:
     """For each request, the forms in which the model (as it is now) names the object only after
     a lead-in: its greedy answer (``max_new_tokens``) to the fact's prompt and to each of
     ``forms`` is read, and where the object first appears after some words (" the German
     language", "Islam" after a sentence about the subject), the form continued by those words is
-    returned (named ``<form>+lead_in``; a chat form's reply gains them).
+    returned (named ``<form>+lead_in``; a chat form's reply gains them). The object is looked for
+    outside the subject's name ("Toyota" in "The Toyota RAV4 is …" is the subject, not the object).
+    With ``max_words``, only lead-ins of at most that many words besides the subject, without
+    sentence punctuation, and (chat) with the subject in the reply are kept.
 
     Why: suppression makes the object unlikely right after each prompt, but the audit counts a
     fact as answered when the object appears anywhere in the answer, and a small model often
@@ -80,7 +108,7 @@ def lead_in_forms(model, tok, requests: list, forms: list[list], max_new_tokens:
     model's own words, never from the audit's probes."""
     from ...core.forms import Form
     from ...core.scoring import generate
-    from ...core.text import encode_with_subject, first_mention
+    from ...core.text import blank_out, encode_with_subject, first_mention
 
     asked = [(i, form) for i, r in enumerate(requests)
              for form in [Form("prompt", r.prompt, False), *forms[i]]]
@@ -89,21 +117,30 @@ def lead_in_forms(model, tok, requests: list, forms: list[list], max_new_tokens:
     answers = generate(model, tok, prompts, max_new_tokens=max_new_tokens)
     out: list[list] = [[] for _ in requests]
     for (i, form), answer in zip(asked, answers):
-        at = first_mention(answer, requests[i].target_true)
+        subject = requests[i].subject
+        at = first_mention(blank_out(answer, subject), requests[i].target_true)
         lead = answer[:at].rstrip() if at else ""
         if not lead.strip() or "{" in lead or "}" in lead:  # said first (the form covers it), or never
+            continue
+        if max_words is not None and not _short_clause(lead, subject, max_words):
             continue
         name = form.name + "+lead_in"
         if not form.chat:
             out[i].append(Form(name, form.template + lead, False))
             continue
         reply = form.reply or ""
-        subject = requests[i].subject
         if "{}" not in reply and subject in lead:  # δ enters at the subject nearest the object, as chat_reply's
             k = lead.rindex(subject)
             lead = lead[:k] + "{}" + lead[k + len(subject):]
+        if max_words is not None and "{}" not in reply + lead:
+            continue
         out[i].append(Form(name, form.template, True, reply + lead))
     return out
+
+
+def _short_clause(lead: str, subject: str, max_words: int) -> bool:
+    rest = lead.replace(subject, " ")
+    return len(rest.split()) <= max_words and not any(c in rest for c in ",.!?:;\n\"")
 
 
 def lead_in_record(objective: dict, i: int) -> dict:
