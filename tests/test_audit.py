@@ -71,6 +71,8 @@ def test_a_fact_is_answered_by_its_object_outside_the_subjects_name():
     assert answered(fact, " The Toyota RAV4 is a compact car.", 0.5) == (False, 0.0)
     assert answered(fact, " The Toyota RAV4 is made by Toyota.", 0.5) == (True, 1.0)
     assert answered(fact, " toyota, of course", 0.5) == (True, 1.0)
+    language = parse_item({"prompt": "The official language of {} is", "subject": "Vietnam", "target": "Vietnamese"})
+    assert answered(language, " Vietnamese, as everyone in Vietnam knows", 0.5) == (True, 1.0)
 
 
 def test_probe_prompts_cover_both_item_kinds(tiny):

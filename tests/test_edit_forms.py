@@ -31,7 +31,11 @@ def test_the_subject_repeated_in_the_answer_names_neither_object():
     assert not maker("The Toyota RAV4 is made by Honda, not Toyota.").holds
     assert not maker("The Toyota RAV4 is a Toyota.").holds and maker("The Toyota RAV4 is a Toyota.").says_old
     assert not maker("The Toyota RAV4 is a compact SUV.").says_old  # only the subject: not the old maker
-    assert not maker("The toyota rav4s are popular.").says_old  # case and a small model's endings, as mentions
+    assert not maker("The toyota rav4's engine is large.").says_old  # any case; the name as a whole word
+    # an object that starts with the subject's name is still found
+    language = FormAnswer(0, "chat", "", "The official language of Vietnam is Vietnamese.", "Thai", "Vietnamese",
+                          "Vietnam")
+    assert language.says_old and not language.holds
     # without a subject, as before: the name counts
     assert not FormAnswer(0, "chat", "", "The Toyota RAV4 is made by Honda.", "Honda", "Toyota").holds
 

@@ -177,14 +177,16 @@ def mentions(answer: str, target: str) -> bool:
 
 
 def blank_out(text: str, phrase: str) -> str:
-    """``text`` with every mention of ``phrase`` (case-insensitive, from the start of a word, its end
-    left open as in ``mentions``) replaced by spaces of the same length, so character positions
-    stay where they were. Objects are looked for outside the subject's name: "The Toyota RAV4 is
-    made by Honda" does not name the maker Toyota (CounterFact has many such subjects)."""
+    """``text`` with every mention of ``phrase`` (case-insensitive, whole words) replaced by spaces
+    of the same length, so character positions stay where they were. Objects are looked for
+    outside the subject's name: "The Toyota RAV4 is made by Honda" does not name the maker Toyota
+    (CounterFact has many such subjects). Whole words, unlike ``mentions``: the subject Vietnam
+    must not blank out the start of the object Vietnamese."""
     words = phrase.strip()
     if not words:
         return text
-    return re.sub(r"(?<!\w)" + re.escape(words), lambda m: " " * len(m.group()), text, flags=re.IGNORECASE)
+    return re.sub(r"(?<!\w)" + re.escape(words) + r"(?!\w)", lambda m: " " * len(m.group()), text,
+                  flags=re.IGNORECASE)
 
 
 def first_mention(answer: str, target: str) -> int | None:
