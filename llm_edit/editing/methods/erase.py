@@ -10,6 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ...core.forms import fact_forms
+from ...core.text import blank_out
+
 
 @dataclass
 class EraseOptions:
@@ -52,15 +55,13 @@ def value_objective(config, requests: list, tok=None, model=None) -> dict:
     ``erase_lead_in_tokens`` (a suppression) or ``insert_lead_in_tokens`` (an insertion) and
     ``model``, the lead-in forms too (``lead_in_forms``)."""
     erase = isinstance(config, EraseOptions)
+    chat = bool(getattr(tok, "chat_template", None))
     out: dict = {"objective": "insert"}
     if erase:
         out["targets"] = [config.neutral_target] * len(requests)
         if config.erase_objective == "suppress":
             out = {"objective": "suppress", "stop_prob": config.erase_stop_prob}
     if config.expand == "forms":
-        from ...core.forms import fact_forms
-
-        chat = bool(getattr(tok, "chat_template", None))
         questions = "mquake" if erase else "own" if config.own_questions else "none"
         out["forms"] = [fact_forms(r.prompt, r.relation_id, chat=chat, questions=questions) for r in requests]
     if erase and out["objective"] == "suppress" and config.erase_lead_in_tokens > 0 and model is not None:
@@ -68,9 +69,6 @@ def value_objective(config, requests: list, tok=None, model=None) -> dict:
         extra = lead_in_forms(model, tok, requests, forms, config.erase_lead_in_tokens)
         out["forms"] = [f + e for f, e in zip(forms, extra)]
     if not erase and config.insert_lead_in_tokens > 0 and model is not None:
-        from ...core.forms import fact_forms
-
-        chat = bool(getattr(tok, "chat_template", None))
         forms = out.get("forms") or [[] for _ in requests]
         # the model is also asked llm-edit's own question (never the judge's, MQuAKE's): how it
         # answers a question is where an insertion held least (issue 21); only the lead-ins it
@@ -108,7 +106,7 @@ def lead_in_forms(model, tok, requests: list, forms: list[list], max_new_tokens:
     model's own words, never from the audit's probes."""
     from ...core.forms import Form
     from ...core.scoring import generate
-    from ...core.text import blank_out, encode_with_subject, first_mention
+    from ...core.text import encode_with_subject, first_mention
 
     asked = [(i, form) for i, r in enumerate(requests)
              for form in [Form("prompt", r.prompt, False), *forms[i]]]
@@ -139,7 +137,7 @@ def lead_in_forms(model, tok, requests: list, forms: list[list], max_new_tokens:
 
 
 def _short_clause(lead: str, subject: str, max_words: int) -> bool:
-    rest = lead.replace(subject, " ")
+    rest = blank_out(lead, subject)
     return len(rest.split()) <= max_words and not any(c in rest for c in ",.!?:;\n\"")
 
 
