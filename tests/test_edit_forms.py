@@ -123,6 +123,25 @@ def test_insertions_with_forms_train_on_them_without_questions(tiny):
                     sets=["expand=forms", "own_questions=true"])
 
 
+def test_an_erasures_value_rows_suppress_the_object_as_each_form_goes_on(tiny):
+    """Prompts and whole-sentence replies go on " Paris"; a chat turn the assistant answers with
+    the object alone starts "Paris", so that is what an erasure makes unlikely there. An
+    insertion trains the spaced object in every row (measured: README)."""
+    from llm_edit.core.forms import fact_forms
+    from llm_edit.editing.value_rows import _value_rows
+
+    _, tok = tiny("llama")
+    request = EditRequest("{} is located in", "Eiffel Tower", "Rome", "Paris", relation_id="P17")
+    forms = fact_forms(request.prompt, request.relation_id, chat=True, questions="mquake")
+    contexts = ["{}", "Then. {}"]
+    erase = _value_rows(tok, request, "Paris", contexts, ["{} is a"], forms, objective="suppress")
+    said = {f.name: tok.decode(row.target) for f, row in zip(forms, erase[2:])}
+    assert said == {"question": " Paris", "chat_question": "Paris", "subject_first": " Paris", "chat_reply": " Paris"}
+    assert [tok.decode(row.target) for row in erase[:2]] == [" Paris", " Paris"] and erase[-1].target == []
+    insert = _value_rows(tok, request, "Rome", contexts, ["{} is a"], forms)
+    assert {tok.decode(row.target) for row in insert[:-1]} == {" Rome"}
+
+
 def test_portability_probes_are_read_written_and_checked(tmp_path):
     record = {"prompt": "{} is located in the city of", "subject": "Eiffel Tower", "target_new": "Rome",
               "target_true": "Paris", "portability": [{"prompt": "The Eiffel Tower is in the country of",

@@ -1,7 +1,7 @@
 import pytest
 
 from llm_edit.core.models import build_tiny_tokenizer
-from llm_edit.core.text import SubjectNotFound, encode_with_subject, make_batch
+from llm_edit.core.text import SubjectNotFound, encode_with_subject, make_batch, render, target_ids
 
 
 @pytest.mark.parametrize("add_bos", [True, False])
@@ -30,6 +30,18 @@ def test_last_subject_token_inside_chat_template():
     ids, last = encode_with_subject(tok, "The {} is in", "Eiffel Tower", chat=True)
     assert tok.decode(ids[: last + 1]).endswith(tok.decode(plain[: plain_last + 1]))
     assert "<|im_start|>" in tok.decode(ids)
+
+
+def test_a_target_starts_the_assistants_turn_without_a_space():
+    """A prompt continues " Paris"; the assistant's turn, which the chat template ends with a line
+    break, starts "Paris", as the model writes it."""
+    tok = build_tiny_tokenizer(add_bos=False)
+    plain, *_ = render(tok, "The {} is in", "Eiffel Tower")
+    turn, *_ = render(tok, "Where is {}?", "Eiffel Tower", chat=True)
+    assert turn.endswith("assistant\n")
+    assert tok.decode(target_ids(tok, "Paris", after=plain)) == " Paris" == tok.decode(target_ids(tok, "Paris"))
+    assert tok.decode(target_ids(tok, "Paris", after=turn)) == "Paris"
+    assert tok.decode(target_ids(tok, "Paris", after="Answer: ")) == "Paris"
 
 
 def test_subject_that_ends_inside_a_token():

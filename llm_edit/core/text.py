@@ -65,9 +65,14 @@ def encode_with_subject(tok, template: str, subject: str, *, chat: bool = False,
     return ids, last
 
 
-def target_ids(tok, target: str) -> list[int]:
-    """Ids of `` target`` as it continues a prompt (targets are stored without the space)."""
-    ids = tok(" " + target, add_special_tokens=False)["input_ids"]
+def target_ids(tok, target: str, *, after: str = "") -> list[int]:
+    """Ids of `` target`` as it continues a prompt (targets are stored without the space).
+
+    ``after``, the prompt's text, where known: after a line break or a space the target starts
+    without one. A chat template's turn for the assistant ends with a line break, and the model
+    starts its answer "Paris", not " Paris"."""
+    lead = "" if after[-1:].isspace() else " "
+    ids = tok(lead + target, add_special_tokens=False)["input_ids"]
     if not ids:
         raise ValueError(f"target {target!r} tokenizes to nothing")
     return list(ids)

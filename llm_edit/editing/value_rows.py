@@ -12,7 +12,7 @@ from typing import NamedTuple
 
 import torch
 
-from ..core.text import encode_with_subject, target_ids
+from ..core.text import encode_with_subject, render, target_ids
 from .requests import EditRequest
 
 
@@ -105,11 +105,19 @@ class _Row(NamedTuple):
 
 
 def _value_rows(tok, request: EditRequest, target: str, contexts: list[str], kl_prompts: list[str],
-                forms: list = (), leaks: list = ()) -> list[_Row]:
+                forms: list = (), leaks: list = (), objective: str = "insert") -> list[_Row]:
     """Every prompt of one request is one row: its context-prefixed rewrite prompts (with the
     target), the other forms it is asked in (``core.forms.Form``: the target too, no prefix),
     its essence prompts (no target) and, for each (fact, share) of ``leaks``, that fact's prompt
-    receiving the share of δ (no target)."""
+    receiving the share of δ (no target).
+
+    A chat form whose assistant turn is the object alone (``chat_question``, ``chat_statement``)
+    has the object where the model would start its answer, without a space ("Paris"). An
+    erasure suppresses that token (the spaced " Paris" there is one the model never writes first,
+    so making it unlikely erased nothing). An insertion keeps the spaced object in every row: it is
+    how the model's whole-sentence chat answers say it, and trained on it ROME held in 29 of the
+    33 tuning records' chat answers against 23 with "Paris" (2026-12-05, README, "The object
+    where the assistant's turn starts")."""
     new_ids = target_ids(tok, target)
     rows = []
     for c in contexts:
@@ -117,7 +125,11 @@ def _value_rows(tok, request: EditRequest, target: str, contexts: list[str], kl_
         rows.append(_Row(0, -1, ids, sub, new_ids))
     for form in forms:
         ids, sub = encode_with_subject(tok, form.template, request.subject, chat=form.chat, reply=form.reply)
-        rows.append(_Row(0, -1, ids, sub, new_ids, keyed=False))
+        said = new_ids
+        if objective == "suppress":
+            text, *_ = render(tok, form.template, request.subject, chat=form.chat, reply=form.reply)
+            said = target_ids(tok, target, after=text)
+        rows.append(_Row(0, -1, ids, sub, said, keyed=False))
     for e, kp in enumerate(kl_prompts):
         ids, sub = encode_with_subject(tok, kp, request.subject)
         rows.append(_Row(0, e, ids, sub, []))

@@ -175,7 +175,7 @@ def optimise_values(model, tok, module_name: str, requests: list[EditRequest], c
     # gigabytes of cache).
     forms = forms or [[] for _ in requests]
     leaks = leaks if leaks and leak_kl > 0 else [[] for _ in requests]
-    rows_of = [_value_rows(tok, r, t, contexts, kl_prompts, f, leak)
+    rows_of = [_value_rows(tok, r, t, contexts, kl_prompts, f, leak, objective)
                for r, t, f, leak in zip(requests, targets, forms, leaks)]
     groups = _groups_within(rows_of, _cache_bytes_per_token(model), prefix_cache_bytes)
     results: list[ValueResult] = []
