@@ -76,6 +76,7 @@ def test_requests_go_in_groups_that_fit_the_cache_budget(tiny):
     """A budget that holds about two requests' prefixes splits three requests into two groups;
     the results come back in request order, each what the request gets alone."""
     from llm_edit.editing.value_rows import _PADDING_ALLOWANCE, _cache_bytes_per_token, _groups_within, _value_rows
+    from llm_edit.editing.values import _ESTIMATE_SHARE
 
     model, tok = tiny("llama")
     requests = [parse_request(r) for r in REQUESTS]
@@ -90,7 +91,51 @@ def test_requests_go_in_groups_that_fit_the_cache_budget(tiny):
     name = arch_of(model).mlp_out.format(1)
     kw = dict(steps=6, lr=0.5, kl_factor=0.0625, weight_decay=0.1, clamp_norm_factor=4.0, kl_prompts=["{} is a"],
               nll_stop=8.4)
-    grouped = optimise_values(model, tok, name, requests, contexts, prefix_cache_bytes=budget, **kw)
+    grouped = optimise_values(model, tok, name, requests, contexts, prefix_cache_bytes=budget * _ESTIMATE_SHARE, **kw)
     alone = [optimise_values(model, tok, name, [r], contexts, **kw)[0] for r in requests]
     for a, b in zip(grouped, alone):
         assert a.steps == b.steps and torch.allclose(a.delta, b.delta, atol=1e-3)
+
+
+def test_a_group_keeps_its_padded_prefix_caches_when_they_outgrow_the_estimate(tiny, monkeypatch):
+    """A form with a long preamble shares a chunk with short context prefixes, so the padded
+    caches outgrow the grouping estimate (twice the unpadded tokens). The room is a multiple of
+    the estimate's budget, so each chunk's prefix runs once, not at every step; with a room equal
+    to that budget (as before) the chunk that did not fit ran again at every pass, with the same
+    result."""
+    import llm_edit.core.scoring as scoring
+    import llm_edit.editing.values as values
+    from llm_edit.core.forms import Form
+    from llm_edit.editing.value_rows import _PADDING_ALLOWANCE, _cache_bytes_per_token, _value_rows
+
+    model, tok = tiny("llama")
+    requests = [parse_request(r) for r in REQUESTS[:2]]
+    contexts = context_templates(model, tok, [3], 2, 0)
+    preamble = Form("preamble", "Here is a long preamble of many words that the model reads, one after another, before "
+                    "it ever meets the subject of this sentence, which is {}, and it is in", False)
+    forms = [[preamble] for _ in requests]
+    rows_of = [_value_rows(tok, r, r.target_new, contexts, ["{} is a"], f) for r, f in zip(requests, forms)]
+    per_token = _cache_bytes_per_token(model)
+    estimate = _PADDING_ALLOWANCE * per_token * sum(row.split for rows in rows_of for row in rows)
+    widest = max(row.split for rows in rows_of for row in rows)
+    padded = per_token * widest * sum(len(rows) for rows in rows_of)  # one chunk, every prefix as long as the preamble's
+    assert padded > estimate  # the case this is about
+    builds = []
+    cache_of = scoring.cache_of
+    monkeypatch.setattr(scoring, "cache_of", lambda out: builds.append(1) or cache_of(out))
+    name = arch_of(model).mlp_out.format(1)
+    kw = dict(steps=4, lr=0.5, kl_factor=0.0625, weight_decay=0.1, clamp_norm_factor=4.0, kl_prompts=["{} is a"],
+              nll_stop=0.0, forms=forms)
+
+    def run(room):
+        builds.clear()
+        results = optimise_values(model, tok, name, requests, contexts, prefix_cache_bytes=int(room), **kw)
+        return results, len(builds) - 1  # one call measures the cache's bytes per token
+
+    kept, kept_builds = run(values._ESTIMATE_SHARE * (estimate + 1))
+    assert kept_builds == 1  # one chunk, its prefix run once for the 4 steps and the two measurements
+    monkeypatch.setattr(values, "_ESTIMATE_SHARE", 1)
+    rebuilt, rebuilt_builds = run(estimate + 1)
+    assert rebuilt_builds == 1 + 4 + 1  # at δ = 0, at each step and for the unfinished values
+    for a, b in zip(kept, rebuilt):
+        assert a.steps == b.steps and torch.equal(a.delta, b.delta)
