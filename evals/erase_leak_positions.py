@@ -35,9 +35,9 @@ from llm_edit.core.text import blank_out, first_mention, subject_span  # noqa: E
 WAYS = ("full", "subject_only", "others_only", "none")
 
 
-def greedy(model, ids: list[int], new_tokens: int) -> str:
-    """Greedy answer without a KV cache, so that every pass sees every position (the hook's mask
-    is over the whole sequence)."""
+def greedy_ids(model, ids: list[int], new_tokens: int) -> list[int]:
+    """The prompt's ids followed by the greedy answer's, without a KV cache (``core.scoring.generate``
+    keeps one): every pass must see every position, since the hook's mask is over the whole sequence."""
     ids = list(ids)
     with torch.no_grad():
         for _ in range(new_tokens):
@@ -57,7 +57,10 @@ def main() -> None:
     args = ap.parse_args()
     parse_set(args.sets)
     facts = [json.loads(line) for line in Path(args.facts).read_text().splitlines() if line.strip()]
-    picked = [facts[int(i)] for i in args.pick.split(",")]
+    try:
+        picked = [facts[int(i)] for i in args.pick.split(",")]
+    except (ValueError, IndexError):
+        ap.error(f"--pick {args.pick!r}: comma-separated line numbers from 0 to {len(facts) - 1} of {args.facts}")
     # neighbour files are known facts ({"prompt", "subject", "target"}), as evals/forget_holds.py reads them
     neighbours = [json.loads(line) for line in Path(args.neighbours).read_text().splitlines() if line.strip()]
 
@@ -96,7 +99,7 @@ def main() -> None:
             answered = {}
             for way in WAYS:
                 removed["mask"] = masks[way]
-                answer = tok.decode(greedy(model, ids, args.new_tokens)[len(ids):])
+                answer = tok.decode(greedy_ids(model, ids, args.new_tokens)[len(ids):])
                 answered[way] = first_mention(blank_out(answer, n["subject"]), n["target"]) is not None
             removed["mask"] = None
             rows.append({"subject": n["subject"], "object": n["target"], **answered})
