@@ -38,24 +38,17 @@ from llm_edit.editing.methods import get_method  # noqa: E402
 from llm_edit.editing.rank_one import leak_fractions  # noqa: E402
 from llm_edit.editing.requests import EditRequest  # noqa: E402
 from llm_edit.editing.stats import second_moment  # noqa: E402
+from llm_edit.unlearning.forget import erase_requests  # noqa: E402
+from llm_edit.unlearning.items import read_items  # noqa: E402
 
 
 def read_facts(ap: argparse.ArgumentParser, path: str) -> list[EditRequest]:
-    """Known facts ({"prompt", "subject", "target"} per line); a bad line exits 2 naming it."""
+    """A fact file as the erasers read it (``read_items``, ``erase_requests``); a bad line exits 2
+    naming the file, line and field."""
     try:
-        lines = Path(path).read_text().splitlines()
-    except OSError as e:
-        ap.error(f"{path}: {e.strerror}")
-    requests = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            requests.append(EditRequest(prompt=row["prompt"], subject=row["subject"], target_new=row["target"]))
-        except (ValueError, KeyError, TypeError) as e:
-            ap.error(f"{path}, line {number}: not a known fact with prompt, subject and target ({e!r})")
-    return requests
+        return erase_requests(read_items(path))
+    except (OSError, ValueError) as e:  # FactFileError is a ValueError, as is a question or text item
+        ap.error(f"{path}: {e.strerror}" if isinstance(e, OSError) else str(e))
 
 
 def main() -> None:

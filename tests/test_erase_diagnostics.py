@@ -45,6 +45,11 @@ def test_bad_layer_or_pick_arguments_exit_2_naming_them(tmp_path):
     proc = run_eval("erase_leak_layers.py", "--facts", str(facts), "--neighbours", str(facts), "--lost", str(facts),
                     "--layers", "1", "--out", str(tmp_path / "o.json"), home=tmp_path / "home")
     assert proc.returncode == 2 and "not erase_leak_positions.py's output" in proc.stderr
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text(facts.read_text() + '{"prompt": "{} is in", "subject": "Louvre"}\n')
+    proc = run_eval("erase_leak_layers.py", "--facts", str(broken), "--neighbours", str(facts), "--lost", str(lost),
+                    "--layers", "1", "--out", str(tmp_path / "o.json"), home=tmp_path / "home")
+    assert proc.returncode == 2 and f"{broken}:2" in proc.stderr
     proc = run_eval("erase_leak_positions.py", "--facts", str(facts), "--pick", "3", "--neighbours", str(facts),
                     "--out", str(tmp_path / "o.json"), home=tmp_path / "home")
     assert proc.returncode == 2 and str(facts) in proc.stderr
