@@ -27,7 +27,7 @@ from llm_edit import load_model  # noqa: E402
 from llm_edit.core.files import atomic_write_text  # noqa: E402
 from llm_edit.core.scoring import generate  # noqa: E402
 from llm_edit.core.text import mentions  # noqa: E402
-from llm_edit.unlearning.items import KNOWN_FACTS, known_pool  # noqa: E402
+from llm_edit.core.known import KNOWN_FACTS, known_pool  # noqa: E402
 
 # relation: (prompt, paraphrase, paraphrase)
 PROMPTS = {
@@ -63,7 +63,7 @@ def main() -> None:
     ap.add_argument("--unrelated-pool", choices=["all", "eval"], default="all",
                     help="draw unrelated facts from all known facts (how the shipped sets were made; protect_neighbours "
                          "may then protect a few, which forget_holds.py reports as leaks) or only from the evaluation "
-                         "half (items.known_pool), which nothing protects")
+                         "half (core.known.known_pool), which nothing protects")
     ap.add_argument("--out-facts", required=True)
     ap.add_argument("--out-unrelated", required=True)
     args = ap.parse_args()

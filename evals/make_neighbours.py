@@ -1,5 +1,5 @@
 """Neighbour facts for a forget set: known facts the model answers that share a forgotten fact's
-object or relation, from the *evaluation* half of the shipped known facts (``items.known_pool``),
+object or relation, from the *evaluation* half of the shipped known facts (``core.known.known_pool``),
 so unlearning's protective retain set (the training half) never holds one. Made once per set,
 then left alone: they judge forgetting and choose nothing.
 

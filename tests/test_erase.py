@@ -1,7 +1,6 @@
 """Erasure by rank-one edits (rome-erase) on tiny random models, the unlikelihood objective,
 and ``layer: auto`` from causal tracing."""
 import math
-import warnings
 
 import pytest
 import torch
@@ -128,28 +127,34 @@ def test_memit_erase_keeps_protected_neighbours_by_preserved_keys(tiny):
     assert "preserved keys" in result.manifest["retain_source"]
     result.unload()
     assert all(torch.equal(snap[k], v) for k, v in model.state_dict().items())
-    with pytest.raises(llm_edit.core.config.ConfigError, match="protect_neighbours"):
-        llm_edit.forget(model, tok, [FACT], method="rome-erase", protect_neighbours=2, progress=False)
+    result = llm_edit.forget(model, tok, [FACT], method="rome-erase", layer=1, protect_neighbours=2, progress=False)
+    assert [r["subject"] for r in result.manifest["preserved"]] == protective  # ROME's solve preserves too
+    result.unload()
+    assert all(torch.equal(snap[k], v) for k, v in model.state_dict().items())
 
 
-def test_protect_neighbours_outside_forget_warns_and_rome_erase_refuses_it_with_the_recipe(tiny):
-    """A plain edit does not choose neighbours (``forget`` does, from the known facts): with
-    ``protect_neighbours`` set and no ``preserve`` it says so instead of recording a protection it
-    did not apply; rome-erase refuses the key when its config is read, before any model work."""
-    from llm_edit.core.config import ConfigError, load_config
-    from llm_edit.editing.methods.rome import ROMEEraseConfig
+def test_a_plain_edit_with_protect_neighbours_preserves_the_closest_known_facts_of_the_training_half(tiny):
+    """Without ``preserve``, ``protect_neighbours`` n makes ``edit`` itself choose the known facts
+    sharing each request's old object or relation (the training half, never the half that judges),
+    as ``forget`` does for an erasure; an explicit ``preserve`` list, even empty, is the caller's."""
+    from llm_edit.core.known import known_pool
+    from llm_edit.editing.edit import preserved_neighbours
+    from llm_edit.editing.requests import parse_request
 
     model, tok = tiny("llama")
-    request = {"prompt": "{} is located in", "subject": "Paris", "target_new": "x", "target_true": "France"}
-    with pytest.warns(UserWarning, match="protect_neighbours=2 takes effect through"):
-        llm_edit.edit(model, tok, [request], "memit-erase", layers=[1, 2], protect_neighbours=2,
-                      progress=False).revert()
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # an explicit preserve list, even empty, is the caller's choice
-        llm_edit.edit(model, tok, [request], "memit-erase", layers=[1, 2], protect_neighbours=2, preserve=[],
-                      progress=False).revert()
-    with pytest.raises(ConfigError, match="protect_neighbours: rome-erase"):
-        load_config(ROMEEraseConfig, "rome-erase", model_recipe="tiny", overrides={"protect_neighbours": 1})
+    request = {"prompt": "{} is located in the city of", "subject": "Eiffel Tower", "target_new": "Rome",
+               "target_true": "Paris"}
+    chosen = preserved_neighbours([parse_request(request)], 3)
+    assert len(chosen) == 3 and all(known_pool(r.subject) == "train" for r in chosen)
+    assert all(r.target_true == "Paris" for r in chosen)  # the old object first: another landmark of Paris
+    for method, kw in (("rome", {"layer": 1}), ("memit", {"layers": [1, 2]})):
+        result = llm_edit.edit(model, tok, [request], method, protect_neighbours=3, progress=False, **kw)
+        assert [r["subject"] for r in result.manifest["preserved"]] == [r.subject for r in chosen]
+        result.revert()
+        result = llm_edit.edit(model, tok, [request], method, protect_neighbours=3, preserve=[], progress=False,
+                               **kw)
+        assert "preserved" not in result.manifest
+        result.revert()
 
 
 def test_lead_in_forms_continue_each_form_up_to_where_the_answer_names_the_object(tiny, monkeypatch):

@@ -11,7 +11,8 @@ from llm_edit.auditing.probes import PROBES, WORDINGS, probe_prompts
 from llm_edit.core.forms import MQUAKE, TRAINING_QUESTIONS, cloze_template, fact_forms, question_template
 from llm_edit.core.text import render
 from llm_edit.unlearning.expand import derived_forms, expand_items, protective_retain
-from llm_edit.unlearning.items import Formatting, known_pool, neighbour_facts, parse_item, read_items
+from llm_edit.core.known import known_pool
+from llm_edit.unlearning.items import Formatting, neighbour_facts, parse_item, read_items
 
 ROOT = Path(__file__).resolve().parent.parent
 DEV = ROOT / "evals/data/forget_dev.jsonl"

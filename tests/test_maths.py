@@ -25,6 +25,31 @@ def test_rank_one_update_closed_form():
     assert torch.allclose(delta_w, torch.outer(residual, u) / (u @ k_star), atol=1e-5)
 
 
+def test_rank_one_update_with_preserved_keys_matches_sherman_morrison():
+    """C + w ppᵀ: the update still writes the residual at k* exactly, and at p it writes
+    r (pᵀC⁻¹k*) / ((1 + w pᵀC⁻¹p) (k*ᵀA⁻¹k*)), A⁻¹ by Sherman-Morrison; no keys is the plain update."""
+    g = torch.Generator().manual_seed(1)
+    d_out, d_in = 4, 6
+    keys = torch.randn(300, d_in, generator=g, dtype=torch.float64)
+    cov = keys.T @ keys / len(keys)
+    k = torch.randn(d_in, generator=g, dtype=torch.float64)
+    p = 0.5 * k + torch.randn(d_in, generator=g, dtype=torch.float64)  # a neighbour's key, correlated with k*
+    r = torch.randn(d_out, generator=g, dtype=torch.float64)
+    w = 0.5
+    left, right = rank_one_update(r, k, cov, p.unsqueeze(0), w)
+    delta_w = (left @ right).double()
+    assert torch.allclose(delta_w @ k, r, atol=1e-5)
+    ck, cp = torch.linalg.solve(cov, k), torch.linalg.solve(cov, p)
+    pk, pp = p @ ck, p @ cp
+    denominator = k @ ck - w * pk ** 2 / (1 + w * pp)  # k*ᵀ A⁻¹ k*
+    assert torch.allclose(delta_w @ p, r * pk / ((1 + w * pp) * denominator), atol=1e-5)
+    plain = (lambda lr: (lr[0] @ lr[1]).double())(rank_one_update(r, k, cov))
+    assert (delta_w @ p).norm() < 0.5 * (plain @ p).norm()  # it writes less there
+    for none in ((None, 0.5), (p.unsqueeze(0), 0.0), (torch.empty(0, d_in, dtype=torch.float64), 0.5)):
+        assert torch.equal(torch.cat([t.flatten() for t in rank_one_update(r, k, cov, *none)]),
+                           torch.cat([t.flatten() for t in rank_one_update(r, k, cov)]))
+
+
 def test_rank_one_update_identity_covariance():
     k = torch.tensor([3.0, 4.0])
     left, right = rank_one_update(torch.tensor([1.0, 0.0]), k, None)

@@ -44,8 +44,11 @@ class Memory:
     of their keys, float64. ``compute`` never writes it: it stages its batch's keys in
     ``staged``, and ``edit`` adds them only once that batch's patch is applied.
     ``preserve``: facts that are not edited but whose keys the update must not move (MEMIT's
-    preserved-key term, ``memit.py``): an erasure's protected neighbours."""
+    preserved-key term, ``memit.py``; ROME's, ``rome.py``): the known facts closest to the edited
+    ones. ``preserved_keys``: their keys per module, where a method may measure them once (ROME,
+    whose edits never move their own module's inputs)."""
 
     grams: dict[str, torch.Tensor] = field(default_factory=dict)
     staged: dict[str, torch.Tensor] = field(default_factory=dict)
     preserve: list["EditRequest"] = field(default_factory=list)
+    preserved_keys: dict[str, torch.Tensor] = field(default_factory=dict)

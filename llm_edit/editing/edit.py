@@ -17,7 +17,6 @@ import dataclasses
 import hashlib
 import json
 import time
-import warnings
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -80,10 +79,10 @@ def edit(model, tokenizer, requests: Iterable[EditRequest | Mapping[str, Any]], 
     (whose keys depend on layer 2) would be recomputed on the edited model.
 
     ``preserve``: facts that are not edited and whose keys every update must leave where they are
-    (methods with ``preserves``: MEMIT's objective gains ``preserve_weight``·Σ‖ΔW k_p‖²); ``forget``
-    passes an erasure's protected neighbours here. Each needs a prompt and subject (``target_new``
-    is not used); left at ``None`` with a recipe's ``protect_neighbours`` set, a warning says that
-    only ``forget`` chooses neighbours."""
+    (methods with ``preserves``: MEMIT's objective gains ``preserve_weight``·Σ‖ΔW k_p‖², ROME's C
+    ``preserve_weight``·K_pᵀK_p); ``forget`` passes an erasure's protected neighbours here. Each
+    needs a prompt and subject (``target_new`` is not used). Left at ``None`` with the config's
+    ``protect_neighbours`` n > 0, they are the known facts closest to the requests (``preserved_neighbours``)."""
     spec = get_method(method)
     requests = [parse_request(r, f"<requests[{i}]>") for i, r in enumerate(requests)]
     if not requests:
@@ -101,11 +100,7 @@ def edit(model, tokenizer, requests: Iterable[EditRequest | Mapping[str, Any]], 
     config, recipe_path = load_config(spec.config, method, recipe=recipe, model_recipe=model_recipe_name(model),
                                       sets=list(sets), overrides=hparams)
     if getattr(config, "protect_neighbours", 0) and not preserve_given:
-        # the neighbours are chosen by llm_edit.forget (from the shipped known facts, which
-        # editing does not know about); a plain edit keeps only the facts it is given
-        warnings.warn(f"{method}: protect_neighbours={config.protect_neighbours} takes effect through "
-                      "llm_edit.forget / `llm-edit forget`; this edit preserves no facts (pass preserve=[...])",
-                      stacklevel=2)
+        preserve = preserved_neighbours(requests, config.protect_neighbours)
     torch.manual_seed(getattr(config, "seed", 0))
     base_fingerprint = fingerprint(model)
     t0 = time.perf_counter()
@@ -139,6 +134,19 @@ def edit(model, tokenizer, requests: Iterable[EditRequest | Mapping[str, Any]], 
     }
     return EditResult(model, WeightDelta.stack(applied, manifest), requests, per_request, applied,
                       batch_keys if any(batch_keys) else [], grams.grams, prepared)
+
+
+def preserved_neighbours(requests: list[EditRequest], per_request: int) -> list[EditRequest]:
+    """Up to ``per_request`` shipped known facts per request that share its old object
+    (``target_true``) or its relation, from the training half (``core.known``; the evaluations'
+    neighbours come from the other half): what an edit of the request damages first ("the
+    Louvre ... Paris" when the Eiffel Tower moves to Rome), kept where they are."""
+    from ..core.known import Anchor, closest_known
+
+    anchors = [Anchor(r.text, r.subject, r.target_true, r.relation_id) for r in requests]
+    return [EditRequest(c.fact["prompt"].replace(c.fact["subject"], "{}", 1), c.fact["subject"], "",
+                        c.fact["attribute"], relation_id=c.fact.get("relation_id"))
+            for c in closest_known(anchors, per_request, "train")]
 
 
 def _apply_batches(model, tokenizer, requests: list[EditRequest], method: str, spec, config, prepared: Prepared,

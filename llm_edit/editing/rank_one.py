@@ -9,7 +9,8 @@ from __future__ import annotations
 import torch
 
 
-def rank_one_update(residual: torch.Tensor, key: torch.Tensor, cov: torch.Tensor | None
+def rank_one_update(residual: torch.Tensor, key: torch.Tensor, cov: torch.Tensor | None,
+                    preserved: torch.Tensor | None = None, preserve_weight: float = 0.0
                     ) -> tuple[torch.Tensor, torch.Tensor]:
     """ROME's closed-form rank-one update (Meng et al. 2022, eq. 2), as factors ``left @ right``.
 
@@ -21,10 +22,21 @@ def rank_one_update(residual: torch.Tensor, key: torch.Tensor, cov: torch.Tensor
     Deviation from the original code: k* here is the prefix-averaged key in both the
     numerator and the denominator (the r-ROME fix, Gupta et al. 2024); the original mixes it
     with the bare-prompt key, which makes sequential edits collapse.
+    ``preserved`` (m, d_in): keys of facts that are not edited but must keep their outputs. Each
+    enters the old keys' second moment with weight w = ``preserve_weight``: C is replaced by
+    C + w K_pᵀK_p (an addition of ours, as ``batch_update``'s μ). C is an average over text, so
+    one key in it weighs nothing; with w the update writes at a preserved key k_p only about
+    1/(1 + w k_pᵀC⁻¹k_p) of what it wrote before (Sherman-Morrison), and k_pᵀC⁻¹k_p is about
+    d_in for a typical key. The constraint W' k* = v* still holds exactly.
     Returns ``left`` (d_out, 1) and ``right`` (1, d_in) in float32, with W' = W + left @ right.
     """
     k = key.double()
-    u = k if cov is None else torch.linalg.solve(cov.double(), k)
+    c = None if cov is None else cov.double()
+    if preserved is not None and len(preserved) and preserve_weight > 0:
+        p = preserved.double().to(k.device)
+        c = (torch.eye(k.shape[0], dtype=torch.float64, device=k.device) if c is None else c) \
+            + preserve_weight * (p.T @ p)
+    u = k if c is None else torch.linalg.solve(c, k)
     denom = u @ k
     if not torch.isfinite(denom) or denom.abs() < 1e-12:
         raise FloatingPointError("rank-one update: (C⁻¹k)ᵀk is zero or not finite")

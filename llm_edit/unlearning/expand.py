@@ -14,7 +14,7 @@ them. So:
   Given ``paraphrase_prompts`` are never trained on: they are the audit's paraphrase probe.
 * ``protect_neighbours: n`` adds to the sampled retain text up to n shipped known facts per
   forgotten fact that share its object or relation, from the *training* half of the known
-  facts (``items.known_pool("train")``); the forget table and the evaluations draw neighbours
+  facts (``core.known.known_pool``); the forget table and the evaluations draw neighbours
   from the other half, so nothing that judges forgetting was trained on.
 """
 from __future__ import annotations

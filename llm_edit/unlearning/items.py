@@ -30,7 +30,8 @@ from typing import Any, Iterable, Iterator, Mapping
 
 import torch
 
-from ..core.files import DATA_DIR, FactFileError, parsed_records, records
+from ..core.files import FactFileError, parsed_records
+from ..core.known import KNOWN_FACTS, Anchor, closest_known
 
 PLAIN_QA_TEMPLATE = "Question: {question}\nAnswer: "
 
@@ -153,65 +154,27 @@ def item_texts(line: int | None, item: ForgetItem) -> Iterator[tuple[int | None,
         yield line, f"paraphrases[{i}]", p, " " + item.answer
 
 
-KNOWN_FACTS = DATA_DIR / "known_1000.json"
-
-
-def _relation_tail(prompt: str, subject: str) -> str:
-    """What a fact's prompt says after its subject ("is located in the city of"): the relation,
-    for facts that carry no Wikidata relation id."""
-    return " ".join(prompt.split(subject, 1)[-1].lower().split())
-
-
 def given_neighbours(items: list[ForgetItem]) -> list[ForgetItem]:
     """The ``neighborhood`` facts the forget file itself lists (edit requests carry them)."""
     return [ForgetItem("fact", n["prompt"], n["target"].strip(), (), {"neighbour_of": f.extra.get("subject")})
             for f in items for n in f.extra.get("neighborhood", ())]
 
 
-def known_pool(subject: str) -> str:
-    """Which half of the known facts a subject belongs to: ``train`` (what unlearning may keep
-    by training, ``expand.protective_retain``) or ``eval`` (what the forget table and the
-    evaluations judge it by). Split on a hash of the subject, so no subject is in both."""
-    return "train" if hashlib.sha256(subject.strip().lower().encode()).digest()[0] % 2 else "eval"
-
-
 def neighbour_facts(items: list[ForgetItem], per_item: int = 2, source: Path = KNOWN_FACTS,
                     pool: str | None = "eval") -> list[ForgetItem]:
-    """Known facts (ROME's, shipped) closest to the forgotten ones: for each forgotten fact, up to
-    ``per_item`` that share its object ("the Louvre ... Paris" for "the Eiffel Tower ... Paris"),
-    then ones that share its relation (the Wikidata id when the item has one, else the words after
-    the subject), never a forgotten subject. These are what forgetting damages first; they show
-    whether it did. ``pool`` takes them from one half of the known facts (``known_pool``; None:
-    all)."""
+    """Known facts (ROME's, shipped) closest to the forgotten ones (``core.known.closest_known``):
+    for each forgotten fact, up to ``per_item`` that share its object ("the Louvre ... Paris" for
+    "the Eiffel Tower ... Paris"), then ones that share its relation, never a forgotten subject.
+    These are what forgetting damages first; they show whether it did. ``pool`` takes them from
+    one half of the known facts (``known_pool``; None: all)."""
     facts = [f for f in items if f.kind == "fact"]
     if not facts:
         return []
-    known = [obj for _, obj in records(source) if pool is None or known_pool(obj["subject"]) == pool]
-    taken = {f.extra.get("subject", "").lower() for f in facts}
-    out: list[ForgetItem] = []
-    for f in facts:
-        subject = f.extra.get("subject", "")
-        tail, relation = _relation_tail(f.prompt, subject), f.extra.get("relation_id")
-        def shares(k) -> tuple[bool, bool]:
-            same_relation = (k.get("relation_id") == relation if relation
-                             else _relation_tail(k["prompt"], k["subject"]) == tail)
-            return k["attribute"].strip().lower() == f.answer.strip().lower(), same_relation
-
-        # both first (another landmark of the same city), then the object, then the relation
-        ranked = sorted((k for k in known if any(shares(k))), key=lambda k: (not all(shares(k)), not shares(k)[0]))
-        picked = 0
-        for k in ranked:
-            if picked == per_item:
-                break
-            if k["subject"].lower() in taken:
-                continue
-            taken.add(k["subject"].lower())
-            out.append(ForgetItem("fact", k["prompt"], k["attribute"], (), {
-                "subject": k["subject"], "relation_id": k.get("relation_id"), "known_id": k.get("known_id"),
-                "neighbour_of": subject,
-                "shares": {(True, True): "object and relation", (True, False): "object"}.get(shares(k), "relation")}))
-            picked += 1
-    return out
+    anchors = [Anchor(f.prompt, f.extra.get("subject", ""), f.answer, f.extra.get("relation_id")) for f in facts]
+    return [ForgetItem("fact", c.fact["prompt"], c.fact["attribute"], (), {
+        "subject": c.fact["subject"], "relation_id": c.fact.get("relation_id"), "known_id": c.fact.get("known_id"),
+        "neighbour_of": anchors[c.anchor].subject, "shares": c.shares})
+        for c in closest_known(anchors, per_item, pool, source)]
 
 
 def items_sha256(items: Iterable[ForgetItem]) -> str:

@@ -37,10 +37,10 @@ class Method:
 
 METHODS: Registry[Method] = Registry("editing method", {
     "rome": Method("rome", rome.ROMEConfig, rome.prepare, rome.compute, lambda config: 1,
-                   "rank-one edit of one MLP layer per fact, applied one fact after another"),
+                   "rank-one edit of one MLP layer per fact, applied one fact after another", preserves=True),
     "rome-erase": Method("rome-erase", rome.ROMEEraseConfig, rome.prepare, rome.compute, lambda config: 1,
                          "erase facts by rank-one edits: make each object unlikely (or neutral), one fact "
-                         "after another", erases=True),
+                         "after another", erases=True, preserves=True),
     "memit": Method("memit", memit.MEMITConfig, memit.prepare, memit.compute, lambda config: config.batch_size,
                     "batch edit spread over a range of MLP layers (batch_size requests at once)", preserves=True),
     "memit-erase": Method("memit-erase", memit.MEMITEraseConfig, memit.prepare, memit.compute,

@@ -21,7 +21,7 @@ class EraseOptions:
     erase_stop_prob: float = 0.02  # suppress: stop once the object's probability is below this after every prompt
     # ``llm_edit.forget``: this many shipped known facts per forgotten fact that share its object or
     # relation (the training half, as unlearners' protect_neighbours) are kept where they are: their
-    # keys go to the solve as preserved keys (methods that preserve: memit-erase)
+    # keys go to the solve as preserved keys (``edit`` chooses them the same way when given none)
     protect_neighbours: int = 0
     # suppress: how many new tokens of the model's own greedy answer to the fact's prompt and each
     # derived form are read (0: off). Where the answer names the object after a lead-in ("the

@@ -58,13 +58,17 @@ class MEMITConfig(ValueOptions):
     # (``leak_fractions``): each value is chosen to do no harm where it leaks; 0: off
     leak_kl: float = 0.0
     leak_facts: int = 3  # with leak_kl: the preserved facts per request it leaks to most whose prompts enter
+    # this many shipped known facts per request that share its old object or relation (the training
+    # half, ``core.known``) are preserved: ``edit`` chooses them when given no ``preserve``; 0: off
+    protect_neighbours: int = 0
 
     def validate(self) -> None:
         check_layer_range(self)
         if self.mom2_update_weight <= 0:
             raise ValueError("mom2_update_weight > 0 is required")
-        if self.preserve_weight < 0 or self.leak_kl < 0 or self.leak_facts < 1:
-            raise ValueError("preserve_weight >= 0, leak_kl >= 0 and leak_facts >= 1 are required")
+        if self.preserve_weight < 0 or self.leak_kl < 0 or self.leak_facts < 1 or self.protect_neighbours < 0:
+            raise ValueError("preserve_weight >= 0, leak_kl >= 0, leak_facts >= 1 and protect_neighbours >= 0 are "
+                             "required")
         check_value_options(self)
 
 

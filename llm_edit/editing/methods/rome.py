@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from ...core.arch import arch_of, num_layers
 from ...core.config import ConfigError
 from ..contract import Memory, Prepared
-from ..keys import context_templates, mean_subject_key
+from ..keys import context_templates, mean_subject_key, mean_subject_keys
 from ..rank_one import rank_one_update
 from ..stats import second_moment
 from ..values import ValueOptions, check_value_options, optimise_with
@@ -39,12 +39,20 @@ class ROMEConfig(ValueOptions):
     v_steps: int = 20  # Adam steps for δ
     v_lr: float = 0.5
     clamp_norm_factor: float = 4.0  # ||δ|| ≤ factor · ||v_init||
+    # this many shipped known facts per request that share its old object or relation (the
+    # training half, ``core.known``) are kept where they are: ``edit`` passes them as preserved
+    # facts when it is given none, and their keys enter C with weight ``preserve_weight``
+    # (``rank_one.rank_one_update``); 0: off
+    protect_neighbours: int = 0
+    preserve_weight: float = 0.01  # w per preserved key against C's 1 (C + w K_pᵀK_p)
 
     def validate(self) -> None:
         if isinstance(self.layer, str) and self.layer != "auto":
             raise ValueError(f"layer must be a block index or 'auto', got {self.layer!r}")
         if isinstance(self.layer, int) and self.layer < 0:
             raise ValueError("layer must be >= 0")
+        if self.protect_neighbours < 0 or self.preserve_weight < 0:
+            raise ValueError("protect_neighbours >= 0 and preserve_weight >= 0 are required")
         check_value_options(self)
 
 
@@ -55,10 +63,6 @@ class ROMEEraseConfig(EraseOptions, ROMEConfig):
     def validate(self) -> None:
         ROMEConfig.validate(self)
         self.validate_erase()
-        if self.protect_neighbours:
-            # ROME's solve has no preserved keys: refused here, with the recipe, before any model loads
-            raise ValueError("protect_neighbours: rome-erase cannot keep facts where they are (no preserved "
-                             "keys); use memit-erase, or protect_neighbours=0")
 
 
 def prepare(model, tok, config: ROMEConfig) -> Prepared:
@@ -94,7 +98,14 @@ def compute(model, tok, requests, config: ROMEConfig, prepared: Prepared, memory
     t2 = time.perf_counter()
     cov = prepared.covariances[prepared.layer]
     cov = cov.to(key.device) if cov is not None else None
-    left, right = rank_one_update(value.delta, key, cov)
+    preserved = None
+    if memory.preserve and config.preserve_weight > 0:
+        # the keys are this module's inputs, which no ROME edit of it moves: measured once a call
+        if name not in memory.preserved_keys:
+            memory.preserved_keys[name] = mean_subject_keys(model, tok, name, memory.preserve, prepared.contexts,
+                                                            config.bare_key_weight)
+        preserved = memory.preserved_keys[name]
+    left, right = rank_one_update(value.delta, key, cov, preserved, config.preserve_weight)
     t3 = time.perf_counter()
     if spec.mlp_out_transposed:  # Conv1D stores (in, out): (left @ right)ᵀ = rightᵀ @ leftᵀ
         left, right = right.T, left.T
