@@ -144,7 +144,8 @@ def test_a_plain_edit_with_protect_neighbours_preserves_the_closest_known_facts_
     model, tok = tiny("llama")
     request = {"prompt": "{} is located in the city of", "subject": "Eiffel Tower", "target_new": "Rome",
                "target_true": "Paris"}
-    chosen = preserved_neighbours([parse_request(request)], 3)
+    chosen, owners = preserved_neighbours([parse_request(request)], 3)
+    assert owners == {parse_request(request): (0, 1, 2)}
     assert len(chosen) == 3 and all(known_pool(r.subject) == "train" for r in chosen)
     assert all(r.target_true == "Paris" for r in chosen)  # the old object first: another landmark of Paris
     for method, kw in (("rome", {"layer": 1}), ("memit", {"layers": [1, 2]})):
@@ -245,3 +246,33 @@ def test_an_insertions_lead_ins_look_past_the_subject_and_keep_only_short_clause
     assert [f.name for f in every] == ["chat_statement+lead_in", "chat_question+lead_in", "question+lead_in",
                                        "subject_first+lead_in"]
     assert every[1].reply == "{}, since 1994, is made by"
+
+
+def test_rome_keeps_each_requests_own_neighbours_and_all_of_a_given_list(tiny, monkeypatch):
+    """With neighbours chosen by ``edit``, each rank-one solve preserves its request's own keys
+    (two requests, two each: two different pairs); a ``preserve`` list given by the caller is
+    preserved by every request's solve."""
+    from llm_edit.editing import rank_one
+    from llm_edit.editing.methods import rome
+
+    seen = []
+    real = rank_one.rank_one_update
+
+    def spy(residual, key, cov, preserved=None, preserve_weight=0.0):
+        seen.append(None if preserved is None else preserved.clone())
+        return real(residual, key, cov, preserved, preserve_weight)
+
+    monkeypatch.setattr(rome, "rank_one_update", spy)
+    model, tok = tiny("llama")
+    requests = [{"prompt": "{} is located in the city of", "subject": "Eiffel Tower", "target_new": "Rome",
+                 "target_true": "Paris"},
+                {"prompt": "The mother tongue of {} is", "subject": "Danielle Darrieux", "target_new": "English",
+                 "target_true": "French"}]
+    result = llm_edit.edit(model, tok, requests, "rome", layer=1, protect_neighbours=2, progress=False)
+    assert [len(p) for p in seen] == [2, 2] and not torch.equal(seen[0], seen[1])
+    assert len(result.manifest["preserved"]) == 4
+    result.revert()
+    seen.clear()
+    given = [{"prompt": "{} is located in the city of", "subject": "Louvre"}]
+    llm_edit.edit(model, tok, requests, "rome", layer=1, preserve=given, progress=False).revert()
+    assert [len(p) for p in seen] == [1, 1] and torch.equal(seen[0], seen[1])

@@ -122,7 +122,7 @@ def test_memit_preserve_keeps_the_given_facts_and_records_them(tiny):
     assert held < 0.1 * free
     assert result.manifest["preserved"][0]["subject"] == "Louvre"
     with pytest.raises(ValueError, match="cannot preserve"):
-        llm_edit.edit(model, tok, REQUESTS[:1], "rome", preserve=[kept_fact], progress=False)
+        llm_edit.edit(model, tok, REQUESTS[:1], "alphaedit", preserve=[kept_fact], progress=False)
 
 
 def test_memit_batch_raises_every_target_and_reverts(tiny):

@@ -45,10 +45,19 @@ class Memory:
     ``staged``, and ``edit`` adds them only once that batch's patch is applied.
     ``preserve``: facts that are not edited but whose keys the update must not move (MEMIT's
     preserved-key term, ``memit.py``; ROME's, ``rome.py``): the known facts closest to the edited
-    ones. ``preserved_keys``: their keys per module, where a method may measure them once (ROME,
+    ones. ``neighbours_of``: where ``edit`` chose them per request (``protect_neighbours``), each
+    request's own, as indices into ``preserve``; a list given by the caller is every request's.
+    ``preserved_keys``: module → {index: key}, for a method that may measure a key once (ROME,
     whose edits never move their own module's inputs)."""
 
     grams: dict[str, torch.Tensor] = field(default_factory=dict)
     staged: dict[str, torch.Tensor] = field(default_factory=dict)
     preserve: list["EditRequest"] = field(default_factory=list)
-    preserved_keys: dict[str, torch.Tensor] = field(default_factory=dict)
+    neighbours_of: dict["EditRequest", tuple[int, ...]] = field(default_factory=dict)
+    preserved_keys: dict[str, dict[int, torch.Tensor]] = field(default_factory=dict)
+
+    def preserved_for(self, requests) -> list[int]:
+        """Indices into ``preserve`` of the facts that an edit of ``requests`` must keep."""
+        if not self.neighbours_of:
+            return list(range(len(self.preserve)))
+        return sorted({i for r in requests for i in self.neighbours_of.get(r, ())})

@@ -99,8 +99,9 @@ def edit(model, tokenizer, requests: Iterable[EditRequest | Mapping[str, Any]], 
                              f"{missing[0]} has none")
     config, recipe_path = load_config(spec.config, method, recipe=recipe, model_recipe=model_recipe_name(model),
                                       sets=list(sets), overrides=hparams)
+    neighbours_of: dict[EditRequest, tuple[int, ...]] = {}
     if getattr(config, "protect_neighbours", 0) and not preserve_given:
-        preserve = preserved_neighbours(requests, config.protect_neighbours)
+        preserve, neighbours_of = preserved_neighbours(requests, config.protect_neighbours)
     torch.manual_seed(getattr(config, "seed", 0))
     base_fingerprint = fingerprint(model)
     t0 = time.perf_counter()
@@ -111,7 +112,8 @@ def edit(model, tokenizer, requests: Iterable[EditRequest | Mapping[str, Any]], 
         prepared = spec.prepare(model, tokenizer, config)
         prepared.config = dataclasses.asdict(config)
     prepare_seconds = time.perf_counter() - t0
-    grams = Memory({name: m.clone() for name, m in (memory or {}).items()}, preserve=preserve)
+    grams = Memory({name: m.clone() for name, m in (memory or {}).items()}, preserve=preserve,
+                   neighbours_of=neighbours_of)
 
     applied, batch_keys, per_request = _apply_batches(model, tokenizer, requests, method, spec, config, prepared,
                                                      grams, progress)
@@ -136,17 +138,23 @@ def edit(model, tokenizer, requests: Iterable[EditRequest | Mapping[str, Any]], 
                       batch_keys if any(batch_keys) else [], grams.grams, prepared)
 
 
-def preserved_neighbours(requests: list[EditRequest], per_request: int) -> list[EditRequest]:
+def preserved_neighbours(requests: list[EditRequest], per_request: int
+                         ) -> tuple[list[EditRequest], dict[EditRequest, tuple[int, ...]]]:
     """Up to ``per_request`` shipped known facts per request that share its old object
     (``target_true``) or its relation, from the training half (``core.known``; the evaluations'
     neighbours come from the other half): what an edit of the request damages first ("the
-    Louvre ... Paris" when the Eiffel Tower moves to Rome), kept where they are."""
+    Louvre ... Paris" when the Eiffel Tower moves to Rome), kept where they are. Returns them
+    and, per request, the indices of its own: an edit keeps its request's neighbours, not the
+    whole file's (a thousand keys held still would leave a rank-one edit little room)."""
     from ..core.known import Anchor, closest_known
 
     anchors = [Anchor(r.text, r.subject, r.target_true, r.relation_id) for r in requests]
+    chosen = closest_known(anchors, per_request, "train")
+    owners: dict[EditRequest, tuple[int, ...]] = {}
+    for i, c in enumerate(chosen):
+        owners[requests[c.anchor]] = owners.get(requests[c.anchor], ()) + (i,)
     return [EditRequest(c.fact["prompt"].replace(c.fact["subject"], "{}", 1), c.fact["subject"], "",
-                        c.fact["attribute"], relation_id=c.fact.get("relation_id"))
-            for c in closest_known(anchors, per_request, "train")]
+                        c.fact["attribute"], relation_id=c.fact.get("relation_id")) for c in chosen], owners
 
 
 def _apply_batches(model, tokenizer, requests: list[EditRequest], method: str, spec, config, prepared: Prepared,

@@ -103,7 +103,8 @@ def compute(model, tok, requests, config: MEMITConfig, prepared: Prepared, memor
     top = spec.layer(layers[-1])
     t0 = time.perf_counter()
     objective = value_objective(config, requests, tok, model)
-    leaks = _leaks(model, tok, requests, memory.preserve, prepared, config) if config.leak_kl > 0 else None
+    keep = [memory.preserve[i] for i in memory.preserved_for(requests)]  # this batch's neighbours, or all given
+    leaks = _leaks(model, tok, requests, keep, prepared, config) if config.leak_kl > 0 else None
     values = optimise_with(config, model, tok, top, requests, contexts, progress=len(requests) > 1, leaks=leaks,
                            leak_kl=config.leak_kl, **objective)
     targets = torch.stack([v.initial + v.delta for v in values])
@@ -112,8 +113,8 @@ def compute(model, tok, requests, config: MEMITConfig, prepared: Prepared, memor
     def solve(layer, residuals, keys):
         cov = prepared.covariances[layer]
         preserved = None
-        if memory.preserve and config.preserve_weight > 0:  # measured now: the layers below are already updated
-            preserved = mean_subject_keys(model, tok, spec.mlp_out.format(layer), memory.preserve, contexts,
+        if keep and config.preserve_weight > 0:  # measured now: the layers below are already updated
+            preserved = mean_subject_keys(model, tok, spec.mlp_out.format(layer), keep, contexts,
                                           config.bare_key_weight)
         return batch_update(residuals, keys, cov.to(keys.device) if cov is not None else None,
                             config.mom2_update_weight, preserved, config.preserve_weight)

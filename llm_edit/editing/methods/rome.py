@@ -21,6 +21,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+import torch
+
 from ...core.arch import arch_of, num_layers
 from ...core.config import ConfigError
 from ..contract import Memory, Prepared
@@ -99,12 +101,16 @@ def compute(model, tok, requests, config: ROMEConfig, prepared: Prepared, memory
     cov = prepared.covariances[prepared.layer]
     cov = cov.to(key.device) if cov is not None else None
     preserved = None
-    if memory.preserve and config.preserve_weight > 0:
+    wanted = memory.preserved_for([request]) if config.preserve_weight > 0 else []
+    if wanted:
         # the keys are this module's inputs, which no ROME edit of it moves: measured once a call
-        if name not in memory.preserved_keys:
-            memory.preserved_keys[name] = mean_subject_keys(model, tok, name, memory.preserve, prepared.contexts,
-                                                            config.bare_key_weight)
-        preserved = memory.preserved_keys[name]
+        known = memory.preserved_keys.setdefault(name, {})
+        missing = [i for i in wanted if i not in known]
+        if missing:
+            keys = mean_subject_keys(model, tok, name, [memory.preserve[i] for i in missing], prepared.contexts,
+                                     config.bare_key_weight)
+            known.update(zip(missing, keys))
+        preserved = torch.stack([known[i] for i in wanted])
     left, right = rank_one_update(value.delta, key, cov, preserved, config.preserve_weight)
     t3 = time.perf_counter()
     if spec.mlp_out_transposed:  # Conv1D stores (in, out): (left @ right)ᵀ = rightᵀ @ leftᵀ
