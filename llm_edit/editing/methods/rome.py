@@ -5,7 +5,8 @@ For each request, one after another: the key k* is the edited MLP output project
 the subject's last token, averaged over short model-generated prefixes (eq. 3); the value
 change δ is optimised so that the model says the new object (eq. 4); the closed-form rank-one
 update (eq. 2) then writes v_init + δ at k* while disturbing other keys as little as C = E[kkᵀ]
-allows. All maths lives in ``kv.py``/``maths.py``, shared with the other locate-then-edit methods.
+allows; with ``protect_neighbours`` the keys of the known facts next to the request weigh in C
+too (an addition of ours, ``rank_one.rank_one_update``). All maths lives in ``kv.py``/``maths.py``, shared with the other locate-then-edit methods.
 
 ``layer: auto`` takes the layer from causal tracing (``locating.average.auto_layers``: the peak of the
 average MLP indirect effect at the subject's last token, cached per model).
