@@ -139,3 +139,45 @@ def test_a_group_keeps_its_padded_prefix_caches_when_they_outgrow_the_estimate(t
     assert rebuilt_builds == 1 + 4 + 1  # at δ = 0, at each step and for the unfinished values
     for a, b in zip(kept, rebuilt):
         assert a.steps == b.steps and torch.equal(a.delta, b.delta)
+
+
+def test_key_shares_give_each_prompt_what_the_update_writes_at_its_key(tiny):
+    """With ``write_directions`` a prompt receives δ·(dᵀk), k its own key at the subject: the
+    objective after optimising equals plain forwards with exactly that added there, and not the
+    one with δ whole (the prefixed prompts' keys are not k*)."""
+    from llm_edit.core.text import encode_with_subject, target_ids
+    from llm_edit.editing.keys import mean_subject_key
+    from llm_edit.editing.rank_one import write_direction
+
+    model, tok = tiny("llama")
+    request = parse_request(REQUESTS[0])
+    contexts = context_templates(model, tok, [3], 2, 0)
+    name = arch_of(model).mlp_out.format(1)
+    key = mean_subject_key(model, tok, name, request, contexts, 0.8)
+    cov = torch.eye(key.shape[0]) + 0.1 * torch.outer(key, key)
+    direction = write_direction(key, cov)
+    assert float(direction @ key) == pytest.approx(1.0, abs=1e-5)
+    (result,) = optimise_values(model, tok, name, [request], contexts, steps=4, lr=0.5, kl_factor=0.0,
+                                weight_decay=0.1, clamp_norm_factor=4.0, kl_prompts=["{} is a"], nll_stop=0.0,
+                                write_directions=[direction])
+    new = target_ids(tok, request.target_new)
+
+    def objective(shared: bool) -> float:
+        nll = []
+        for c in contexts:
+            ids, sub = encode_with_subject(tok, c.replace("{}", request.prompt), request.subject)
+
+            handle = model.get_submodule(name).register_forward_hook(
+                lambda m, inp, out: out + torch.nn.functional.one_hot(torch.tensor(sub), out.shape[1])[None, :, None]
+                * ((direction @ inp[0][0, sub]) if shared else 1.0) * result.delta)
+            try:
+                with torch.no_grad():
+                    logits = model(input_ids=torch.tensor([ids + new[:-1]])).logits[0]
+            finally:
+                handle.remove()
+            logp = torch.log_softmax(logits.double(), -1)
+            nll.append(-sum(logp[len(ids) - 1 + j, t].item() for j, t in enumerate(new)) / len(new))
+        return sum(nll) / len(nll)
+
+    assert result.nll_after == pytest.approx(objective(shared=True), abs=1e-4)
+    assert abs(result.nll_after - objective(shared=False)) > 1e-3

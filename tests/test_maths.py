@@ -50,6 +50,22 @@ def test_rank_one_update_with_preserved_keys_matches_sherman_morrison():
                            torch.cat([t.flatten() for t in rank_one_update(r, k, cov)]))
 
 
+def test_write_direction_is_the_share_of_the_update_each_key_receives():
+    """ΔW k = residual · (dᵀk) for any key k, with or without preserved keys; dᵀk* = 1."""
+    from llm_edit.editing.rank_one import write_direction
+
+    g = torch.Generator().manual_seed(2)
+    keys = torch.randn(100, 6, generator=g, dtype=torch.float64)
+    cov = keys.T @ keys / len(keys)
+    k, other, r = (torch.randn(6, generator=g, dtype=torch.float64) for _ in range(3))
+    r = r[:4]
+    for preserved, w in ((None, 0.0), (keys[:3], 0.5)):
+        left, right = rank_one_update(r, k, cov, preserved, w)
+        d = write_direction(k, cov, preserved, w).double()
+        assert float(d @ k) == pytest.approx(1.0, abs=1e-6)
+        assert torch.allclose((left @ right).double() @ other, r * (d @ other), atol=1e-5)
+
+
 def test_rank_one_update_identity_covariance():
     k = torch.tensor([3.0, 4.0])
     left, right = rank_one_update(torch.tensor([1.0, 0.0]), k, None)

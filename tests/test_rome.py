@@ -154,3 +154,20 @@ def test_bare_key_weight_mixes_the_unprefixed_key(tiny, eiffel):
     assert torch.allclose(mean_subject_key(model, tok, name, request, contexts, 1.0), keys[0])
     half = mean_subject_key(model, tok, name, request, contexts, 0.5)
     assert torch.allclose(half, 0.5 * keys[0] + 0.25 * keys[1] + 0.25 * keys[2], atol=1e-6)
+
+
+@pytest.mark.parametrize("model_type", ["llama", "gemma3_text"])
+def test_key_shares_edit_still_raises_the_target_and_reverts(model_type, tiny, eiffel):
+    """``key_shares``: the same edit contract (target raised, bit-exact revert), another value
+    than without it (the prompts' shares are not all 1)."""
+    model, tok = tiny(model_type)
+    snap = _snapshot(model)
+    p_before = target_logprob(model, tok, ["Eiffel Tower is in"], ["Rome"]).exp().item()
+    shared = llm_edit.edit(model, tok, [eiffel], "rome", progress=False, key_shares=True)
+    p_after = target_logprob(model, tok, ["Eiffel Tower is in"], ["Rome"]).exp().item()
+    assert p_after > 1.5 * p_before and shared.manifest["hyperparameters"]["key_shares"] is True
+    shared.revert()
+    assert all(torch.equal(snap[k], v) for k, v in model.state_dict().items())
+    whole = llm_edit.edit(model, tok, [eiffel], "rome", progress=False)
+    assert shared.per_request[0]["delta_norm"] != whole.per_request[0]["delta_norm"]
+    whole.revert()

@@ -30,6 +30,13 @@ def rank_one_update(residual: torch.Tensor, key: torch.Tensor, cov: torch.Tensor
     d_in for a typical key. The constraint W' k* = v* still holds exactly.
     Returns ``left`` (d_out, 1) and ``right`` (1, d_in) in float32, with W' = W + left @ right.
     """
+    u, denom = _solved_key(key, cov, preserved, preserve_weight)
+    left = (residual.double() / denom).unsqueeze(1)
+    return left.float(), u.unsqueeze(0).float()
+
+
+def _solved_key(key, cov, preserved, preserve_weight) -> tuple[torch.Tensor, torch.Tensor]:
+    """(C'⁻¹k*, (C'⁻¹k*)ᵀk*) in float64, C' = C + w K_pᵀK_p (``rank_one_update``)."""
     k = key.double()
     c = None if cov is None else cov.double()
     if preserved is not None and len(preserved) and preserve_weight > 0:
@@ -40,8 +47,17 @@ def rank_one_update(residual: torch.Tensor, key: torch.Tensor, cov: torch.Tensor
     denom = u @ k
     if not torch.isfinite(denom) or denom.abs() < 1e-12:
         raise FloatingPointError("rank-one update: (C⁻¹k)ᵀk is zero or not finite")
-    left = (residual.double() / denom).unsqueeze(1)
-    return left.float(), u.unsqueeze(0).float()
+    return u, denom
+
+
+def write_direction(key: torch.Tensor, cov: torch.Tensor | None, preserved: torch.Tensor | None = None,
+                    preserve_weight: float = 0.0) -> torch.Tensor:
+    """d = C'⁻¹k* / (C'⁻¹k*)ᵀk* (d_in,), float32: ``rank_one_update``'s update writes
+    residual · (dᵀk) at any key k, so dᵀk is the share of what it writes at k* that a key k
+    receives (1 at k* itself). ROME's value optimisation gives every prompt the whole δ at
+    its subject; with ``key_shares`` each prompt gets its key's share instead (``rome.py``)."""
+    u, denom = _solved_key(key, cov, preserved, preserve_weight)
+    return (u / denom).float()
 
 
 def batch_update(residuals: torch.Tensor, keys: torch.Tensor, cov: torch.Tensor | None, weight: float,

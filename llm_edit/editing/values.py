@@ -129,7 +129,8 @@ def optimise_values(model, tok, module_name: str, requests: list[EditRequest], c
                     clamp_norm_factor: float, kl_prompts: list[str], nll_stop: float,
                     targets: list[str] | None = None, objective: str = "insert", stop_prob: float = 0.0,
                     forms: list[list] | None = None, leaks: list[list] | None = None, leak_kl: float = 0.0,
-                    max_rows: int = 96, prefix_cache_bytes: int = 2**30, progress: bool = False) -> list[ValueResult]:
+                    write_directions: list[torch.Tensor] | None = None, max_rows: int = 96,
+                    prefix_cache_bytes: int = 2**30, progress: bool = False) -> list[ValueResult]:
     """For each request, find δ added to ``module_name``'s output at the last subject token
     (ROME eq. 4; MEMIT eq. 16 optimises the same at its top layer).
 
@@ -139,11 +140,14 @@ def optimise_values(model, tok, module_name: str, requests: list[EditRequest], c
     to clamp_norm_factor · ||v_init||. With ``leaks[i]``, (fact, share) pairs: facts that request i's
     weight update will also move, by that share of δ_i (``rank_one.leak_fractions``), the loss gains
     leak_kl · (mean over them of the KL of that fact's next token when the share of δ is added at
-    its subject): δ_i is chosen among the values that also do no harm where they leak. The objective:
+    its subject): δ_i is chosen among the values that also do no harm where they leak. With
+    ``write_directions[i]`` (d_in,: ``rank_one.write_direction``, ROME's ``key_shares``) each of request
+    i's prompts receives δ_i scaled by dᵀk, k its own key at the subject (the module's input there),
+    which is what the rank-one update will write there, instead of δ_i whole. The objective:
 
     * ``insert`` (ROME): the mean per-token NLL of the target (default ``target_new``); a
       request stops once it is below ``nll_stop``;
-    * ``suppress`` (erasure): ``maths.object_unlikelihood`` of the target (default
+    * ``suppress`` (erasure): ``objectives.object_unlikelihood`` of the target (default
       ``target_true``); a request stops once the object's probability is below ``stop_prob``
       after every prompt (the largest, not the mean: the object must go after each context).
 
@@ -186,7 +190,9 @@ def optimise_values(model, tok, module_name: str, requests: list[EditRequest], c
         rows = [row._replace(request=k) for k, i in enumerate(group) for row in rows_of[i]]
         optimisation = _GroupOptimisation(model, tok, module_name, rows, len(group), n_ctx=len(contexts),
                                           n_ess=len(kl_prompts), objective=objective, max_rows=max_rows,
-                                          prefix_cache_bytes=prefix_cache_bytes, progress=progress)
+                                          prefix_cache_bytes=prefix_cache_bytes, progress=progress,
+                                          directions=None if write_directions is None
+                                          else [write_directions[i] for i in group])
         results += optimisation.run(steps=steps, lr=lr, kl_factor=kl_factor, leak_kl=leak_kl, weight_decay=weight_decay,
                                     clamp_norm_factor=clamp_norm_factor, nll_stop=nll_stop, stop_prob=stop_prob)
     return results
@@ -219,12 +225,15 @@ class _GroupOptimisation:
     δ = 0. ``run`` measures at δ = 0, then steps Adam until every request stops or ``steps``."""
 
     def __init__(self, model, tok, module_name: str, rows: list[_Row], n: int, *, n_ctx: int, n_ess: int,
-                 objective: str, max_rows: int, prefix_cache_bytes: int, progress: bool):
+                 objective: str, max_rows: int, prefix_cache_bytes: int, progress: bool,
+                 directions: list[torch.Tensor] | None = None):
         from ..core.scoring import forward_options
 
         self.model, self.module_name, self.n, self.n_ctx, self.n_ess = model, module_name, n, n_ctx, n_ess
         self.objective, self.progress = objective, progress
         self.device = next(model.parameters()).device
+        # with directions, the first pass (δ = 0) reads each own row's key and sets its share of δ
+        self.directions = None if directions is None else [d.to(self.device) for d in directions]
         spec = arch_of(model)
         self.final_norm = spec.final_norm
         self.lm_head, _ = head_of(model)  # the output layer and any soft-capping (Gemma 2)
@@ -258,6 +267,7 @@ class _GroupOptimisation:
         taken, done = [0] * n, [False] * n
         with frozen(self.model):
             values, _ = self.measure(set(range(n)), f"measuring {n} values")  # at δ = 0: v_init, essence rows
+            self.directions = None  # the rows' shares are set
             initial = [self.initial_sum[i] / self.n_ctx for i in range(n)]
             for i in range(n):
                 before[i] = values[i]
@@ -343,9 +353,14 @@ class _GroupOptimisation:
         # Stop after the final norm and apply the LM head only where a loss is taken: the
         # full-vocabulary head over every position would cost more than the layers above δ.
         with Trace(self.model, [self.module_name, self.final_norm], edit_output=partial(self._add_delta, rows),
-                   retain_output=True, detach=False, stop=True) as tr:
+                   retain_input=self.directions is not None, retain_output=True, detach=False, stop=True) as tr:
             self.model(input_ids=suffix_ids, attention_mask=mask, position_ids=positions,
                        use_cache=past is not None, **({self.cache_arg: past} if past is not None else {}))
+        if self.directions is not None:  # δ = 0, every row active: each own row's key is the input at its subject
+            keys = tr[self.module_name].input[:, 0].detach().float()
+            for b, row in enumerate(rows):
+                if row.essence < self.n_ess:
+                    chunk.rows[b] = row._replace(scale=float(self.directions[row.request] @ keys[b]))
         final = tr[self.final_norm].output
         terms, target_logprobs = self._rewrite_terms(rows, final, labels)
         for b, term in self._essence_terms(rows, final):

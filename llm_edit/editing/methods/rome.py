@@ -6,14 +6,18 @@ the subject's last token, averaged over short model-generated prefixes (eq. 3); 
 change δ is optimised so that the model says the new object (eq. 4); the closed-form rank-one
 update (eq. 2) then writes v_init + δ at k* while disturbing other keys as little as C = E[kkᵀ]
 allows; with ``protect_neighbours`` the keys of the known facts next to the request weigh in C
-too (an addition of ours, ``rank_one.rank_one_update``). All maths lives in ``kv.py``/``maths.py``, shared with the other locate-then-edit methods.
+too (an addition of ours, ``rank_one.rank_one_update``). The value optimisation adds δ at the
+subject's last token of every prompt; the update writes δ·(dᵀk) there (``rank_one.write_direction``),
+k that prompt's own key, which is not k* in a chat turn or after a prefix: with ``key_shares`` each
+prompt receives that share while δ is optimised (an addition of ours). The maths lives in
+``keys.py``, ``values.py`` and ``rank_one.py``, shared with the other locate-then-edit methods.
 
 ``layer: auto`` takes the layer from causal tracing (``locating.average.auto_layers``: the peak of the
 average MLP indirect effect at the subject's last token, cached per model).
 
 ``rome-erase`` (``ROMEEraseConfig``) is the same rank-one edit with another target value: for
 each fact to forget, δ either makes the true object unlikely (``erase_objective: suppress``,
-``maths.object_unlikelihood``, with the same KL and norm constraints as ROME) or makes the
+``objectives.object_unlikelihood``, with the same KL and norm constraints as ROME) or makes the
 model say a neutral ``neutral_target`` instead (``neutral``: ROME toward that target). The
 result is a patch like any edit's: auditable, revertible, stackable.
 """
@@ -28,7 +32,7 @@ from ...core.arch import arch_of, num_layers
 from ...core.config import ConfigError
 from ..contract import Memory, Prepared
 from ..keys import context_templates, mean_subject_key, mean_subject_keys
-from ..rank_one import rank_one_update
+from ..rank_one import rank_one_update, write_direction
 from ..stats import second_moment
 from ..values import ValueOptions, check_value_options, optimise_with
 from .erase import EraseOptions, lead_in_record, value_objective
@@ -48,6 +52,9 @@ class ROMEConfig(ValueOptions):
     # (``rank_one.rank_one_update``); 0: off
     protect_neighbours: int = 0
     preserve_weight: float = 0.01  # w per preserved key against C's 1 (C + w K_pᵀK_p)
+    # each prompt of the value optimisation receives the share of δ the update will write at its
+    # own key (``rank_one.write_direction``) instead of δ whole: a chat turn's key is not k*
+    key_shares: bool = False
 
     def validate(self) -> None:
         if isinstance(self.layer, str) and self.layer != "auto":
@@ -95,10 +102,6 @@ def compute(model, tok, requests, config: ROMEConfig, prepared: Prepared, memory
     (name,) = prepared.modules
     t0 = time.perf_counter()
     key = mean_subject_key(model, tok, name, request, prepared.contexts, config.bare_key_weight)
-    t1 = time.perf_counter()
-    objective = value_objective(config, [request], tok, model)
-    (value,) = optimise_with(config, model, tok, name, [request], prepared.contexts, **objective)
-    t2 = time.perf_counter()
     cov = prepared.covariances[prepared.layer]
     cov = cov.to(key.device) if cov is not None else None
     preserved = None
@@ -112,6 +115,12 @@ def compute(model, tok, requests, config: ROMEConfig, prepared: Prepared, memory
                                      config.bare_key_weight)
             known.update(zip(missing, keys))
         preserved = torch.stack([known[i] for i in wanted])
+    t1 = time.perf_counter()
+    objective = value_objective(config, [request], tok, model)
+    if config.key_shares:
+        objective["write_directions"] = [write_direction(key, cov, preserved, config.preserve_weight)]
+    (value,) = optimise_with(config, model, tok, name, [request], prepared.contexts, **objective)
+    t2 = time.perf_counter()
     left, right = rank_one_update(value.delta, key, cov, preserved, config.preserve_weight)
     t3 = time.perf_counter()
     if spec.mlp_out_transposed:  # Conv1D stores (in, out): (left @ right)ᵀ = rightᵀ @ leftᵀ
