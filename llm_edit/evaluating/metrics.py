@@ -7,7 +7,7 @@ token counts compare fairly.
 * efficacy: share of requests where P(target_new) > P(target_true) on the prompt (ES);
 * generalisation: the same over all paraphrase prompts (PS);
 * specificity: share of neighbourhood prompts where the true object still beats target_new (NS);
-* fluency: n-gram entropy of a greedy continuation (``maths.ngram_entropy``). Deviation: ROME
+* fluency: n-gram entropy of a greedy continuation (``ngram_entropy`` below). Deviation: ROME
   samples 100 tokens from generation prompts; we decode greedily from the request prompt
   (deterministic), and split words with a regex instead of NLTK;
 * perplexity on a fixed generic text (``generic_perplexity``): not a CounterFact metric but a

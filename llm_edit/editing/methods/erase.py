@@ -2,7 +2,7 @@
 
 An erasure is a locate-then-edit update whose target value, instead of making the model say
 ``target_new``, either makes the true object unlikely (``suppress``:
-``maths.object_unlikelihood`` with the method's KL and norm constraints) or makes the model say
+``objectives.object_unlikelihood`` with the method's KL and norm constraints) or makes the model say
 ``neutral_target`` (``neutral``). Only the value objective differs; keys, solve and patch are
 the method's own, so erasures are audited, reverted and stacked like any edit.
 """

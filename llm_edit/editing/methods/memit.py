@@ -10,7 +10,7 @@ ends where causal tracing finds the facts (§4.3, Algorithm 1):
 2. for each layer l in R from bottom to top: the keys K_l of the requests (averaged over the
    context prefixes as ROME's), the *current* top-layer hidden states H (re-measured, since
    the updates below changed them), the residual R = (Z − H)/(layers remaining), and
-   ΔW_l = R K_lᵀ (λ C_l + K_l K_lᵀ)⁻¹ (eq. 14, ``maths.batch_update``, float64); ΔW_l is applied
+   ΔW_l = R K_lᵀ (λ C_l + K_l K_lᵀ)⁻¹ (eq. 14, ``rank_one.batch_update``, float64); ΔW_l is applied
    before moving up because the next layer's keys and hidden states depend on it.
 
 The updates are handed back as one low-rank patch factor per layer (rank = batch size), so a
