@@ -133,6 +133,39 @@ def test_memit_erase_keeps_protected_neighbours_by_preserved_keys(tiny):
     assert all(torch.equal(snap[k], v) for k, v in model.state_dict().items())
 
 
+@pytest.mark.parametrize("model_type", ["llama", "gpt2"])  # not gemma3: see the rome-erase test above
+def test_alphaedit_erase_lowers_the_object_keeps_later_batches_off_earlier_keys_and_unloads(tiny, model_type):
+    """alphaedit-erase: the object made less likely, one AlphaEdit batch after another (the second
+    batch's solve sees the first's keys in its memory), the protected facts' keys in the solve;
+    the whole erasure unloads bit for bit."""
+    from llm_edit.editing.methods import alphaedit
+
+    model, tok = tiny(model_type)
+    word = top_word(model, tok)
+    snap = {k: v.clone() for k, v in model.state_dict().items()}
+    before = p_object(model, tok, target=word)
+    grams = []
+    solve = alphaedit.null_space_update
+
+    def spy(residuals, keys, projector, gram, alpha):
+        grams.append(None if gram is None else gram.clone())
+        return solve(residuals, keys, projector, gram, alpha)
+
+    other = {"prompt": "{} is located in", "subject": "Colosseum", "target": "Rome"}
+    alphaedit.null_space_update = spy
+    try:
+        result = llm_edit.forget(model, tok, [dict(FACT, target=word), other], method="alphaedit-erase",
+                                 batch_size=1, protect_neighbours=2, progress=False)
+    finally:
+        alphaedit.null_space_update = solve
+    assert p_object(model, tok, target=word) < 0.5 * before
+    assert len(result.manifest["preserved"]) >= 2 and result.manifest["forget_items"] == 2
+    assert len(grams) == 2 and grams[0] is not None  # the protected keys from the first batch on
+    assert torch.linalg.matrix_rank(grams[1]) > torch.linalg.matrix_rank(grams[0])  # plus the first batch's key
+    result.unload()
+    assert all(torch.equal(snap[k], v) for k, v in model.state_dict().items())
+
+
 def test_a_plain_edit_with_protect_neighbours_preserves_the_closest_known_facts_of_the_training_half(tiny):
     """Without ``preserve``, ``protect_neighbours`` n makes ``edit`` itself choose the known facts
     sharing each request's old object or relation (the training half, never the half that judges),

@@ -20,7 +20,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", choices=sorted(UNLEARNERS) + sorted(ERASERS),
                    help="a training-based unlearner, or an erasure by rank-one edits (" + ", ".join(ERASERS) + "); "
                    "default: memit-erase for facts, npo for questions and text (README, 'Forgetting that holds')")
-    p.add_argument("--layers", help="'auto': take the edited/steered layer(s) from causal tracing (rome-erase, memit-erase, rmu)")
+    p.add_argument("--layers", help="'auto': take the edited/steered layer(s) from causal tracing (rome-erase, memit-erase, alphaedit-erase, rmu)")
     p.add_argument("--recipe", help="YAML hyper-parameter file or recipe name (default: the model's)")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="override one hyper-parameter (repeatable); values are YAML")

@@ -51,6 +51,11 @@ METHODS: Registry[Method] = Registry("editing method", {
                         lambda config: config.batch_size,
                         "MEMIT's batch edit projected onto the null space of preserved knowledge, remembering "
                         "earlier batches' keys: for long sequences of edits"),
+    "alphaedit-erase": Method("alphaedit-erase", alphaedit.AlphaEditEraseConfig, alphaedit.prepare, alphaedit.compute,
+                              lambda config: config.batch_size,
+                              "erase facts by AlphaEdit batch edits: each batch in the null space of preserved "
+                              "knowledge and off the keys of the batches erased before it", erases=True,
+                              preserves=True),
 })
 
 ERASERS = METHODS.subset("erasure method", lambda m: m.erases)

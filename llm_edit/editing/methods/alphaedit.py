@@ -4,7 +4,7 @@ MEMIT's batch edit (``memit.py``: the same target values z_i at the top layer, t
 the same residual spread over the layer range, bottom to top) with another solve: each layer's
 update is projected onto the null space of the preserved knowledge's keys, so that what the
 model knew stays put, and it accounts for the keys of earlier batches, so that sequential
-edits stop overwriting each other (``maths.null_space_projector``, ``maths.null_space_update``):
+edits stop overwriting each other (``rank_one.null_space_projector``, ``rank_one.null_space_update``):
 
     ΔW_l = R K_lᵀ P_l ((K_p K_pᵀ + K_l K_lᵀ) P_l + α I)⁻¹
 
@@ -16,6 +16,13 @@ matrix of every earlier batch's keys at that layer, handed in by the orchestrati
 ``memory.grams``. This method never stores it: it stages the batch's keys in ``memory.staged``
 and the orchestration adds them once the batch's patch is applied, so a failed batch leaves the
 memory as it was.
+
+``alphaedit-erase`` (``AlphaEditEraseConfig``) is the same projected update with an erasure's
+values (``erase.py``: the object made unlikely, or a neutral target said): a forget set goes in
+batches, one after another, and each batch's update is projected into the null space of generic
+text's keys and kept off the keys of the batches erased before it. With ``protect_neighbours`` the protected known
+facts' keys join the earlier batches' in the solve's Gram term, each weighted
+``preserve_weight`` (an addition of ours, as MEMIT's μ).
 
 Deviations from the reference code: the solve runs in float64 (the reference: float32 on the
 GPU); the keys kept for the memory are the ones measured in the layer loop, which already see
@@ -32,11 +39,11 @@ import torch
 from ...core.arch import arch_of
 from ...core.config import ConfigError
 from ..contract import Memory, Prepared
-from ..keys import check_layer_range, context_templates, resolve_layers, spread_over_layers
+from ..keys import check_layer_range, context_templates, mean_subject_keys, resolve_layers, spread_over_layers
 from ..rank_one import null_space_projector, null_space_update
 from ..stats import second_moment
 from ..values import ValueOptions, check_value_options, optimise_with
-from .erase import value_objective
+from .erase import EraseOptions, lead_in_record, value_objective
 
 
 @dataclass
@@ -61,6 +68,20 @@ class AlphaEditConfig(ValueOptions):
         if self.nullspace_threshold <= 0 or self.alpha <= 0:
             raise ValueError("nullspace_threshold > 0 and alpha > 0 are required")
         check_value_options(self)
+
+
+@dataclass
+class AlphaEditEraseConfig(EraseOptions, AlphaEditConfig):
+    """alphaedit-erase: AlphaEdit's hyper-parameters plus what the new values should do (``erase.py``)."""
+
+    # each protected fact's key enters the solve's K_pK_pᵀ with this weight (an earlier edit's: 1)
+    preserve_weight: float = 1.0
+
+    def validate(self) -> None:
+        AlphaEditConfig.validate(self)
+        self.validate_erase()
+        if self.preserve_weight < 0:
+            raise ValueError("preserve_weight must be >= 0")
 
 
 def prepare(model, tok, config: AlphaEditConfig) -> Prepared:
@@ -95,20 +116,27 @@ def compute(model, tok, requests, config: AlphaEditConfig, prepared: Prepared, m
     layers, contexts = prepared.layers, prepared.contexts
     top = spec.layer(layers[-1])
     t0 = time.perf_counter()
-    values = optimise_with(config, model, tok, top, requests, contexts, progress=len(requests) > 1,
-                           **value_objective(config, requests, tok, model))
+    objective = value_objective(config, requests, tok, model)
+    values = optimise_with(config, model, tok, top, requests, contexts, progress=len(requests) > 1, **objective)
     targets = torch.stack([v.initial + v.delta for v in values])
     t1 = time.perf_counter()
+    weight = getattr(config, "preserve_weight", 0.0)
+    keep = [memory.preserve[i] for i in memory.preserved_for(requests)] if weight > 0 else []
 
     def solve(layer, residuals, keys):
-        return null_space_update(residuals, keys, prepared.projectors[layer],
-                                 memory.grams.get(spec.mlp_out.format(layer)), config.alpha)
+        name = spec.mlp_out.format(layer)
+        gram = memory.grams.get(name)
+        if keep:  # measured now: the layers below are already updated
+            kept = mean_subject_keys(model, tok, name, keep, contexts, config.bare_key_weight).double().cpu()
+            gram = weight * (kept.T @ kept) + (0 if gram is None else gram.double())
+        return null_space_update(residuals, keys, prepared.projectors[layer], gram, config.alpha)
 
     factors, batch_keys = spread_over_layers(model, tok, requests, contexts, layers, targets,
                                              config.bare_key_weight, solve)
     memory.staged = batch_keys
     t2 = time.perf_counter()
-    info = [{"objective": "insert", "loss_before": v.nll_before, "loss_after_optimisation": v.nll_after,
+    info = [{"objective": objective["objective"], "loss_before": v.nll_before, "loss_after_optimisation": v.nll_after,
              "steps": v.steps, "delta_norm": float(v.delta.norm()),
-             "value_seconds_batch": round(t1 - t0, 3), "solve_seconds_batch": round(t2 - t1, 3)} for v in values]
+             "value_seconds_batch": round(t1 - t0, 3), "solve_seconds_batch": round(t2 - t1, 3),
+             **lead_in_record(objective, i)} for i, v in enumerate(values)]
     return factors, info
