@@ -166,7 +166,6 @@ def test_key_shares_give_each_prompt_what_the_update_writes_at_its_key(tiny):
         nll = []
         for c in contexts:
             ids, sub = encode_with_subject(tok, c.replace("{}", request.prompt), request.subject)
-
             handle = model.get_submodule(name).register_forward_hook(
                 lambda m, inp, out: out + torch.nn.functional.one_hot(torch.tensor(sub), out.shape[1])[None, :, None]
                 * ((direction @ inp[0][0, sub]) if shared else 1.0) * result.delta)
