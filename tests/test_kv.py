@@ -7,7 +7,7 @@ from llm_edit.editing.requests import parse_request
 from llm_edit.editing.keys import context_templates
 from llm_edit.editing.values import optimise_values
 
-from conftest import FAST_PATHS
+from conftest import FAST_PATHS, TINY_TYPES
 
 REQUESTS = [{"prompt": "{} is in", "subject": "Eiffel Tower", "target_new": "Rome", "target_true": "Paris"},
             {"prompt": "{} was written by", "subject": "Hamlet", "target_new": "Goethe", "target_true": "Shakespeare"},
@@ -102,13 +102,14 @@ def test_a_group_keeps_its_padded_prefix_caches_when_they_outgrow_the_estimate(t
     caches outgrow the grouping estimate (twice the unpadded tokens). The room is a multiple of
     the estimate's budget, so each chunk's prefix runs once, not at every step; with a room equal
     to that budget (as before) the chunk that did not fit ran again at every pass, with the same
-    result."""
+    result. Rows in lanes of their own (as before packing): packed, the caches hold no padding."""
     import llm_edit.core.scoring as scoring
     import llm_edit.editing.values as values
     from llm_edit.core.forms import Form
     from llm_edit.editing.value_rows import _PADDING_ALLOWANCE, _cache_bytes_per_token, _value_rows
 
     model, tok = tiny("llama")
+    monkeypatch.setattr(values, "lane_capacity", lambda model: None)
     requests = [parse_request(r) for r in REQUESTS[:2]]
     contexts = context_templates(model, tok, [3], 2, 0)
     preamble = Form("preamble", "Here is a long preamble of many words that the model reads, one after another, before "
@@ -139,6 +140,54 @@ def test_a_group_keeps_its_padded_prefix_caches_when_they_outgrow_the_estimate(t
     assert rebuilt_builds == 1 + 4 + 1  # at δ = 0, at each step and for the unfinished values
     for a, b in zip(kept, rebuilt):
         assert a.steps == b.steps and torch.equal(a.delta, b.delta)
+
+
+@pytest.mark.parametrize("model_type", TINY_TYPES)
+def test_packed_lanes_give_what_rows_of_their_own_give(tiny, monkeypatch, model_type):
+    """Rows packed into lanes (each token masked to its own row, positions from its row's start)
+    give the objective, the steps and the δ of rows each in a lane of its own, the model building
+    its mask, on every architecture. A sliding window (16 on the tiny Gemmas) shorter than the
+    rows keeps them apart; widened to 64 it lets them share lanes, its layers' caches and masks
+    included."""
+    import llm_edit.editing.values as values
+    from llm_edit.core.forms import Form
+    from llm_edit.core.scoring import sliding_window
+
+    model, tok = tiny(model_type)
+    requests = [parse_request(r) for r in REQUESTS]
+    contexts = context_templates(model, tok, [3], 2, 0)
+    forms = [[Form("after", "Some words come first, and then {} is in", False)] for _ in requests]
+    name = arch_of(model).mlp_out.format(1)
+    # chunks of 7 rows: lanes of several rows, some of them of requests that have stopped
+    kw = dict(steps=4, lr=0.5, kl_factor=0.0625, weight_decay=0.1, clamp_norm_factor=4.0, kl_prompts=["{} is a"],
+              nll_stop=0.0, forms=forms, max_rows=7)
+    # stop between the two lowest objectives at δ = 0: one request stops at once, the others step on
+    low, middle, _ = sorted(v.nll_before for v in optimise_values(model, tok, name, requests, contexts,
+                                                                   **dict(kw, steps=0)))
+    kw["nll_stop"] = (low + middle) / 2
+    built = []
+    chunk = values._PromptChunk
+    monkeypatch.setattr(values, "_PromptChunk", lambda *a, **k: built.append(chunk(*a, **k)) or built[-1])
+
+    def packed_run():
+        built.clear()
+        results = optimise_values(model, tok, name, requests, contexts, **kw)
+        return results, any(c.packed and c.n_lanes < len(c.rows) for c in built)
+
+    window = sliding_window(model)
+    if window is not None:
+        assert not packed_run()[1]  # the rows are longer than the window
+        config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+        monkeypatch.setattr(config, "sliding_window", 64)
+    packed, was_packed = packed_run()
+    assert was_packed
+    monkeypatch.setattr(values, "lane_capacity", lambda model: None)
+    own = optimise_values(model, tok, name, requests, contexts, **kw)
+    assert len({v.steps for v in own}) > 1
+    for a, b in zip(packed, own):
+        assert a.steps == b.steps
+        assert a.nll_before == pytest.approx(b.nll_before, abs=1e-4)
+        assert torch.allclose(a.delta, b.delta, atol=1e-3)
 
 
 def test_key_shares_give_each_prompt_what_the_update_writes_at_its_key(tiny):

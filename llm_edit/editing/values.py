@@ -21,7 +21,8 @@ from ..core.hooks import Trace
 from ..core.text import pad_id
 from .objectives import clamp_norm, kl_to_initial, mean_target_nll, object_unlikelihood, relative_weight_decay
 from .requests import EditRequest
-from .value_rows import _cache_bytes_per_token, _CacheBudget, _groups_within, _PromptChunk, _Row, _value_rows
+from .value_rows import (_cache_bytes_per_token, _CacheBudget, _groups_within, _PromptChunk, _Row, _value_rows,
+                         lane_capacity)
 
 
 @contextlib.contextmanager
@@ -155,8 +156,10 @@ def optimise_values(model, tok, module_name: str, requests: list[EditRequest], c
     each δ_i exactly the gradient it gets alone, and every δ_i has its own Adam state (one
     parameter each); a request that has stopped leaves the batch (its δ is frozen, as Adam
     skips parameters without a gradient). Every term of the loss is a mean over one request's
-    prompts, so the prompts of all requests are pooled, sorted by length (little padding) and
-    sent in chunks of at most ``max_rows`` sequences, gradients accumulating. Each prompt's
+    prompts, so the prompts of all requests are pooled, sorted by length and sent in chunks of
+    at most ``max_rows`` prompts, gradients accumulating; within a chunk the prompts are packed
+    into lanes of up to 512 tokens, each prompt masked to its own tokens (``value_rows``), so a
+    step runs little padding. Each prompt's
     tokens before the subject's last token do not depend on δ: they run once, without
     gradients, and their key/value cache is kept, so a step runs only the tokens from the
     subject on. A group's caches may take ``prefix_cache_bytes`` (1 GiB); requests go in
@@ -243,7 +246,9 @@ class _GroupOptimisation:
         # changes (``_PromptChunk``). Sorting by the changing part keeps its padding small.
         rows.sort(key=lambda row: (len(row.ids) + len(row.target) - row.split, row.split))
         pad = pad_id(tok)
-        self.chunks = [_PromptChunk(rows[k:k + max_rows], pad, self.device) for k in range(0, len(rows), max_rows)]
+        lanes, dtype = lane_capacity(model), next(model.parameters()).dtype
+        self.chunks = [_PromptChunk(rows[k:k + max_rows], pad, self.device, lanes, dtype)
+                       for k in range(0, len(rows), max_rows)]
         self.cache_room = _CacheBudget(prefix_cache_bytes)
         # each rewrite row's term is divided by its request's number of rewrite rows (n_ctx
         # without derived forms), so the objective is a mean over that request's prompts
@@ -346,35 +351,37 @@ class _GroupOptimisation:
         keep = [b for b, row in enumerate(chunk.rows) if row.request in active]
         if not keep:
             return None
-        select = None if len(keep) == len(chunk.rows) else torch.tensor(keep, device=self.device)
+        lanes = sorted({chunk.lane[b] for b in keep})
+        select = None if len(lanes) == chunk.n_lanes else torch.tensor(lanes, device=self.device)
+        renumber = {lane: i for i, lane in enumerate(lanes)}
         rows = [chunk.rows[b] for b in keep]
+        # where each kept row's rest begins in this pass (lane, position); a lane's other rows,
+        # of stopped requests, run without δ and without a term
+        at = torch.tensor([[renumber[chunk.lane[b]], chunk.start[b]] for b in keep], device=self.device)
         past = chunk.prefix_cache(self.model, select, self.cache_room)
-        suffix_ids, mask, positions, labels = chunk.inputs(select)
+        suffix_ids, mask, positions = chunk.inputs(select)
         # Stop after the final norm and apply the LM head only where a loss is taken: the
         # full-vocabulary head over every position would cost more than the layers above δ.
-        with Trace(self.model, [self.module_name, self.final_norm], edit_output=partial(self._add_delta, rows),
+        with Trace(self.model, [self.module_name, self.final_norm], edit_output=partial(self._add_delta, rows, at),
                    retain_input=self.directions is not None, retain_output=True, detach=False, stop=True) as tr:
             self.model(input_ids=suffix_ids, attention_mask=mask, position_ids=positions,
                        use_cache=past is not None, **({self.cache_arg: past} if past is not None else {}))
         if self.directions is not None:  # δ = 0, every row active: each own row's key is the input at its subject
-            keys = tr[self.module_name].input[:, 0].detach().float()
-            for b, row in enumerate(rows):
+            keys = tr[self.module_name].input[at[:, 0], at[:, 1]].detach().float()
+            for k, (b, row) in enumerate(zip(keep, rows)):
                 if row.essence < self.n_ess:
-                    chunk.rows[b] = row._replace(scale=float(self.directions[row.request] @ keys[b]))
-        final = tr[self.final_norm].output
-        terms, target_logprobs = self._rewrite_terms(rows, final, labels)
-        for b, term in self._essence_terms(rows, final):
-            terms[b] = term
+                    chunk.rows[b] = row._replace(scale=float(self.directions[row.request] @ keys[k]))
+        terms, target_logprobs = self._terms(rows, at, tr[self.final_norm].output)
         return _Pass(rows, terms, target_logprobs)
 
-    def _add_delta(self, rows: list[_Row], output, name: str):
+    def _add_delta(self, rows: list[_Row], at: torch.Tensor, output, name: str):
         """The edited module's output with each row's δ added at the subject's last token (the
-        first position after the cached prefix); at δ = 0 (first pass) it records v_init."""
+        first position of its rest, ``at``); at δ = 0 (first pass) it records v_init."""
         if name != self.module_name:
             return output
         hidden = output[0] if isinstance(output, tuple) else output
         if self.deltas[rows[0].request] is None:
-            at_subject = hidden[:, 0].detach().float()
+            at_subject = hidden[at[:, 0], at[:, 1]].detach().float()
             for b, row in enumerate(rows):
                 if row.essence < 0 and row.keyed:
                     self.initial_sum[row.request] = self.initial_sum.get(row.request, 0) + at_subject[b]
@@ -383,44 +390,50 @@ class _GroupOptimisation:
         # own rows take δ itself, not δ × 1.0: the extra multiply changes autograd's summation order
         # and with it the edit's last bits (measured), and edits without leak rows must stay as they were
         shifts = [self.deltas[r.request] * r.scale if r.scale != 1.0 else self.deltas[r.request] for r in rows]
-        hidden[:, 0] += torch.stack(shifts).to(hidden.dtype)
+        hidden[at[:, 0], at[:, 1]] += torch.stack(shifts).to(hidden.dtype)
         return (hidden,) + tuple(output[1:]) if isinstance(output, tuple) else hidden
 
-    def _rewrite_terms(self, rows: list[_Row], final: torch.Tensor, labels: torch.Tensor):
-        """Per rewrite row: the objective's share and the target's summed log-probability."""
-        terms, target_logprobs = [None] * len(rows), [None] * len(rows)
-        t_rows, t_pos = (labels != -100).nonzero(as_tuple=True)
-        if not len(t_rows):
-            return terms, target_logprobs
-        logp = torch.log_softmax(self.lm_head(final[t_rows, t_pos]).float(), dim=-1)
-        picked = logp.gather(-1, labels[t_rows, t_pos].unsqueeze(-1)).squeeze(-1)
-        sums = torch.zeros(len(rows), dtype=picked.dtype, device=self.device).index_add(0, t_rows, picked)
-        n_tok = torch.bincount(t_rows, minlength=len(rows))
-        for b in set(t_rows.tolist()):
-            target_logprobs[b] = sums[b]
-            terms[b] = (object_unlikelihood(sums[b:b + 1]) if self.objective == "suppress"
-                        else mean_target_nll(sums[b:b + 1], n_tok[b:b + 1])) / self.n_rewrite[rows[b].request]
-        return terms, target_logprobs
-
-    def _essence_terms(self, rows: list[_Row], final: torch.Tensor):
-        """(row, KL share) for the essence and leak rows: KL of the next token to its distribution
-        at δ = 0, divided by the request's number of such rows of its kind. An essence prompt's
-        is read at the subject's last token, as ROME's code does; a leak row's after the prompt,
-        where the other fact's object is said."""
+    def _terms(self, rows: list[_Row], at: torch.Tensor, final: torch.Tensor):
+        """Per row its term (a rewrite row's share of the objective, an essence or leak row's
+        share of the KL) and, for rewrite rows, the target's summed log-probability. One head
+        call serves them all: on CPU the head's weight (vocabulary × d) is read once per call,
+        which costs more than the few rows it is applied to."""
+        # rewrite rows: target token j is predicted after the prompt's last token, at len(ids) - 1 + j
+        t_rows, t_pos, t_ids = [], [], []
+        for b, row in enumerate(rows):
+            for j, token in enumerate(row.target):
+                t_rows.append(b)
+                t_pos.append(len(row.ids) - 1 - row.split + j)
+                t_ids.append(token)
+        # essence prompts are read at the subject's last token, as ROME's code does; a leak row
+        # after the prompt, where the other fact's object is said
         ess = [b for b, row in enumerate(rows) if row.essence >= 0]
-        if not ess:
-            return []
-        at = [0 if rows[b].essence < self.n_ess else len(rows[b].ids) - 1 - rows[b].split for b in ess]
-        states = final[torch.tensor(ess, device=self.device), torch.tensor(at, device=self.device)]
+        e_pos = [0 if rows[b].essence < self.n_ess else len(rows[b].ids) - 1 - rows[b].split for b in ess]
+        b_of = torch.tensor(t_rows + ess, dtype=torch.long, device=self.device)
+        offset = torch.tensor(t_pos + e_pos, dtype=torch.long, device=self.device)
+        states = final[at[b_of, 0], at[b_of, 1] + offset] if len(b_of) else final.new_zeros((0, final.shape[-1]))
         keys = [(rows[b].request, rows[b].essence) for b in ess]
-        for key, state in zip(keys, states):
+        for key, state in zip(keys, states[len(t_rows):]):
             self.essence_init.setdefault(key, state.detach())
-        both = torch.log_softmax(self.lm_head(torch.cat([states, torch.stack([self.essence_init[k] for k in keys])]))
-                                 .float(), dim=-1)
-        ess_logp, init_logp = both[:len(ess)], both[len(ess):].detach()
-        return [(b, kl_to_initial(own[None], init[None]) / (self.n_ess if rows[b].essence < self.n_ess
-                                                              else self.n_leak[rows[b].request]))
-                for b, own, init in zip(ess, ess_logp, init_logp)]
+        inits = [self.essence_init[k] for k in keys]
+        logp = torch.log_softmax(self.lm_head(torch.cat([states, *([torch.stack(inits)] if inits else [])])).float(),
+                                 dim=-1)
+        terms, target_logprobs = [None] * len(rows), [None] * len(rows)
+        if t_rows:
+            n = len(t_rows)
+            picked = logp[:n].gather(-1, torch.tensor(t_ids, device=self.device)[:, None]).squeeze(-1)
+            t_rows_t = b_of[:n]
+            sums = torch.zeros(len(rows), dtype=picked.dtype, device=self.device).index_add(0, t_rows_t, picked)
+            n_tok = torch.bincount(t_rows_t, minlength=len(rows))
+            for b in sorted(set(t_rows)):
+                target_logprobs[b] = sums[b]
+                terms[b] = (object_unlikelihood(sums[b:b + 1]) if self.objective == "suppress"
+                            else mean_target_nll(sums[b:b + 1], n_tok[b:b + 1])) / self.n_rewrite[rows[b].request]
+        ess_logp, init_logp = logp[len(t_rows):len(t_rows) + len(ess)], logp[len(t_rows) + len(ess):].detach()
+        for b, own, init in zip(ess, ess_logp, init_logp):
+            terms[b] = kl_to_initial(own[None], init[None]) / (self.n_ess if rows[b].essence < self.n_ess
+                                                                else self.n_leak[rows[b].request])
+        return terms, target_logprobs
 
 
 def _tally(chunk_pass: _Pass, values: dict[int, float], probs: dict[int, float]) -> None:
