@@ -156,9 +156,11 @@ def test_packed_lanes_give_what_rows_of_their_own_give(tiny, monkeypatch, model_
     model, tok = tiny(model_type)
     requests = [parse_request(r) for r in REQUESTS]
     contexts = context_templates(model, tok, [3], 2, 0)
-    forms = [[Form("after", "Some words come first, and then {} is in", False)] for _ in requests]
+    # a form whose rest (from the subject on) is longer than the prompts': packing then runs fewer slots
+    forms = [[Form("after", "Tell me about {} and the place where, as people say, it is found: it is in", False)]
+              for _ in requests]
     name = arch_of(model).mlp_out.format(1)
-    # chunks of 7 rows: lanes of several rows, some of them of requests that have stopped
+    # chunks of 7 rows: lanes of several rows
     kw = dict(steps=4, lr=0.5, kl_factor=0.0625, weight_decay=0.1, clamp_norm_factor=4.0, kl_prompts=["{} is a"],
               nll_stop=0.0, forms=forms, max_rows=7)
     # stop between the two lowest objectives at δ = 0: one request stops at once, the others step on
@@ -172,6 +174,9 @@ def test_packed_lanes_give_what_rows_of_their_own_give(tiny, monkeypatch, model_
     def packed_run():
         built.clear()
         results = optimise_values(model, tok, name, requests, contexts, **kw)
+        # a lane holds one request's rows, so it leaves the passes when that request stops
+        assert all(len({c.rows[b].request for b in range(len(c.rows)) if c.lane[b] == lane}) == 1
+                   for c in built for lane in range(c.n_lanes))
         return results, any(c.packed and c.n_lanes < len(c.rows) for c in built)
 
     window = sliding_window(model)
@@ -188,6 +193,23 @@ def test_packed_lanes_give_what_rows_of_their_own_give(tiny, monkeypatch, model_
         assert a.steps == b.steps
         assert a.nll_before == pytest.approx(b.nll_before, abs=1e-4)
         assert torch.allclose(a.delta, b.delta, atol=1e-3)
+
+
+def test_rows_are_packed_only_where_that_runs_fewer_token_slots():
+    """A request's rows differing in length (a chat form after short prompts) are packed: 4 lanes
+    of 21 slots against 16 rows of 12. Requests with as long rows but not as many stay in lanes of
+    their own, sorted by length: 10 rows of 3 slots against 4 lanes of 12 (the longest request's)."""
+    from llm_edit.editing.value_rows import _Row
+    from llm_edit.editing.values import _layout
+
+    def row(request, length):  # split 2: two prefix tokens, then ``length`` tokens, the last one the target's
+        return _Row(request, -1, list(range(2 + length - 1)), 2, [7])
+
+    varied = [row(r, n) for r in range(4) for n in (3, 3, 3, 12)]
+    uneven = [row(r, 3) for r in range(4) for _ in range(r + 1)]
+    assert all(c.packed for c in _layout(varied, 0, "cpu", 96, 512, torch.float32))
+    assert not any(c.packed for c in _layout(uneven, 0, "cpu", 96, 512, torch.float32))
+    assert not any(c.packed for c in _layout(varied, 0, "cpu", 96, None, torch.float32))
 
 
 def test_key_shares_give_each_prompt_what_the_update_writes_at_its_key(tiny):

@@ -52,8 +52,8 @@ class _PromptChunk:
     gradients, once, and its key/value cache is kept while the budget lasts (else rebuilt each
     step); only the rest (subject token, prompt tail, target) is run with δ, every step.
 
-    Rows are packed into lanes (``lane_tokens``, ``lane_capacity``): a lane's prefixes lie one
-    after another, then its rests, and a 4D mask lets each token see only its own row's earlier
+    Rows are packed into lanes (``lane_tokens``, ``lane_capacity``), a request's consecutive rows
+    to a lane: a lane's prefixes lie one after another, then its rests, and a 4D mask lets each token see only its own row's earlier
     tokens, position ids counting from each row's start, so each row sees exactly its own
     tokens. Without ``lane_tokens``, or with a row longer than it, each row is a lane of its
     own: prefixes left-padded, rests right-padded after them, and the model builds its own mask.
@@ -65,10 +65,14 @@ class _PromptChunk:
         prefixes = [row.ids[:row.split] for row in rows]
         rests = [(row.ids + row.target[:-1])[row.split:] for row in rows]
         self.packed = lane_tokens is not None and all(len(p) + len(r) <= lane_tokens for p, r in zip(prefixes, rests))
+        # a lane holds one request's rows: once that request stops, the lane leaves the passes (mixed
+        # lanes ran on as long as any of their requests did: MEMIT's batch of 100, whose requests stop
+        # after 16 of 25 steps on average, took 339 s of value optimisation instead of 227)
         lanes: list[list[int]] = []
         for b in range(len(rows)):
             used = sum(len(prefixes[k]) + len(rests[k]) for k in lanes[-1]) if lanes else 0
-            if self.packed and lanes and used + len(prefixes[b]) + len(rests[b]) <= lane_tokens:
+            if (self.packed and lanes and rows[lanes[-1][0]].request == rows[b].request
+                    and used + len(prefixes[b]) + len(rests[b]) <= lane_tokens):
                 lanes[-1].append(b)
             else:
                 lanes.append([b])

@@ -244,11 +244,8 @@ class _GroupOptimisation:
         # Each loss term is a mean over one request's rows, so rows can be batched in any grouping.
         # A row is split at the subject's last token, where δ enters: the part before it never
         # changes (``_PromptChunk``). Sorting by the changing part keeps its padding small.
-        rows.sort(key=lambda row: (len(row.ids) + len(row.target) - row.split, row.split))
-        pad = pad_id(tok)
-        lanes, dtype = lane_capacity(model), next(model.parameters()).dtype
-        self.chunks = [_PromptChunk(rows[k:k + max_rows], pad, self.device, lanes, dtype)
-                       for k in range(0, len(rows), max_rows)]
+        self.chunks = _layout(rows, pad_id(tok), self.device, max_rows, lane_capacity(model),
+                              next(model.parameters()).dtype)
         self.cache_room = _CacheBudget(prefix_cache_bytes)
         # each rewrite row's term is divided by its request's number of rewrite rows (n_ctx
         # without derived forms), so the objective is a mean over that request's prompts
@@ -434,6 +431,29 @@ class _GroupOptimisation:
             terms[b] = kl_to_initial(own[None], init[None]) / (self.n_ess if rows[b].essence < self.n_ess
                                                                 else self.n_leak[rows[b].request])
         return terms, target_logprobs
+
+
+def _layout(rows: list[_Row], pad: int, device, max_rows: int, capacity: int | None,
+            dtype: torch.dtype) -> list[_PromptChunk]:
+    """The chunks a group's rows are sent in: rows of their own sorted by the part that changes
+    (so that rows of one length share a chunk), or, where the model allows it (``capacity``),
+    each request's rows packed into lanes, whichever runs fewer token slots a step. Packing wins
+    where a request's rows differ in length (ROME's forms: a chat turn's 10 tokens from the
+    subject on against a prompt's 3; 44 slots instead of 90 a step); without forms a request's
+    rows are about as long as each other, lanes of different requests are not, and rows of their
+    own sorted by length pad as little or less (MEMIT's first 100 CounterFact records: 1,488 slots
+    a step either way in its two large groups; ties keep rows of their own)."""
+    def by_length(row):
+        return len(row.ids) + len(row.target) - row.split, row.split
+
+    own = sorted(rows, key=by_length)
+    chunks = [_PromptChunk(own[k:k + max_rows], pad, device) for k in range(0, len(own), max_rows)]
+    if capacity is None:
+        return chunks
+    grouped = sorted(rows, key=lambda row: (row.request, *by_length(row)))
+    packed = [_PromptChunk(grouped[k:k + max_rows], pad, device, capacity, dtype)
+              for k in range(0, len(grouped), max_rows)]
+    return packed if sum(c.rest_ids.numel() for c in packed) < sum(c.rest_ids.numel() for c in chunks) else chunks
 
 
 def _tally(chunk_pass: _Pass, values: dict[int, float], probs: dict[int, float]) -> None:
