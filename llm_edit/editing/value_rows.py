@@ -69,13 +69,15 @@ class _PromptChunk:
         # lanes ran on as long as any of their requests did: MEMIT's batch of 100, whose requests stop
         # after 16 of 25 steps on average, took 339 s of value optimisation instead of 227)
         lanes: list[list[int]] = []
+        used = 0  # tokens in the last lane
         for b in range(len(rows)):
-            used = sum(len(prefixes[k]) + len(rests[k]) for k in lanes[-1]) if lanes else 0
-            if (self.packed and lanes and rows[lanes[-1][0]].request == rows[b].request
-                    and used + len(prefixes[b]) + len(rests[b]) <= lane_tokens):
+            size = len(prefixes[b]) + len(rests[b])
+            if self.packed and lanes and rows[lanes[-1][0]].request == rows[b].request and used + size <= lane_tokens:
                 lanes[-1].append(b)
+                used += size
             else:
                 lanes.append([b])
+                used = size
         self.n_lanes = len(lanes)
         self.lane, self.start = [0] * len(rows), [0] * len(rows)
         for i, lane in enumerate(lanes):
@@ -86,10 +88,9 @@ class _PromptChunk:
         width_p = max(sum(len(prefixes[b]) for b in lane) for lane in lanes)
         width_r = max(sum(len(rests[b]) for b in lane) for lane in lanes)
         if self.packed:
-            self.prefix_ids, self.prefix_mask, prefix_positions = _packed(lanes, prefixes, width_p, pad, 0, device)
+            self.prefix_ids, self.prefix_mask, self.prefix_positions = _packed(lanes, prefixes, width_p, pad, 0, device)
             self.rest_ids, self.rest_mask, self.positions = _packed(lanes, rests, width_r, pad, width_p, device,
                                                                      before=prefixes)
-            self.prefix_positions = prefix_positions
         else:
             self.prefix_ids = torch.tensor([[pad] * (width_p - len(p)) + p for p in prefixes], device=device)
             self.prefix_mask = torch.tensor([[0] * (width_p - len(p)) + [1] * len(p) for p in prefixes], device=device)
