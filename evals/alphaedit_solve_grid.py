@@ -39,14 +39,24 @@ from llm_edit.core.files import run_info, write_json  # noqa: E402
 from llm_edit.editing.keys import spread_over_layers  # noqa: E402
 from llm_edit.editing.values import optimise_values  # noqa: E402
 from llm_edit.editing.rank_one import null_space_projector, null_space_update  # noqa: E402
-from llm_edit.editing.methods.alphaedit import AlphaEditConfig, prepare  # noqa: E402
+from llm_edit.editing.methods.alphaedit import NULLSPACE_SCALES, AlphaEditConfig, null_space_cutoff, prepare  # noqa: E402
 from llm_edit.evaluating.metrics import edit_table, generic_perplexity, summarise  # noqa: E402
 from llm_edit.core.models import cache_home, fingerprint  # noqa: E402
 from llm_edit.core.patch import WeightDelta  # noqa: E402
 from llm_edit.editing.stats import second_moment  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-SOLVE_KEYS = ("alpha", "nullspace_threshold", "memory_weight")  # memory_weight: w·K_pK_pᵀ (the paper: w = 1)
+# memory_weight: w·K_pK_pᵀ (the paper: w = 1); first_layer: the range first_layer..top (the recipe's top
+# layer, where the cached values live) that the residual is spread over
+SOLVE_KEYS = ("alpha", "nullspace_threshold", "memory_weight", "first_layer")
+
+
+def value_cache_key(base: str, facts, skip: int, batch_size: int, sets: list[str], config) -> str:
+    """Where a grid's values are cached: they depend on the model, the records and every setting
+    but the solve's."""
+    return hashlib.sha256(json.dumps([base, str(facts), skip, batch_size, sets,
+                                      {k: getattr(config, k) for k in config.__dataclass_fields__ if k not in SOLVE_KEYS}],
+                                     sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def batch_values(model, tok, config, state, batch, cache: Path) -> torch.Tensor:
@@ -70,6 +80,7 @@ def replay(model, tok, config, state, batches, targets, setting, projectors_by_t
     alpha = setting.get("alpha", config.alpha)
     weight = setting.get("memory_weight", 1.0)
     projectors = projectors_by_threshold[setting.get("nullspace_threshold", config.nullspace_threshold)]
+    layers = list(range(int(setting.get("first_layer", state.layers[0])), state.layers[-1] + 1))
     memory, applied, curve = {}, [], []
     try:
         for b, (batch, z) in enumerate(zip(batches, targets)):
@@ -78,7 +89,7 @@ def replay(model, tok, config, state, batches, targets, setting, projectors_by_t
                 return null_space_update(residuals, keys, projectors[layer],
                                          None if previous is None else weight * previous, alpha)
 
-            factors, keys = spread_over_layers(model, tok, batch, state.contexts, state.layers, z,
+            factors, keys = spread_over_layers(model, tok, batch, state.contexts, layers, z,
                                                config.bare_key_weight, solve)
             applied.append(WeightDelta(factors).apply(model, check_base=False))
             for name, k in keys.items():
@@ -113,6 +124,8 @@ def main() -> None:
                     help="KEY=VALUE for the value optimisation (the recipe's otherwise)")
     ap.add_argument("--grid", action="append", default=[],
                     help=f"KEY=V1,V2,... over the solve's settings {SOLVE_KEYS}; the grid is their product")
+    ap.add_argument("--nullspace-scale", choices=NULLSPACE_SCALES, default=None,
+                    help="how the solve reads nullspace_threshold (the recipe's otherwise); the values do not depend on it")
     ap.add_argument("--out", default=str(ROOT / "evals/results/alphaedit_solve_grid.json"))
     args = ap.parse_args()
 
@@ -135,22 +148,27 @@ def main() -> None:
     config, recipe = load_config(AlphaEditConfig, "alphaedit", model_recipe=model_recipe_name(model), sets=args.sets)
     t0 = time.perf_counter()
     state = prepare(model, tok, config)
-    value_key = hashlib.sha256(json.dumps([base, str(args.facts), args.skip, args.batch_size, args.sets,
-                                           {k: getattr(config, k) for k in config.__dataclass_fields__
-                                            if k not in SOLVE_KEYS}], sort_keys=True, default=str).encode()).hexdigest()[:16]
-    cache = cache_home() / "cache" / "solve_grid" / value_key
+    scale = args.nullspace_scale or config.nullspace_scale
+    if scale == "energy" and any(t >= 1 for t in grid.get("nullspace_threshold", [config.nullspace_threshold])):
+        raise SystemExit("--nullspace-scale energy: nullspace_threshold is a share of trace(C), below 1")
+    if any(not 0 <= f <= state.layers[-1] or f != int(f) for f in grid.get("first_layer", [])):
+        raise SystemExit(f"--grid first_layer: a block index from 0 to the top edited layer {state.layers[-1]}")
+    cache = cache_home() / "cache" / "solve_grid" / value_cache_key(base, args.facts, args.skip, args.batch_size,
+                                                                    args.sets, config)
     t1 = time.perf_counter()
     targets = [batch_values(model, tok, config, state, batch, cache / f"batch{b:03d}.pt") for b, batch in enumerate(batches)]
     t2 = time.perf_counter()
 
     spec = arch_of(model)
-    projectors_by_threshold = {config.nullspace_threshold: state.projectors}
-    for threshold in grid.get("nullspace_threshold", []):
-        projectors_by_threshold.setdefault(threshold, {
-            layer: null_space_projector(second_moment(model, tok, spec.mlp_out.format(layer), corpus=config.stats_corpus,
-                                                      n_tokens=config.stats_tokens, seq_len=config.stats_seq_len,
-                                                      seed=config.seed)[0], threshold)
-            for layer in state.layers})
+    all_layers = range(int(min(grid.get("first_layer", []) + [state.layers[0]])), state.layers[-1] + 1)
+    covariances = {layer: second_moment(model, tok, spec.mlp_out.format(layer), corpus=config.stats_corpus,
+                                        n_tokens=config.stats_tokens, seq_len=config.stats_seq_len, seed=config.seed)[0]
+                   for layer in all_layers}
+    projectors_by_threshold, null_dims = {}, {}
+    for threshold in {config.nullspace_threshold, *grid.get("nullspace_threshold", [])}:
+        projectors_by_threshold[threshold] = {layer: null_space_projector(cov, null_space_cutoff(cov, threshold, scale))
+                                              for layer, cov in covariances.items()}
+        null_dims[str(threshold)] = {layer: round(float(p.trace())) for layer, p in projectors_by_threshold[threshold].items()}
     settings = [dict(zip(grid, combo)) for combo in itertools.product(*grid.values())] or [{}]
     runs = []
     for setting in settings:
@@ -160,6 +178,7 @@ def main() -> None:
         write_json(Path(args.out), {"facts": args.facts, "skip": args.skip, "batches": args.batches, "batch_size": args.batch_size,
                                     "subjects": [[r.subject for r in batch] for batch in batches],
                                     "recipe": str(recipe), "sets": args.sets, "value_cache": str(cache),
+                                    "nullspace_scale": scale, "null_space_dims": null_dims,
                                     "prepare_seconds": round(t1 - t0, 1), "value_seconds": round(t2 - t1, 1),
                                     "runs": runs, "command": " ".join(sys.argv), **run_info()})
     assert fingerprint(model) == base, "replaying the grid did not restore the original weights"

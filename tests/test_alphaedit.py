@@ -107,6 +107,22 @@ def test_alphaedit_config_is_checked(tiny):
         llm_edit.edit(model, tok, REQUESTS, "alphaedit", nullspace_threshold=1e-9, progress=False)
     with pytest.raises(llm_edit.core.config.ConfigError, match="nullspace_treshold"):
         llm_edit.edit(model, tok, REQUESTS, "alphaedit", nullspace_treshold=0.1, progress=False)
+    with pytest.raises(llm_edit.core.config.ConfigError, match="share of trace"):
+        llm_edit.edit(model, tok, REQUESTS, "alphaedit", nullspace_scale="energy", nullspace_threshold=1.5, progress=False)
+
+
+def test_energy_scale_reads_the_threshold_as_a_share_of_the_keys_energy(tiny):
+    model, tok = tiny("llama")
+    dims = []
+    for share in (0.05, 0.5):
+        result = llm_edit.edit(model, tok, REQUESTS, "alphaedit", nullspace_scale="energy", nullspace_threshold=share,
+                               progress=False)
+        stats = result.manifest["statistics"]
+        dims.append([s["null_space_dim"] for s in stats])
+        # the cutoff is an eigenvalue of C, not the share itself
+        assert all(s["null_space_threshold"] != share for s in stats)
+        result.revert()
+    assert all(0 < small < large for small, large in zip(*dims))
 
 
 def test_session_resumes_bit_for_bit_and_undoes(tiny, tmp_path):

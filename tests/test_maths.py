@@ -5,7 +5,7 @@ import torch
 
 from llm_edit.editing.objectives import clamp_norm, kl_to_initial, mean_target_nll, relative_weight_decay
 from llm_edit.evaluating.metrics import ngram_entropy
-from llm_edit.editing.rank_one import rank_one_update
+from llm_edit.editing.rank_one import energy_threshold, null_space_projector, rank_one_update
 from llm_edit.evaluating.metrics import summarise
 
 
@@ -64,6 +64,23 @@ def test_write_direction_is_the_share_of_the_update_each_key_receives():
         d = write_direction(k, cov, preserved, w).double()
         assert float(d @ k) == pytest.approx(1.0, abs=1e-6)
         assert torch.allclose((left @ right).double() @ other, r * (d @ other), atol=1e-5)
+
+
+def test_energy_threshold_holds_the_share_of_the_trace():
+    # eigenvalues 1, 2, 3, 4 (trace 10) along the axes of a rotated basis
+    basis, _ = torch.linalg.qr(torch.randn(4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0)))
+    cov = basis @ torch.diag(torch.tensor([3.0, 1.0, 4.0, 2.0], dtype=torch.float64)) @ basis.T
+    # 15% of the trace: the direction of eigenvalue 1 alone (the cutoff is the next eigenvalue, 2);
+    # 35%: those of 1 and 2; 25%: still only 1; 5%: none fits, an empty null space
+    assert energy_threshold(cov, 0.15) == pytest.approx(2.0)
+    assert energy_threshold(cov, 0.35) == pytest.approx(3.0)
+    assert energy_threshold(cov, 0.25) == pytest.approx(2.0)
+    assert energy_threshold(cov, 0.05) == pytest.approx(1.0)
+    assert float(null_space_projector(cov, energy_threshold(cov, 0.05)).trace()) == pytest.approx(0.0)
+    projector = null_space_projector(cov, energy_threshold(cov, 0.35))
+    assert float(projector.trace()) == pytest.approx(2.0)
+    assert float(torch.trace(projector @ cov) / torch.trace(cov)) == pytest.approx(0.3)
+    assert energy_threshold(cov, 1.0) == float("inf")
 
 
 def test_rank_one_update_identity_covariance():

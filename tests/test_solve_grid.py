@@ -42,3 +42,56 @@ def test_grid_replays_each_setting_on_cached_values(tmp_path):
 
     bad = run(*common, "--grid", "alhpa=1", home=tmp_path / "home")
     assert bad.returncode != 0 and "'alhpa' is not one of" in bad.stderr
+
+
+def test_grid_spreads_over_more_layers_and_reads_the_threshold_as_energy(tmp_path):
+    facts = write_city_facts(tmp_path / "facts.jsonl")
+    out = tmp_path / "grid.json"
+    common = ["--facts", str(facts), "--batches", "1", "--batch-size", "2", "--out", str(out)]
+    done = run(*common, "--nullspace-scale", "energy", "--grid", "nullspace_threshold=0.05,0.5",
+               "--grid", "first_layer=0", home=tmp_path / "home")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(out.read_text())
+    assert report["nullspace_scale"] == "energy"
+    dims = report["null_space_dims"]
+    assert set(dims["0.5"]) == {str(layer) for layer in range(0, max(map(int, dims["0.5"])) + 1)}  # from layer 0
+    assert all(dims["0.05"][layer] < dims["0.5"][layer] for layer in dims["0.5"])  # a larger share, more directions
+    assert [r["setting"] for r in report["runs"]] == [{"nullspace_threshold": 0.05, "first_layer": 0.0},
+                                                      {"nullspace_threshold": 0.5, "first_layer": 0.0}]
+    for bad_args, message in ((["--nullspace-scale", "energy", "--grid", "nullspace_threshold=1.5"], "below 1"),
+                              (["--grid", "first_layer=99"], "first_layer")):
+        bad = run(*common, *bad_args, home=tmp_path / "home")
+        assert bad.returncode != 0 and message in bad.stderr
+
+
+def test_batch_damage_uses_the_grids_values_and_restores_the_model(tmp_path):
+    facts = write_city_facts(tmp_path / "facts.jsonl")
+    home = tmp_path / "home"
+    grid = run("--facts", str(facts), "--batches", "1", "--batch-size", "4", "--grid", "alpha=1000",
+               "--out", str(tmp_path / "grid.json"), home=home)
+    assert grid.returncode == 0, grid.stderr
+    out = tmp_path / "damage.json"
+    done = run_eval("alphaedit_batch_damage.py", "--facts", str(facts), "--batch-size", "4", "--groups", "2",
+                    "--out", str(out), home=home)
+    assert done.returncode == 0, done.stderr
+    assert "optimising" not in done.stderr  # the grid's cached values
+    report = json.loads(out.read_text())
+    assert [g["records"] for g in report["groups"]] == [[0, 1], [2, 3]]
+    assert all(g["perplexity"] > 0 for g in report["groups"]) and report["perplexity_whole_batch"] > 0
+    bad = run_eval("alphaedit_batch_damage.py", "--facts", str(facts), "--groups", "0", "--out", str(out), home=home)
+    assert bad.returncode != 0 and "--groups" in bad.stderr
+
+
+def test_null_space_energy_grows_with_the_threshold(tmp_path):
+    out = tmp_path / "energy.json"
+    done = run_eval("null_space_energy.py", "--layers", "0,1", "--thresholds", "0.05,0.5", "--scale", "energy",
+                    "--out", str(out), home=tmp_path / "home")
+    assert done.returncode == 0, done.stderr
+    for layer in json.loads(out.read_text())["layers"]:
+        small, large = layer["thresholds"]
+        assert small["statistics_energy_inside"] <= 0.05 + 1e-6 and large["statistics_energy_inside"] <= 0.5 + 1e-6
+        assert small["null_space_dim"] < large["null_space_dim"]
+        assert 0 <= large["generic_text_energy_inside"] <= 1
+    bad = run_eval("null_space_energy.py", "--thresholds", "1.5", "--scale", "energy", "--out", str(out),
+                   home=tmp_path / "home")
+    assert bad.returncode != 0 and "below 1" in bad.stderr

@@ -9,9 +9,10 @@ edits stop overwriting each other (``rank_one.null_space_projector``, ``rank_one
     ΔW_l = R K_lᵀ P_l ((K_p K_pᵀ + K_l K_lᵀ) P_l + α I)⁻¹
 
 P_l comes from C_l = E[k kᵀ], the statistics ROME and MEMIT use (eigenvalues below
-``nullspace_threshold``, in C's units as in the reference code, or with ``nullspace_scale:
-mean_eigenvalue`` as a multiple of C's mean eigenvalue, which carries over between models whose
-keys differ in scale). K_p K_pᵀ is the session memory (``llm_edit.editing.session``): the Gram
+``nullspace_threshold``, in C's units as in the reference code; with ``nullspace_scale:
+mean_eigenvalue`` as a multiple of C's mean eigenvalue, or with ``energy`` as the share of
+trace(C) the null space may hold, which carry over between layers and models whose keys differ
+in scale). K_p K_pᵀ is the session memory (``llm_edit.editing.session``): the Gram
 matrix of every earlier batch's keys at that layer, handed in by the orchestration as
 ``memory.grams``. This method never stores it: it stages the batch's keys in ``memory.staged``
 and the orchestration adds them once the batch's patch is applied, so a failed batch leaves the
@@ -40,10 +41,22 @@ from ...core.arch import arch_of
 from ...core.config import ConfigError
 from ..contract import Memory, Prepared
 from ..keys import check_layer_range, context_templates, mean_subject_keys, resolve_layers, spread_over_layers
-from ..rank_one import null_space_projector, null_space_update
+from ..rank_one import energy_threshold, null_space_projector, null_space_update
 from ..stats import second_moment
 from ..values import ValueOptions, check_value_options, optimise_with
 from .erase import EraseOptions, lead_in_record, value_objective
+
+
+NULLSPACE_SCALES = ("absolute", "mean_eigenvalue", "energy")
+
+
+def null_space_cutoff(cov: torch.Tensor, threshold: float, scale: str) -> float:
+    """``nullspace_threshold`` read on ``nullspace_scale``, as an eigenvalue of C."""
+    if scale == "mean_eigenvalue":  # scale-free: the same setting on any model
+        return threshold * (float(cov.double().trace()) / cov.shape[0])
+    if scale == "energy":
+        return energy_threshold(cov, threshold)
+    return threshold
 
 
 @dataclass
@@ -54,7 +67,9 @@ class AlphaEditConfig(ValueOptions):
     layers: list[int] | str = "auto"  # the edited blocks, bottom to top, or "auto" (causal tracing)
     auto_layer_count: int = 3  # with layers: auto, this many layers ending at the traced peak
     nullspace_threshold: float = 0.02  # eigenvalues of C below this span the null space
-    nullspace_scale: str = "absolute"  # threshold in C's units (reference), or "mean_eigenvalue": × trace(C)/d
+    # how nullspace_threshold reads: in C's units (absolute, the reference), × trace(C)/d
+    # (mean_eigenvalue), or the share of trace(C) the null space may hold (energy, rank_one.energy_threshold)
+    nullspace_scale: str = "absolute"
     alpha: float = 10.0  # α: ridge term of the solve (the reference's ``L2``)
     batch_size: int = 100  # requests per batch; batches are applied one after another
     v_steps: int = 25
@@ -63,10 +78,12 @@ class AlphaEditConfig(ValueOptions):
 
     def validate(self) -> None:
         check_layer_range(self)
-        if self.nullspace_scale not in ("absolute", "mean_eigenvalue"):
-            raise ValueError(f"nullspace_scale must be 'absolute' or 'mean_eigenvalue', got {self.nullspace_scale!r}")
+        if self.nullspace_scale not in NULLSPACE_SCALES:
+            raise ValueError(f"nullspace_scale must be one of {', '.join(NULLSPACE_SCALES)}, got {self.nullspace_scale!r}")
         if self.nullspace_threshold <= 0 or self.alpha <= 0:
             raise ValueError("nullspace_threshold > 0 and alpha > 0 are required")
+        if self.nullspace_scale == "energy" and self.nullspace_threshold >= 1:
+            raise ValueError("with nullspace_scale energy, nullspace_threshold is a share of trace(C): below 1")
         check_value_options(self)
 
 
@@ -94,9 +111,7 @@ def prepare(model, tok, config: AlphaEditConfig) -> Prepared:
                                       n_tokens=config.stats_tokens, seq_len=config.stats_seq_len, seed=config.seed)
         if cov is None:
             raise ConfigError("alphaedit needs key statistics: stats_corpus 'identity' has no null space")
-        threshold = config.nullspace_threshold
-        if config.nullspace_scale == "mean_eigenvalue":  # scale-free: the same setting on any model
-            threshold *= float(cov.double().trace()) / cov.shape[0]
+        threshold = null_space_cutoff(cov, config.nullspace_threshold, config.nullspace_scale)
         projectors[layer] = null_space_projector(cov, threshold)
         rank = int(round(float(projectors[layer].trace())))
         stats.append(dict(manifest, null_space_dim=rank, key_dim=cov.shape[0], null_space_threshold=threshold))
