@@ -43,6 +43,18 @@ def test_grid_replays_each_setting_on_cached_values(tmp_path):
     bad = run(*common, "--grid", "alhpa=1", home=tmp_path / "home")
     assert bad.returncode != 0 and "'alhpa' is not one of" in bad.stderr
 
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    plot = [sys.executable, str(root / "evals" / "plot_solve_grid.py"), str(out), "--base-perplexity", "10"]
+    done = subprocess.run(plot + ["--out", str(tmp_path / "grid.png")], capture_output=True, text=True, cwd=root)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "grid.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "1 settings" in done.stdout
+    bad = subprocess.run(plot + ["--out", str(tmp_path / "grid.txt")], capture_output=True, text=True, cwd=root)
+    assert bad.returncode != 0 and "a .png path" in bad.stderr
+
 
 def test_grid_spreads_over_more_layers_and_reads_the_threshold_as_energy(tmp_path):
     facts = write_city_facts(tmp_path / "facts.jsonl")
