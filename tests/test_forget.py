@@ -51,6 +51,20 @@ def test_forget_then_unload_is_exact(tiny, method, model_type):
     assert not any("lora" in n for n, _ in model.named_parameters())
 
 
+def test_retain_generic_adds_sampled_text_to_a_given_retain_set(tiny):
+    model, tok = tiny()
+    retain = [{"question": "Who painted the Mona Lisa?", "answer": "Leonardo da Vinci."}]
+    plain = forget(model, tok, FACTS[:1], retain, method="grad_diff", progress=False, steps=1)
+    assert plain.manifest["retain_items"] == 1 and "model-samples" not in plain.manifest["retain_source"]
+    plain.unload()
+    mixed = forget(model, tok, FACTS[:1], retain, method="grad_diff", progress=False, steps=1, retain_generic=True,
+                   retain_samples=3, retain_sample_tokens=8)
+    kinds = [x.kind for x in mixed._trainer.retain]
+    assert kinds[0] == "qa" and kinds[1:] == ["text"] * (len(kinds) - 1) and 1 <= len(kinds) - 1 <= 3
+    assert mixed.manifest["retain_items"] == len(kinds) and "model-samples" in mixed.manifest["retain_source"]
+    mixed.unload()
+
+
 def test_misspelt_hyperparameter_fails_loudly(tiny):
     model, tok = tiny()
     with pytest.raises(ConfigError, match="did you mean 'beta'"):

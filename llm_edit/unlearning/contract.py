@@ -45,11 +45,14 @@ class TrainConfig:
     max_length: int = 128  # tokens per sequence (answers are cut, prompts never)
     use_chat_template: bool = True  # for question/answer items, when the tokenizer has one
     system_prompt: str | None = None  # None: the chat template's own default
-    retain_samples: int = 64  # without a retain set: this many texts sampled from the model ...
+    retain_samples: int = 64  # without a retain set (or with retain_generic): this many texts sampled from the model ...
     retain_sample_tokens: int = 64  # ... of this many tokens each
     # ... and this many shipped known facts per forgotten fact that share its object or relation
     # (the facts forgetting damages first; expand.protective_retain)
     protect_neighbours: int = 0
+    # with a retain set given, also keep the model on the sampled texts: a retain set of one
+    # domain (TOFU's authors) holds that domain, not the general text a user's perplexity is taken on
+    retain_generic: bool = False
     expand: str = "none"  # none | forms | forms+paraphrases: also train on the other forms (expand.py)
     # sharpness-aware unlearning (Fan et al., ICML 2025, arXiv 2502.05374): the forget loss is
     # taken at the worst weights within this L2 radius of the trainable ones (trainer.py); 0: off

@@ -137,7 +137,12 @@ def _retain_set(model, tokenizer, spec, config, retain, forget_items) -> tuple[l
     if not spec.needs_retain:
         return None, "none (the method has no retain term)", []
     if retain is not None:
-        return _parse_items(retain, "retain"), str(retain) if isinstance(retain, (str, Path)) else "given", []
+        given = _parse_items(retain, "retain")
+        source = str(retain) if isinstance(retain, (str, Path)) else "given"
+        if not config.retain_generic:
+            return given, source, []
+        generic, generic_source = default_retain(model, tokenizer, config)
+        return given + generic, f"{source}; {generic_source}", []
     retain_items, source = default_retain(model, tokenizer, config)
     protective = protective_retain(forget_items, config.protect_neighbours)
     if protective:
