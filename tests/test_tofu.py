@@ -39,6 +39,38 @@ def test_forget_authors_sets_the_forget_share():
         make_task("forget10", authors=2, data=MINI, forget_authors=2)  # nothing left to retain
 
 
+def test_forget_block_forgets_earlier_authors_on_the_same_fine_tuned_model(task):
+    full = json.loads((MINI / "full.json").read_text())
+    earlier = make_task("forget10", authors=2, data=MINI, eval_limit=4, forget_authors=1, forget_block=1)
+    assert earlier.train == task.train  # the same fine-tuned model serves both forget sets
+    assert earlier.forget_train == full[:20] and earlier.retain_train == full[20:40]
+    assert [r["question"] for r in earlier.forget_eval] == [r["question"] for r in full[:20]]
+    assert [r["question"] for r in earlier.retain_eval] == [r["question"] for r in full[20:24]]
+    assert earlier.key() != task.key()
+    # block 0 is the task as it was before blocks (its description is part of every cached evaluation's key)
+    assert make_task("forget10", authors=2, data=MINI, eval_limit=4, forget_block=0).describe() == task.describe()
+    assert "the last 1 author(s)" in task.notes[0]
+    with pytest.raises(ValueError, match="--forget-block must be between 0 and 1"):
+        make_task("forget10", authors=2, data=MINI, forget_authors=1, forget_block=2)
+
+
+def test_fine_tuned_models_keep_their_cache_key_when_a_defaulted_key_is_added():
+    import dataclasses
+
+    from llm_edit.evaluating.tofu_protocol import finetune_key
+    from llm_edit.unlearning.finetune import FinetuneConfig
+
+    @dataclasses.dataclass
+    class Later(FinetuneConfig):
+        a_key_added_later: bool = False
+
+    rows = [{"question": "q", "answer": "a"}]
+    assert finetune_key("fp", rows, Later()) == finetune_key("fp", rows, FinetuneConfig())
+    assert finetune_key("fp", rows, Later(a_key_added_later=True)) != finetune_key("fp", rows, FinetuneConfig())
+    assert finetune_key("fp", rows, FinetuneConfig(lr=2e-4)) != finetune_key("fp", rows, FinetuneConfig())
+    assert finetune_key("fp2", rows, FinetuneConfig()) != finetune_key("fp", rows, FinetuneConfig())
+
+
 def test_task_errors_are_clear(tmp_path):
     with pytest.raises(ValueError, match="unknown TOFU split"):
         make_task("forget11", authors=2, data=MINI)

@@ -79,6 +79,6 @@ def tofu_task(args):
 
     try:
         return make_task(args.split, args.authors, data=args.tofu_data, eval_limit=args.eval_limit,
-                         forget_authors=args.forget_authors)
+                         forget_authors=args.forget_authors, forget_block=args.forget_block)
     except ValueError as e:
         raise ConfigError(str(e)) from None

@@ -18,6 +18,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", default="forget10", help="TOFU forget split: forget01, forget05, forget10")
     p.add_argument("--authors", type=int, help="CPU-sized TOFU: only the first N authors (2-20)")
     p.add_argument("--forget-authors", type=int, help="CPU-sized TOFU: forget the last K of the N authors")
+    p.add_argument("--forget-block", type=int, default=0, help="CPU-sized TOFU: forget the B-th block of K authors "
+                                                                "counted from the last (0: the last K)")
     p.add_argument("--eval-limit", type=int, help="TOFU: at most this many retain / real-author / world-fact rows")
     p.add_argument("--retain-ref", help="TOFU: the retain model's report.json (or its folder), or a retain model "
                                         "directory (evaluated here, cached): needed for forget quality and PrivLeak")

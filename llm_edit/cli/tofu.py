@@ -20,6 +20,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--authors", type=int, help="CPU-sized TOFU: the first N authors (2-20); default: all 200")
     p.add_argument("--forget-authors", type=int, help="CPU-sized TOFU: forget the last K of the N authors "
                                                        "(default: N x the split's percentage, at least 1)")
+    p.add_argument("--forget-block", type=int, default=0, help="CPU-sized TOFU: forget the B-th block of K authors "
+                                                                "counted from the last (0: the last K)")
     p.add_argument("--eval-limit", type=int, help="at most this many retain / real-author / world-fact rows")
     p.add_argument("--tofu-data", help="folder of TOFU's JSON files (default: $LLM_EDIT_TOFU_DATA, else the hub)")
     p.add_argument("--finetune-recipe", help="fine-tuning recipe file or name (default: recipes/finetune/<model>)")

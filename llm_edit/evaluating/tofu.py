@@ -103,13 +103,19 @@ class TofuTask:
 
 
 def make_task(split: str = "forget10", authors: int | None = None, *, data: str | Path | None = None,
-              eval_limit: int | None = None, forget_authors: int | None = None) -> TofuTask:
+              eval_limit: int | None = None, forget_authors: int | None = None, forget_block: int = 0) -> TofuTask:
+    """The roles of TOFU's rows. CPU-sized (``authors``): the first N authors; forgotten are the
+    last K (``forget_block`` 0, TOFU's own choice of the final authors), or the K before them
+    (block 1), and so on: a second forget set on the same fine-tuned model, to report a recipe on
+    authors it was not chosen on."""
     if split not in FORGET_SPLITS:
         raise ValueError(f"unknown TOFU split {split!r}: use one of {', '.join(FORGET_SPLITS)}")
     pct = FORGET_SPLITS[split]
     cap = (lambda rows: rows[:eval_limit]) if eval_limit else (lambda rows: rows)
     real, world = cap(load_split("real_authors_perturbed", data)), cap(load_split("world_facts_perturbed", data))
     if authors is None:
+        if forget_block:
+            raise ValueError("--forget-block needs a CPU-sized TOFU (--authors)")
         return TofuTask(split, None, load_split("full", data), load_split(f"retain{100 - pct:02d}", data),
                         load_split(split, data), load_split(f"{split}_perturbed", data),
                         cap(load_split("retain_perturbed", data)), load_split(f"holdout{pct:02d}", data), real, world)
@@ -118,17 +124,26 @@ def make_task(split: str = "forget10", authors: int | None = None, *, data: str 
     k = forget_authors if forget_authors is not None else max(1, round(authors * pct / 100))
     if not 1 <= k < authors:
         raise ValueError(f"--forget-authors must be between 1 and {authors - 1} (the others are the retain set)")
-    n_retain = (authors - k) * ROWS_PER_AUTHOR
+    if forget_block < 0 or k * (forget_block + 1) > authors:
+        raise ValueError(f"--forget-block must be between 0 and {authors // k - 1} (blocks of {k} authors "
+                         f"counted from the last of {authors})")
+    lo, hi = (authors - k * (forget_block + 1)) * ROWS_PER_AUTHOR, (authors - k * forget_block) * ROWS_PER_AUTHOR
     full, perturbed = load_split("full", data), load_split("retain_perturbed", data)
     train = full[: authors * ROWS_PER_AUTHOR]
-    forget_eval = perturbed[n_retain: authors * ROWS_PER_AUTHOR]
-    for a, b in zip(train[n_retain:], forget_eval):
+    forget_eval = perturbed[lo:hi]
+    for a, b in zip(train[lo:hi], forget_eval):
         if (a["question"], a["answer"]) != (b["question"], b["answer"]):
             raise TofuDataError("full.json and retain_perturbed.json disagree on the first 20 authors' rows")
-    note = (f"CPU-sized TOFU: the first {authors} authors ({len(train)} rows); forget = the last {k} "
-            f"author(s) ({len(forget_eval)} rows, {100 * k / authors:.0f}% of the authors; {split} is {pct}% "
-            f"of TOFU's 200); holdout = the first {k * ROWS_PER_AUTHOR} rows of holdout10")
-    return TofuTask(split, authors, train, train[:n_retain], train[n_retain:], forget_eval, cap(perturbed[:n_retain]),
+    if forget_block == 0:  # the wording is part of the cache key of every evaluation made before blocks
+        note = (f"CPU-sized TOFU: the first {authors} authors ({len(train)} rows); forget = the last {k} "
+                f"author(s) ({len(forget_eval)} rows, {100 * k / authors:.0f}% of the authors; {split} is {pct}% "
+                f"of TOFU's 200); holdout = the first {k * ROWS_PER_AUTHOR} rows of holdout10")
+    else:
+        note = (f"CPU-sized TOFU: the first {authors} authors ({len(train)} rows); forget = authors "
+                f"{lo // ROWS_PER_AUTHOR + 1}-{hi // ROWS_PER_AUTHOR} (block {forget_block} of {k} from the end; "
+                f"{len(forget_eval)} rows); holdout = the first {k * ROWS_PER_AUTHOR} rows of holdout10")
+    return TofuTask(split, authors, train, train[:lo] + train[hi:], train[lo:hi], forget_eval,
+                    cap(perturbed[:lo] + perturbed[hi:authors * ROWS_PER_AUTHOR]),
                     load_split("holdout10", data)[: k * ROWS_PER_AUTHOR], real, world, [note])
 
 

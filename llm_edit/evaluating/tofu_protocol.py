@@ -36,6 +36,16 @@ def _recipe_name(method: str, base: str) -> str | None:
     return tofu.stem if tofu.is_file() else alias.recipe
 
 
+def finetune_key(model_fingerprint: str, rows: list[dict], config) -> str:
+    """The cached fine-tuned model's key: the base model, the rows, and the hyper-parameters that
+    differ from their defaults, so a key added to the shared training config later (at a default
+    that keeps today's behaviour) leaves every cached model valid."""
+    changed = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)
+               if getattr(config, f.name) != f.default}
+    return hashlib.sha256(json.dumps([model_fingerprint, rows, changed], sort_keys=True,
+                                     default=str).encode()).hexdigest()[:16]
+
+
 def finetuned_model(base: str, rows: list[dict], role: str, *, sets=(), recipe=None, device=None, dtype=None,
                     progress: bool = True, log=print):
     """The base model fine-tuned on ``rows`` (from the cache when it is there); (model, tok, info)."""
@@ -48,8 +58,7 @@ def finetuned_model(base: str, rows: list[dict], role: str, *, sets=(), recipe=N
     config, recipe_path = load_config(FinetuneConfig, "finetune", recipe=recipe,
                                       model_recipe=alias.recipe if alias else None, sets=list(sets))
     model, tok = load_model(base, device=device, dtype=dtype)
-    key = hashlib.sha256(json.dumps([fingerprint(model), rows, dataclasses.asdict(config)], sort_keys=True,
-                                    default=str).encode()).hexdigest()[:16]
+    key = finetune_key(fingerprint(model), rows, config)
     folder = cache_home() / "cache" / "tofu" / f"{role}-{key}"
     if (folder / "llm_edit_manifest.json").is_file():
         log(f"{role} model: cached at {folder}")
