@@ -7,7 +7,8 @@ Rows: the original model, the retain model (when the audits had one), then each 
 Cells: the probe's number (answered share, share of forgotten items that return, AUC or
 extraction strength) and, for audited models, the verdict's initial (F forgotten, P partly,
 N not forgotten). The original and retain rows are taken from the first audit and checked to
-be the same in every other one (they are cached by the audit, so they must be).
+be the same in every other one (they are cached by the audit, so they must be). Audits by
+``audit_tofu.py`` that carry TOFU's figures add forget quality and model utility columns.
 """
 from __future__ import annotations
 
@@ -42,13 +43,19 @@ def main() -> None:
         for t, t0 in zip(r["table"], first["table"]):
             if (t["original"], t["retain"]) != (t0["original"], t0["retain"]) and not t["probe"].startswith("quantized"):
                 print(f"note: {name}: {t['probe']} original/retain differ from the first audit's", file=sys.stderr)
-    head = ["model"] + probes + ["perplexity", "retain answered", "utility"]
+    tofu = all("tofu" in r for r in reports.values())
+    head = ["model"] + probes + ["perplexity", "retain answered", "utility"] + (
+        ["forget quality", "model utility"] if tofu else [])
+
+    def tofu_cells(row) -> str:  # forget quality to 3 significant digits: 0.097 is not 0.10
+        return f" {row['forget_quality']:.3g} | {row['model_utility']:.3f} |" if tofu else ""
     lines = [f"# Audit: {args.title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
 
     def ref_row(label, key):
         u = first["utility"].get(key) or {}
         cells = [fmt(t[key]) for t in first["table"]]
-        return f"| {label} | " + " | ".join(cells) + f" | {fmt(u.get('perplexity'))} | {fmt(u.get('retain_answered'))} | |"
+        return (f"| {label} | " + " | ".join(cells) + f" | {fmt(u.get('perplexity'))} | {fmt(u.get('retain_answered'))} | |"
+                + (tofu_cells(first["tofu"][key]) if tofu else ""))
 
     lines.append(ref_row("original", "original"))
     if any(t["retain"] is not None for t in first["table"]):
@@ -58,7 +65,8 @@ def main() -> None:
         u = r["utility"]
         lines.append(f"| **{r.get('method', name)}**{' ' + ' '.join(r.get('sets') or []) if r.get('sets') else ''} | "
                      + " | ".join(cells) + f" | {fmt(u['unlearned']['perplexity'])} | "
-                     f"{fmt(u['unlearned'].get('retain_answered'))} | {u['verdict']} |")
+                     f"{fmt(u['unlearned'].get('retain_answered'))} | {u['verdict']} |"
+                     + (tofu_cells(r["tofu"]["unlearned"]) if tofu else ""))
     lines += ["", "Verdicts: " + "; ".join(f"**{r.get('method', n)}**: {r['verdict']}" for n, r in reports.items()), "",
               "Cells: answered share for the question probes and relearning; for `quantized_*`, the share of "
               "the items the model forgot that are answered again after rounding (original/retain rows: the "

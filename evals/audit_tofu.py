@@ -7,7 +7,9 @@ Uses the protocol's cached fine-tuned and retain models (``llm-edit tofu`` with 
 ``--authors``/``--forget-authors``/``--split`` builds them; this script builds them too if they
 are missing), unlearns the forget authors from the fine-tuned model with ``--method`` and the
 protocol's stopping rule (``--method none`` audits the fine-tuned model itself), and audits it against the fine-tuned model (the original) and the
-retain model: ``audit.json``, ``audit.md``, ``recovery.png`` in ``--out``. The forget items carry
+retain model: ``audit.json``, ``audit.md``, ``recovery.png`` in ``--out``; with the retain model,
+also TOFU's forget quality and model utility of the unlearned, fine-tuned and retain models
+(``tofu`` in ``audit.json``, from ``evaluate_tofu``, cached). The forget items carry
 TOFU's paraphrased questions; in-context examples and benign relearning use the retain
 authors' rows; membership inference uses the holdout rows.
 """
@@ -27,7 +29,7 @@ from llm_edit.core.config import build_config, parse_set  # noqa: E402
 from llm_edit.unlearning.items import parse_item  # noqa: E402
 from llm_edit.core.files import atomic_directory  # noqa: E402
 from llm_edit.core.models import load_model  # noqa: E402
-from llm_edit.evaluating.tofu import EvalSettings, evaluate_tofu, make_task  # noqa: E402
+from llm_edit.evaluating.tofu import EvalSettings, attach_reference, evaluate_tofu, make_task  # noqa: E402
 from llm_edit.evaluating.tofu_metrics import mean  # noqa: E402
 from llm_edit.evaluating.tofu_protocol import _recipe_name, finetuned_model  # noqa: E402
 
@@ -40,6 +42,8 @@ def main() -> None:
     ap.add_argument("--authors", type=int, default=10)
     ap.add_argument("--tofu-data")
     ap.add_argument("--forget-authors", type=int, default=2)
+    ap.add_argument("--forget-block", type=int, default=0,
+                    help="forget the B-th block of --forget-authors authors from the last (0: the last ones)")
     ap.add_argument("--eval-limit", type=int, default=40)
     ap.add_argument("--retain-rows", type=int, default=40, help="retain rows for in-context, relearning, utility")
     ap.add_argument("--set", dest="sets", action="append", default=[], help="unlearning hyper-parameter")
@@ -50,7 +54,7 @@ def main() -> None:
     args = ap.parse_args()
 
     task = make_task(args.split, args.authors, data=args.tofu_data, eval_limit=args.eval_limit,
-                     forget_authors=args.forget_authors)
+                     forget_authors=args.forget_authors, forget_block=args.forget_block)
     config = build_config(AuditConfig, parse_set(args.audit_sets), "--audit-set") if args.audit_sets else AuditConfig()
     t0 = time.perf_counter()
     original, tok, _ = finetuned_model(args.model, task.train, "finetuned")
@@ -85,10 +89,31 @@ def main() -> None:
                        "hyperparameters": result.manifest["hyperparameters"], "training": result.manifest["training"]},
                    "task": task.describe(), "method": args.method, "sets": args.sets, "unlearn_s": round(unlearn_s, 1),
                    "audit_s": round(time.perf_counter() - t1, 1), "total_s": round(time.perf_counter() - t0, 1)})
+    if retain_model is not None:
+        report["tofu"] = tofu_figures({"unlearned": unlearned, "original": original, "retain": retain_model}, tok, task)
     with atomic_directory(Path(args.out), overwrite=True) as out:
         write_audit(out, report, f"Audit: {args.method} on CPU-sized TOFU ({args.authors} authors)")
+        if "tofu" in report:
+            rows = [f"| {name} | {r['forget_quality']:.4g} | {r['model_utility']:.3f} | {r['forget_truth_ratio']:.3f} "
+                    f"| {r['forget_rouge']:.3f} |" for name, r in report["tofu"].items()]
+            with open(out / "audit.md", "a") as f:
+                f.write("\n## TOFU (against the retain model)\n\n| model | forget quality | model utility | "
+                        "forget truth ratio | forget ROUGE-L |\n|---|---|---|---|---|\n" + "\n".join(rows) + "\n")
     print(Path(args.out, "audit.md").read_text().split("\n## How to read")[0])
+    for name, row in report.get("tofu", {}).items():
+        print(f"TOFU {name}: forget quality {row['forget_quality']:.4g}, model utility {row['model_utility']:.3f}")
     print(f"audit {report['audit_s']} s, unlearning {report['unlearn_s']} s")
+
+
+def tofu_figures(models: dict, tok, task) -> dict:
+    """TOFU's headline pair for each model: forget quality against the retain model, model utility."""
+    reports = {name: evaluate_tofu(m, tok, task, EvalSettings(), progress=False, name=name) for name, m in models.items()}
+    out = {}
+    for name, rep in reports.items():
+        agg = attach_reference(rep, reports["retain"], "retain model")["aggregates"]
+        out[name] = {"forget_quality": agg["forget_quality"]["value"], "model_utility": agg["model_utility"],
+                     "forget_truth_ratio": agg["forget_truth_ratio"], "forget_rouge": agg["forget_rouge"]}
+    return out
 
 
 if __name__ == "__main__":

@@ -158,3 +158,31 @@ def test_audit_command_on_tiny_models(tiny, tmp_path):
     bad = subprocess.run(cmd[:8] + ["--facts", str(tmp_path / "broken.jsonl"), "--out", str(tmp_path / "bad")],
                          capture_output=True, text=True, env=env, timeout=600)
     assert bad.returncode == 2 and "broken.jsonl:1" in bad.stderr and not (tmp_path / "bad").exists()
+
+
+def test_audit_table_adds_tofu_columns_when_every_audit_has_them(tmp_path):
+    def fake(name, fq, with_tofu=True):
+        row = {"probe": "direct", "kind": "answered share", "unlearned": 0.025, "original": 0.45, "retain": 0.025,
+               "recovery": 0.0, "verdict": "forgotten", "note": ""}
+        report = {"table": [row], "method": "grad_diff", "sets": [f"retain_weight={name}"], "verdict": "v",
+                  "config": {"forgotten_max": 0.25, "partly_max": 0.5}, "audit_s": 1.0,
+                  "utility": {"unlearned": {"perplexity": 19.0, "retain_answered": 0.5},
+                              "original": {"perplexity": 18.0, "retain_answered": 0.55}, "verdict": "kept"}}
+        if with_tofu:
+            report["tofu"] = {"unlearned": {"forget_quality": fq, "model_utility": 0.388},
+                              "original": {"forget_quality": 0.000504, "model_utility": 0.394},
+                              "retain": {"forget_quality": 1.0, "model_utility": 0.344}}
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "audit.json").write_text(json.dumps(report))
+        return str(tmp_path / name)
+
+    script = [sys.executable, str(Path(__file__).resolve().parents[1] / "evals" / "audit_table.py"), "--title", "t"]
+    a, b = fake("6", 0.165), fake("7", 0.09707)
+    subprocess.run(script + ["--out", str(tmp_path / "t.md"), a, b], check=True, capture_output=True)
+    lines = (tmp_path / "t.md").read_text().splitlines()
+    assert lines[2].endswith("| forget quality | model utility |")
+    assert lines[4].endswith("| 0.000504 | 0.394 |") and lines[5].endswith("| 1 | 0.344 |")  # original, retain
+    assert lines[6].endswith("| 0.165 | 0.388 |") and lines[7].endswith("| 0.0971 | 0.388 |")  # not rounded to 0.10
+    c = fake("8", 0.5, with_tofu=False)
+    subprocess.run(script + ["--out", str(tmp_path / "u.md"), a, c], check=True, capture_output=True)
+    assert "forget quality" not in (tmp_path / "u.md").read_text()
