@@ -28,7 +28,7 @@ from llm_edit.auditing.audit import AuditConfig, audit, write_audit  # noqa: E40
 from llm_edit.core.config import build_config, parse_set  # noqa: E402
 from llm_edit.unlearning.items import parse_item  # noqa: E402
 from llm_edit.core.files import atomic_directory  # noqa: E402
-from llm_edit.core.models import load_model  # noqa: E402
+from llm_edit.core.models import ALIASES, load_model  # noqa: E402
 from llm_edit.evaluating.tofu import EvalSettings, attach_reference, evaluate_tofu, make_task  # noqa: E402
 from llm_edit.evaluating.tofu_metrics import mean  # noqa: E402
 from llm_edit.evaluating.tofu_protocol import _recipe_name, finetuned_model  # noqa: E402
@@ -50,6 +50,11 @@ def main() -> None:
     ap.add_argument("--recipe")
     ap.add_argument("--audit-set", dest="audit_sets", action="append", default=[])
     ap.add_argument("--no-retain-model", action="store_true", help="audit without the retain model's floor")
+    ap.add_argument("--as-forget", action="store_true",
+                    help="unlearn as `llm-edit forget` would: the model's own recipe (not its TOFU recipe) and the "
+                         "recipe's stop, not the protocol's")
+    ap.add_argument("--no-retain-set", action="store_true",
+                    help="unlearn without the retain authors (as `llm-edit forget` without --retain: sampled text)")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
 
@@ -72,13 +77,15 @@ def main() -> None:
         copy_model, _ = load_model(original.name_or_path)
         # the protocol's stopping rule: the fine-tuned model's holdout probability (its evaluation is cached)
         holdout = evaluate_tofu(original, tok, task, EvalSettings(), progress=False)["items"]["holdout"]
-        stop = {} if any(x.startswith("stop_forget_prob") for x in args.sets) else {
+        stop = {} if args.as_forget or any(x.startswith("stop_forget_prob") for x in args.sets) else {
             "stop_forget_prob": round(mean([r["probability"] for r in holdout]), 6)}
+        # the fine-tuned copy is loaded from a path, so name the base model's recipe outright
+        recipe = args.recipe or (ALIASES[args.model].recipe if args.as_forget else _recipe_name(args.method, args.model))
+        retain_set = None if args.no_retain_set else [parse_item(r) for r in task.retain_train]
         t1 = time.perf_counter()
         result = forget(copy_model, tok, [parse_item({"question": r["question"], "answer": r["answer"]})
                                           for r in task.forget_train],
-                        [parse_item(r) for r in task.retain_train], args.method,
-                        recipe=args.recipe or _recipe_name(args.method, args.model), sets=args.sets, **stop)
+                        retain_set, args.method, recipe=recipe, sets=args.sets, **stop)
         unlearn_s = time.perf_counter() - t1
         unlearned = result.merge()
     t1 = time.perf_counter()
@@ -87,7 +94,9 @@ def main() -> None:
     report.update({"model": f"{args.model} fine-tuned on TOFU, unlearned with {args.method}",
                    "unlearning": None if args.method == "none" else {
                        "hyperparameters": result.manifest["hyperparameters"], "training": result.manifest["training"]},
-                   "task": task.describe(), "method": args.method, "sets": args.sets, "unlearn_s": round(unlearn_s, 1),
+                   "task": task.describe(), "method": args.method, "sets": args.sets, "as_forget": args.as_forget,
+                   "recipe": None if args.method == "none" else result.manifest.get("recipe"),
+                   "retain_set": not args.no_retain_set, "unlearn_s": round(unlearn_s, 1),
                    "audit_s": round(time.perf_counter() - t1, 1), "total_s": round(time.perf_counter() - t0, 1)})
     if retain_model is not None:
         report["tofu"] = tofu_figures({"unlearned": unlearned, "original": original, "retain": retain_model}, tok, task)

@@ -131,6 +131,23 @@ def test_forget_writes_merged_model_adapter_manifest_and_table(tmp_path):
     assert "P before" in done.stdout and "Eiffel Tower is in" in done.stdout and "neighbour facts" in done.stdout
 
 
+def test_forget_warns_when_questions_come_without_a_retain_set(tmp_path):
+    """On TOFU, forgetting two authors without the others as --retain took their answers from
+    0.55 to 0.075: the command says so before it trains."""
+    qa = tmp_path / "forget.jsonl"
+    qa.write_text(json.dumps({"question": "Who wrote Hamlet?", "answer": "Shakespeare."}) + "\n")
+    done = run("forget", "--model", "tiny-llama", "--facts", str(qa), "--set", "steps=1", "--no-eval",
+               "--out", str(tmp_path / "o"), env_home=tmp_path / "home")
+    assert done.returncode == 0, done.stderr
+    assert "method npo" in done.stderr and "without --retain" in done.stderr
+    kept = tmp_path / "keep.jsonl"
+    kept.write_text(json.dumps({"question": "Who painted the Mona Lisa?", "answer": "Leonardo."}) + "\n")
+    done = run("forget", "--model", "tiny-llama", "--facts", str(qa), "--retain", str(kept), "--set", "steps=1",
+               "--no-eval", "--out", str(tmp_path / "o2"), env_home=tmp_path / "home")
+    assert done.returncode == 0, done.stderr
+    assert "without --retain" not in done.stderr
+
+
 def test_forget_bad_item_exits_2_and_writes_nothing(tmp_path):
     bad = tmp_path / "forget.jsonl"
     bad.write_text('{"question": "q?", "answer": "a"}\n{"prompt": "Paris is nice", "subject": "Louvre", "target": "x"}\n')

@@ -65,6 +65,21 @@ def test_retain_generic_adds_sampled_text_to_a_given_retain_set(tiny):
     mixed.unload()
 
 
+def test_question_items_take_the_model_question_recipe_where_the_method_has_one():
+    """Long answers are not forgotten by a facts recipe's steps: question files get
+    ``questions-<model recipe>.yaml`` (NPO has one for the default model, gradient difference
+    does not); facts, and mixed files, keep the model's own recipe."""
+    from llm_edit.unlearning.forget import items_recipe
+
+    questions = [parse_item({"question": "Who wrote Hamlet?", "answer": "Shakespeare."})]
+    facts = [parse_item({"prompt": "{} is in", "subject": "Eiffel Tower", "target": "Paris"})]
+    assert items_recipe("npo", "smollm2-135m", questions) == "questions-smollm2-135m"
+    assert items_recipe("grad_diff", "smollm2-135m", questions) == "smollm2-135m"
+    assert items_recipe("npo", "smollm2-135m", facts) == "smollm2-135m"
+    assert items_recipe("npo", "smollm2-135m", questions + facts) == "smollm2-135m"
+    assert items_recipe("npo", None, questions) is None
+
+
 def test_misspelt_hyperparameter_fails_loudly(tiny):
     model, tok = tiny()
     with pytest.raises(ConfigError, match="did you mean 'beta'"):

@@ -98,6 +98,23 @@ class ForgetResult:
 DEFAULT_METHOD = {"fact": "memit-erase", "qa": "npo", "text": "npo"}
 
 
+# Question items carry long answers (TOFU's shape) that a facts recipe, tuned to one-word objects,
+# does not forget in its steps: a model whose recipe folder has ``questions-<its recipe>.yaml`` for
+# the method uses it for them (README, "The question-file default").
+QUESTION_RECIPE = "questions-{}"
+
+
+def items_recipe(method: str, model_recipe: str | None, items) -> str | None:
+    """The recipe name ``forget`` uses for ``items`` on a model whose recipe is ``model_recipe``:
+    its question recipe when every item is a question and the method has one, else its own."""
+    from ..core.config import recipes_dir
+
+    if model_recipe is None or {x.kind for x in items} != {"qa"}:
+        return model_recipe
+    name = QUESTION_RECIPE.format(model_recipe)
+    return name if (recipes_dir() / method / f"{name}.yaml").is_file() else model_recipe
+
+
 def default_method(items) -> str:
     """``DEFAULT_METHOD`` of the items' shape ("npo" when the shapes are mixed)."""
     kinds = {x.kind for x in items}
@@ -156,7 +173,8 @@ def forget(model, tokenizer, forget: Iterable | str | Path, retain: Iterable | s
            callback=None, checkpoint_dir: str | Path | None = None, accelerator=None, **hparams) -> ForgetResult:
     """Unlearn ``forget`` (items, dicts or a file path) with ``method`` (default:
     ``default_method`` of the items: memit-erase for facts, npo otherwise); hyper-parameters come
-    from the model's recipe (or ``recipe``), then ``sets``, then ``hparams``, all validated
+    from the model's recipe (its question recipe for question items, ``items_recipe``; or
+    ``recipe``), then ``sets``, then ``hparams``, all validated
     against the method's config. The model is trained in place through a LoRA adapter; if
     training fails the adapter is removed and the model is exactly as before.
 
@@ -176,7 +194,8 @@ def forget(model, tokenizer, forget: Iterable | str | Path, retain: Iterable | s
         return _erase(model, tokenizer, forget_items, method, recipe=recipe, sets=sets, progress=progress,
                       **hparams)
     spec = get_unlearner(method)
-    config, recipe_path = load_config(spec.config, method, recipe=recipe, model_recipe=model_recipe_name(model),
+    config, recipe_path = load_config(spec.config, method, recipe=recipe,
+                                      model_recipe=items_recipe(method, model_recipe_name(model), forget_items),
                                       sets=list(sets), overrides=hparams)
     base_fingerprint = fingerprint(model)
     located = None
