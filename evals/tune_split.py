@@ -17,6 +17,9 @@ recipe's: nothing is chosen on it. The tuning half is written to ``--out`` as so
 ``--tuned-in EARLIER.json`` takes the choice of such an earlier run (same method, unchanged
 ``--tune`` file and limit, same grid and ``--set``) and runs only the report set.
 
+Each tuning run keeps its ``misses`` (the generation judgments it failed, with the answers) to
+read; ``--tune-only`` stops there.
+
 ``--tolerance T`` chooses for cost: the first value, in the grid's order, whose tuning score is
 within T of the best one's. List the cheaper values first (``--grid v_steps=8,12,20
 --tolerance 0.02``: the fewest steps that score as well, up to T).
@@ -61,7 +64,7 @@ class FactSet:
         _, self.answers, self.before = edit_metrics(model, tok, self.requests, self.prompts)
         self.before.update(before_scores(self.answers))
 
-    def run(self, model, tok, method: str, sets: list[str]) -> dict:
+    def run(self, model, tok, method: str, sets: list[str], misses: bool = False) -> dict:
         base = fingerprint(model)
         t0 = time.perf_counter()
         result = edit(model, tok, self.requests, method, sets=sets, progress=True)
@@ -73,7 +76,17 @@ class FactSet:
         return {"sets": sets, "after": after, "score": round(score(after), 4), "edit_seconds": round(seconds, 1),
                 "median_edit_seconds": round(statistics.median(per_edit), 2) if per_edit else None,
                 "reverts_bit_exact": fingerprint(model) == base,
-                "hyperparameters": result.manifest["hyperparameters"]}
+                "hyperparameters": result.manifest["hyperparameters"],
+                **({"misses": form_misses(answers, self.answers)} if misses else {})}
+
+
+def form_misses(after, before) -> list[dict]:
+    """The generation judgments an edit failed, to read (the tuning set's only: the report set's
+    answers are not for choosing)."""
+    counted = {(a.request, a.form) for a in before if a.says_old}
+    return [{"request": a.request, "form": a.form, "prompt": a.prompt[-160:], "answer": a.answer,
+             "expected": a.expected, "unwanted": a.unwanted}
+            for a in after if a.form != "portability" and (a.request, a.form) in counted and not a.holds]
 
 
 def earlier_tuning(path: Path, args, key: str, values: list[str], n_tune: int):
@@ -132,6 +145,7 @@ def main(argv=None) -> int:
     ap.add_argument("--tolerance", type=float, default=0.0,
                     help="choose the first grid value whose tuning score is within this of the best (list cheaper "
                     "values first)")
+    ap.add_argument("--tune-only", action="store_true", help="stop after the tuning half (its misses are in --out)")
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
     if args.tolerance < 0:
@@ -147,7 +161,7 @@ def main(argv=None) -> int:
     model, tok = load_model(args.model, device="cpu")
     if not args.tuned_in:
         tune = FactSet(model, tok, args.tune, args.tune_limit)
-        tuned = [tune.run(model, tok, args.method, args.sets + [f"{key}={v}"]) for v in values.split(",")]
+        tuned = [tune.run(model, tok, args.method, args.sets + [f"{key}={v}"], misses=True) for v in values.split(",")]
         best = choose(tuned, args.tolerance)
     print(table(f"\ntuning set {args.tune} ({len(tune.requests)} facts)", tune.before, tuned))
 
@@ -159,6 +173,8 @@ def main(argv=None) -> int:
                 "report": report, "threads": torch.get_num_threads(), "command": sys.argv, **run_info()}
 
     write_json(Path(args.out), output())  # the tuning half, for --tuned-in if the report half does not finish
+    if args.tune_only:
+        return 0 if all(r["reverts_bit_exact"] for r in tuned) else 1
     report = FactSet(model, tok, args.report, args.report_limit)
     reported = [report.run(model, tok, args.method, args.sets)]
     if best["hyperparameters"][key] != reported[0]["hyperparameters"][key]:  # the recipe's own value won: once is enough

@@ -199,6 +199,16 @@ def test_tune_split_chooses_on_one_set_and_reports_on_the_other(tmp_path):
     assert len(result["tune"]["runs"]) == 2 and result["chosen"] in [r["sets"] for r in result["tune"]["runs"]]
     assert all(r["reverts_bit_exact"] for r in result["tune"]["runs"] + result["report"]["runs"])
     assert "gen_in_context" in result["report"]["runs"][0]["after"] and "report set" in done.stdout
+    # the tuning runs keep the judgments they failed, to read; the report set's are not kept
+    assert all(isinstance(r["misses"], list) for r in result["tune"]["runs"])
+    assert not any("misses" in r for r in result["report"]["runs"])
+    assert all(m["form"] in ("prompt", "chat", "question", "in_context") and m["answer"] is not None
+               for r in result["tune"]["runs"] for m in r["misses"])
+    only = tmp_path / "only.json"
+    done = run_eval("tune_split.py", "--tune", str(tune), "--report", str(report), "--grid", "kl_factor=1.0",
+                    "--tune-only", "--out", str(only), home=tmp_path / "home")
+    assert done.returncode == 0, done.stderr
+    assert _json.loads(only.read_text())["report"] is None and "report set" not in done.stdout
     clash = run_eval("tune_split.py", "--tune", str(tune), "--report", str(tune), "--grid", "kl_factor=1.0",
                      "--out", str(out), home=tmp_path / "home")
     assert clash.returncode != 0 and "not disjoint" in clash.stderr
