@@ -75,10 +75,11 @@ def main() -> None:
         unlearned = original
     else:
         copy_model, _ = load_model(original.name_or_path)
-        # the protocol's stopping rule: the fine-tuned model's holdout probability (its evaluation is cached)
-        holdout = evaluate_tofu(original, tok, task, EvalSettings(), progress=False)["items"]["holdout"]
-        stop = {} if args.as_forget or any(x.startswith("stop_forget_prob") for x in args.sets) else {
-            "stop_forget_prob": round(mean([r["probability"] for r in holdout]), 6)}
+        stop = {}
+        if not args.as_forget and not any(x.startswith("stop_forget_prob") for x in args.sets):
+            # the protocol's stopping rule: the fine-tuned model's holdout probability (its evaluation is cached)
+            holdout = evaluate_tofu(original, tok, task, EvalSettings(), progress=False)["items"]["holdout"]
+            stop = {"stop_forget_prob": round(mean([r["probability"] for r in holdout]), 6)}
         # the fine-tuned copy is loaded from a path, so name the base model's recipe outright
         recipe = args.recipe or (ALIASES[args.model].recipe if args.as_forget else _recipe_name(args.method, args.model))
         retain_set = None if args.no_retain_set else [parse_item(r) for r in task.retain_train]

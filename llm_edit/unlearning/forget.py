@@ -104,12 +104,16 @@ DEFAULT_METHOD = {"fact": "memit-erase", "qa": "npo", "text": "npo"}
 QUESTION_RECIPE = "questions-{}"
 
 
+def all_questions(items) -> bool:
+    return {x.kind for x in items} == {"qa"}
+
+
 def items_recipe(method: str, model_recipe: str | None, items) -> str | None:
     """The recipe name ``forget`` uses for ``items`` on a model whose recipe is ``model_recipe``:
     its question recipe when every item is a question and the method has one, else its own."""
     from ..core.config import recipes_dir
 
-    if model_recipe is None or {x.kind for x in items} != {"qa"}:
+    if model_recipe is None or not all_questions(items):
         return model_recipe
     name = QUESTION_RECIPE.format(model_recipe)
     return name if (recipes_dir() / method / f"{name}.yaml").is_file() else model_recipe
