@@ -63,7 +63,8 @@ def main() -> None:
     for name, r in reports.items():
         cells = [f"{fmt(t['unlearned'])} {MARK.get(t['verdict'], '')}" for t in r["table"]]
         u = r["utility"]
-        how = (" (as `llm-edit forget`)" if r.get("as_forget") else "") + (
+        how = (" (as `llm-edit forget`" + (" --holdout" if r.get("holdout_given") else "") + ")"
+               if r.get("as_forget") else "") + (
             "" if r.get("retain_set", True) else " (no retain set)")
         lines.append(f"| **{r.get('method', name)}**{' ' + ' '.join(r.get('sets') or []) if r.get('sets') else ''}{how} | "
                      + " | ".join(cells) + f" | {fmt(u['unlearned']['perplexity'])} | "

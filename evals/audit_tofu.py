@@ -26,6 +26,7 @@ sys.path.insert(0, str(HERE.parent))
 from llm_edit import forget  # noqa: E402
 from llm_edit.auditing.audit import AuditConfig, audit, write_audit  # noqa: E402
 from llm_edit.core.config import build_config, parse_set  # noqa: E402
+from llm_edit.unlearning.forget import items_recipe  # noqa: E402
 from llm_edit.unlearning.items import parse_item  # noqa: E402
 from llm_edit.core.files import atomic_directory  # noqa: E402
 from llm_edit.core.models import ALIASES, load_model  # noqa: E402
@@ -55,8 +56,13 @@ def main() -> None:
                          "recipe's stop, not the protocol's")
     ap.add_argument("--no-retain-set", action="store_true",
                     help="unlearn without the retain authors (as `llm-edit forget` without --retain: sampled text)")
+    ap.add_argument("--holdout", action="store_true",
+                    help="with --as-forget: pass TOFU's holdout rows as forget's holdout (its stop, as `llm-edit forget "
+                         "--holdout`)")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
+    if args.holdout and not args.as_forget:
+        ap.error("--holdout goes with --as-forget (without it the protocol's stop is already the holdout's)")
 
     task = make_task(args.split, args.authors, data=args.tofu_data, eval_limit=args.eval_limit,
                      forget_authors=args.forget_authors, forget_block=args.forget_block)
@@ -80,13 +86,17 @@ def main() -> None:
             # the protocol's stopping rule: the fine-tuned model's holdout probability (its evaluation is cached)
             holdout = evaluate_tofu(original, tok, task, EvalSettings(), progress=False)["items"]["holdout"]
             stop = {"stop_forget_prob": round(mean([r["probability"] for r in holdout]), 6)}
-        # the fine-tuned copy is loaded from a path, so name the base model's recipe outright
-        recipe = args.recipe or (ALIASES[args.model].recipe if args.as_forget else _recipe_name(args.method, args.model))
+        forget_train = [parse_item({"question": r["question"], "answer": r["answer"]}) for r in task.forget_train]
+        # the fine-tuned copy is loaded from a path, so name the base model's recipe outright; as the
+        # command does, its question recipe for these question items where the method has one
+        recipe = args.recipe or (items_recipe(args.method, ALIASES[args.model].recipe, forget_train) if args.as_forget
+                                 else _recipe_name(args.method, args.model))
         retain_set = None if args.no_retain_set else [parse_item(r) for r in task.retain_train]
         t1 = time.perf_counter()
-        result = forget(copy_model, tok, [parse_item({"question": r["question"], "answer": r["answer"]})
-                                          for r in task.forget_train],
-                        retain_set, args.method, recipe=recipe, sets=args.sets, **stop)
+        result = forget(copy_model, tok, forget_train,
+                        retain_set, args.method, recipe=recipe, sets=args.sets,
+                        holdout=[parse_item({"question": r["question"], "answer": r["answer"]}) for r in task.holdout]
+                        if args.holdout else None, **stop)
         unlearn_s = time.perf_counter() - t1
         unlearned = result.merge()
     t1 = time.perf_counter()
@@ -97,7 +107,7 @@ def main() -> None:
                        "hyperparameters": result.manifest["hyperparameters"], "training": result.manifest["training"]},
                    "task": task.describe(), "method": args.method, "sets": args.sets, "as_forget": args.as_forget,
                    "recipe": None if args.method == "none" else result.manifest.get("recipe"),
-                   "retain_set": not args.no_retain_set, "unlearn_s": round(unlearn_s, 1),
+                   "retain_set": not args.no_retain_set, "holdout_given": args.holdout, "unlearn_s": round(unlearn_s, 1),
                    "audit_s": round(time.perf_counter() - t1, 1), "total_s": round(time.perf_counter() - t0, 1)})
     if retain_model is not None:
         report["tofu"] = tofu_figures({"unlearned": unlearned, "original": original, "retain": retain_model}, tok, task)

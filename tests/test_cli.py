@@ -148,6 +148,27 @@ def test_forget_warns_when_questions_come_without_a_retain_set(tmp_path):
     assert "without --retain" not in done.stderr
 
 
+def test_forget_holdout_is_checked_before_training_and_recorded(tmp_path):
+    qa = tmp_path / "forget.jsonl"
+    qa.write_text(json.dumps({"question": "Who wrote Hamlet?", "answer": "Shakespeare."}) + "\n")
+    bad = tmp_path / "holdout.jsonl"
+    bad.write_text(json.dumps({"question": "Who painted it?", "answer": "Leonardo."}) + "\n" + '{"question": "q?"}\n')
+    done = run("forget", "--model", "tiny-llama", "--facts", str(qa), "--holdout", str(bad), "--no-eval",
+               "--out", str(tmp_path / "o"), env_home=tmp_path / "home")
+    assert done.returncode == 2 and f"{bad}:2" in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "o").exists()
+    bad.write_text(json.dumps({"question": "Who painted it?", "answer": "Leonardo."}) + "\n")
+    done = run("forget", "--model", "tiny-llama", "--facts", str(qa), "--holdout", str(bad), "--set",
+               "stop_forget_prob=0.1", "--no-eval", "--out", str(tmp_path / "o"), env_home=tmp_path / "home")
+    assert done.returncode == 2 and "do not --set it as well" in done.stderr
+    done = run("forget", "--model", "tiny-llama", "--facts", str(qa), "--holdout", str(bad), "--set", "steps=1",
+               "--no-eval", "--out", str(tmp_path / "o"), env_home=tmp_path / "home")
+    assert done.returncode == 0, done.stderr
+    manifest = json.loads((tmp_path / "o" / "llm_edit_manifest.json").read_text())
+    assert manifest["holdout"]["items"] == 1 and manifest["holdout"]["source"] == str(bad)
+    assert manifest["hyperparameters"]["stop_forget_prob"] == manifest["holdout"]["stop_forget_prob"]
+
+
 def test_forget_bad_item_exits_2_and_writes_nothing(tmp_path):
     bad = tmp_path / "forget.jsonl"
     bad.write_text('{"question": "q?", "answer": "a"}\n{"prompt": "Paris is nice", "subject": "Louvre", "target": "x"}\n')

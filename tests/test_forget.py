@@ -117,6 +117,45 @@ def test_callback_and_forget_probability_stop_early(tiny):
     assert len(result.log) == 1 and "forget probability" in result.manifest["training"]["stopped_early"]
 
 
+def test_holdout_sets_the_stop_to_the_original_model_probability_of_answers_it_never_saw(tiny):
+    """TOFU's stop for users: the mean over holdout items of exp(mean answer-token log-prob),
+    taken from the original model in the training format (computed here by hand), and the
+    recipe's stop_steps as the cap while that stop is in force."""
+    from llm_edit.unlearning.items import encode
+
+    model, tok = tiny()
+    holdout = [parse_item({"question": "Who painted the Mona Lisa?", "answer": "Leonardo da Vinci."}),
+               parse_item({"question": "Where is Rome?", "answer": "In Italy, on the Tiber."})]
+    expected = []
+    with torch.no_grad():
+        for item in holdout:
+            ids, start = encode(tok, item, Formatting(), 128)
+            logp = torch.log_softmax(model(torch.tensor([ids])).logits[0].float(), -1)
+            answer = [logp[t - 1, ids[t]].item() for t in range(start, len(ids))]
+            expected.append(torch.tensor(answer).mean().exp().item())
+    result = forget(model, tok, FACTS[1:2], method="npo", holdout=holdout, steps=1, stop_steps=4, eval_every=1,
+                    progress=False)
+    info = result.manifest["holdout"]
+    assert info["items"] == 2 and info["stop_forget_prob"] == pytest.approx(sum(expected) / 2, abs=1e-6)  # kept to 6 decimals
+    assert result.manifest["hyperparameters"]["stop_forget_prob"] == info["stop_forget_prob"]
+    assert result.manifest["hyperparameters"]["steps"] == 4  # stop_steps, not steps, caps a run with a stop
+    result.unload()
+    # the cap is run out when the stop is never reached (no item is ever at probability 0)
+    capped = forget(model, tok, FACTS[1:2], method="npo", steps=1, stop_steps=3, stop_forget_prob=0.0,
+                    eval_every=1, progress=False)
+    assert len(capped.log) == 3 and capped.manifest["training"]["stopped_early"] is None
+    capped.unload()
+    # holding out the forget item itself: the first step that lowers its probability stops the run
+    itself = forget(model, tok, FACTS[1:2], method="npo", holdout=[parse_item(FACTS[1])], steps=1, stop_steps=5,
+                    eval_every=1, lr=1e-2, progress=False)
+    assert len(itself.log) == 1 and "forget probability" in itself.manifest["training"]["stopped_early"]
+    itself.unload()
+    with pytest.raises(ConfigError, match="holdout sets stop_forget_prob"):
+        forget(model, tok, FACTS[1:2], method="npo", holdout=holdout, stop_forget_prob=0.1, progress=False)
+    with pytest.raises(ConfigError, match="has no stop"):
+        forget(model, tok, FACTS[:1], method="rome-erase", holdout=holdout, progress=False)
+
+
 def test_save_writes_a_plain_model_the_adapter_and_a_manifest(tiny, tmp_path):
     from transformers import AutoModelForCausalLM
 

@@ -17,6 +17,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_model_args(p)
     p.add_argument("--facts", required=True, help="JSONL/JSON of items to forget: facts, question/answer pairs or text")
     p.add_argument("--retain", help="items to keep (default: text sampled from the model itself)")
+    p.add_argument("--holdout", help="items of the same kind the model never saw: training stops once the forget "
+                   "answers are no more probable than these (TOFU's stop; at most the recipe's stop_steps)")
     p.add_argument("--method", choices=sorted(UNLEARNERS) + sorted(ERASERS),
                    help="a training-based unlearner, or an erasure by rank-one edits (" + ", ".join(ERASERS) + "); "
                    "default: memit-erase for facts, npo for questions and text (README, 'Forgetting that holds')")
@@ -48,6 +50,8 @@ def run(args) -> int:
     numbered_retain = numbered_items(args.retain) if args.retain else []
     forget_items = [x for _, x in numbered_forget]
     retain_items = [x for _, x in numbered_retain] or None
+    numbered_holdout = numbered_items(args.holdout) if args.holdout else []
+    holdout_items = [x for _, x in numbered_holdout] or None
     if args.method is None:
         args.method = default_method(forget_items)
         print(f"llm-edit: method {args.method} (the default for these items; --method to choose)", file=sys.stderr)
@@ -60,12 +64,17 @@ def run(args) -> int:
             raise FactFileError(args.facts, None, None, str(e)) from None
         if retain_items:
             print(f"llm-edit: note: {args.method} has no retain term; --retain is only evaluated", file=sys.stderr)
+        if holdout_items:
+            raise ConfigError(f"--holdout: {args.method} edits weights once and has no stop; a holdout serves the "
+                              "unlearners (--method npo, ...)")
     spec = ERASERS[args.method] if erasing else get_unlearner(args.method)
     layers_to_sets(args, spec.config)
     alias = ALIASES.get(args.model)
     config, _ = load_config(spec.config, args.method, recipe=args.recipe,
                             model_recipe=items_recipe(args.method, alias.recipe if alias else None, forget_items),
                             sets=args.sets)
+    if holdout_items and any(x.split("=", 1)[0].strip() == "stop_forget_prob" for x in args.sets):
+        raise ConfigError("--holdout sets stop_forget_prob; do not --set it as well")
     if not erasing and not retain_items and all_questions(forget_items):
         # measured on TOFU: without the neighbouring authors as --retain, forgetting two authors took the
         # others' answers down from 0.55 to 0.075 (README, "The question-file default")
@@ -80,10 +89,12 @@ def run(args) -> int:
     check_items_fit(model, tok, args.facts, numbered_forget)
     if args.retain:
         check_items_fit(model, tok, args.retain, numbered_retain)
+    if args.holdout:
+        check_items_fit(model, tok, args.holdout, numbered_holdout)
     main_process = acc.is_main_process
     fmt = Formatting() if erasing else Formatting(config.use_chat_template, config.system_prompt)
     evaluate = not args.no_eval and main_process
-    extra = {} if erasing else {"checkpoint_dir": args.checkpoint_dir, "accelerator": acc}
+    extra = {} if erasing else {"checkpoint_dir": args.checkpoint_dir, "accelerator": acc, "holdout": args.holdout}
     measured = measure_forget(model, tok, forget_groups(forget_items, retain_items), fmt,
                               lambda: forget(model, tok, forget_items, retain_items, args.method, recipe=args.recipe,
                                              sets=args.sets, progress=main_process, **extra), evaluate=evaluate)

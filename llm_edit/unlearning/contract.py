@@ -58,6 +58,9 @@ class TrainConfig:
     # taken at the worst weights within this L2 radius of the trainable ones (trainer.py); 0: off
     sam_rho: float = 0.0
     stop_forget_prob: float | None = None  # stop once mean P(forget answer) <= this
+    # the step cap while a stop is in force (stop_forget_prob, or forget's holdout): a recipe with
+    # a fixed count for users without a stop can run longer for those with one (None: steps)
+    stop_steps: int | None = None
     eval_every: int = 5  # steps between early-stopping checks
     checkpoint_every: int = 0  # 0: no checkpoints
     seed: int = 0
@@ -69,6 +72,8 @@ class TrainConfig:
                      "eval_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
+        if self.stop_steps is not None and self.stop_steps < 1:
+            raise ValueError("stop_steps must be at least 1 (or null)")
         if self.lr <= 0:
             raise ValueError("lr must be positive")
         if self.saliency_fraction is not None and not (self.full_finetune and 0 < self.saliency_fraction <= 1):

@@ -16,7 +16,7 @@ from typing import Any, Iterable
 
 import torch
 
-from ..core.config import load_config
+from ..core.config import ConfigError, load_config
 from ..core.files import run_info
 from ..core.models import fingerprint, model_recipe_name
 from ..core.patch import WeightDelta
@@ -174,7 +174,8 @@ def _retain_set(model, tokenizer, spec, config, retain, forget_items) -> tuple[l
 
 def forget(model, tokenizer, forget: Iterable | str | Path, retain: Iterable | str | Path | None = None,
            method: str | None = None, *, recipe: str | Path | None = None, sets: list[str] = (), progress: bool = True,
-           callback=None, checkpoint_dir: str | Path | None = None, accelerator=None, **hparams) -> ForgetResult:
+           callback=None, checkpoint_dir: str | Path | None = None, accelerator=None,
+           holdout: Iterable | str | Path | None = None, **hparams) -> ForgetResult:
     """Unlearn ``forget`` (items, dicts or a file path) with ``method`` (default:
     ``default_method`` of the items: memit-erase for facts, npo otherwise); hyper-parameters come
     from the model's recipe (its question recipe for question items, ``items_recipe``; or
@@ -183,6 +184,10 @@ def forget(model, tokenizer, forget: Iterable | str | Path, retain: Iterable | s
     training fails the adapter is removed and the model is exactly as before.
 
     ``callback(step, record, model)`` runs after every optimizer step; returning True stops.
+
+    ``holdout``: items of the same kind that the model never saw (TOFU's holdout authors, say).
+    Training stops once the forget answers are no more probable than the original model finds
+    these (``holdout_stop``), with at most the recipe's ``stop_steps``.
 
     An erasure method (``rome-erase``) edits the weights instead of training: facts only,
     ``retain`` unused, the result holds the patch (``ForgetResult.delta``)."""
@@ -193,8 +198,11 @@ def forget(model, tokenizer, forget: Iterable | str | Path, retain: Iterable | s
     from .trainer import Trainer
 
     forget_items = _parse_items(forget, "forget")
+    holdout_items = _parse_items(holdout, "holdout") if holdout is not None else None
     method = method or default_method(forget_items)
     if method in ERASERS:
+        if holdout_items:
+            raise ConfigError(f"holdout: {method} edits weights once and has no stop; a holdout serves the unlearners")
         return _erase(model, tokenizer, forget_items, method, recipe=recipe, sets=sets, progress=progress,
                       **hparams)
     spec = get_unlearner(method)
@@ -207,6 +215,17 @@ def forget(model, tokenizer, forget: Iterable | str | Path, retain: Iterable | s
         config, located = spec.resolve(model, tokenizer, config, progress)
     retain_items, retain_source, protective = _retain_set(model, tokenizer, spec, config, retain, forget_items)
     fmt = Formatting(config.use_chat_template, config.system_prompt)
+    holdout_info = None
+    if holdout_items:
+        if "stop_forget_prob" in set(hparams) | {x.split("=", 1)[0].strip() for x in sets}:
+            raise ConfigError("holdout: the holdout sets stop_forget_prob; do not set it as well")
+        level = holdout_stop(model, tokenizer, holdout_items, fmt, config.max_length)
+        config = dataclasses.replace(config, stop_forget_prob=round(level, 6))
+        holdout_info = {"items": len(holdout_items), "sha256": items_sha256(holdout_items),
+                        "source": str(holdout) if isinstance(holdout, (str, Path)) else "given",
+                        "stop_forget_prob": config.stop_forget_prob}
+    if config.stop_forget_prob is not None and config.stop_steps is not None:
+        config = dataclasses.replace(config, steps=config.stop_steps)
     trained = expand_items(model, tokenizer, forget_items, config.expand,
                            chat=fmt.use_chat_template and bool(getattr(tokenizer, "chat_template", None)))
     t0 = time.perf_counter()
@@ -234,6 +253,7 @@ def forget(model, tokenizer, forget: Iterable | str | Path, retain: Iterable | s
         "retain_sha256": items_sha256(retain_items) if retain_items else None,
         "retain_items": len(retain_items) if retain_items else 0,
         "retain_source": retain_source,
+        "holdout": holdout_info,
         "formatting": fmt.describe(tokenizer),
         "training": {"adapter": None if config.full_finetune else "lora (all linear layers)",
                      "processes": acc.num_processes, "distributed_type": str(acc.distributed_type),
@@ -246,6 +266,20 @@ def forget(model, tokenizer, forget: Iterable | str | Path, retain: Iterable | s
     }
     return ForgetResult(acc.unwrap_model(trainer.model) if config.full_finetune else trainer.peft_model, tokenizer, manifest, log,
                         trainer)
+
+
+def holdout_stop(model, tokenizer, holdout_items, fmt, max_length: int) -> float:
+    """The original model's mean answer probability on items it never saw, formatted as training
+    formats the forget items: the level a model that never learned the forget answers would give
+    them. TOFU's protocol stops there (Maini et al. 2024 use its holdout authors for the
+    membership figures; the stop is ours, ``evaluating.tofu_protocol``)."""
+    from ..core.text import pad_id
+    from .items import encode
+    from .trainer import answer_probability
+
+    device = next(model.parameters()).device
+    return answer_probability(model, holdout_items, lambda x: encode(tokenizer, x, fmt, max_length),
+                              pad_id(tokenizer), device)
 
 
 def erase_requests(items) -> list[EditRequest]:

@@ -24,7 +24,8 @@ FSDP or DeepSpeed from accelerate's own config):
   Cost: two more forward/backward passes of the forget batch per micro-step. One process only:
   the perturbation would need the gradient reduced across processes first.
 * **Early stopping** when the mean forget-answer probability falls to ``stop_forget_prob``, or
-  when a user callback returns True, so users do not over-unlearn.
+  when a user callback returns True, so users do not over-unlearn. ``forget(holdout=...)`` sets
+  that level to the original model's ``answer_probability`` of answers it never saw.
 """
 from __future__ import annotations
 
@@ -245,20 +246,8 @@ class Trainer:
         return forget, retain
 
     # -- evaluation for early stopping ------------------------------------------------------
-    @torch.no_grad()
     def forget_probability(self) -> float:
-        """Mean over forget items of exp(mean answer-token log-probability)."""
-        was_training = self.model.training
-        self.model.eval()
-        probs = []
-        for i in range(0, len(self.forget), 16):
-            batch = collate([self.encode(x) for x in self.forget[i:i + 16]], self.pad_id).to(self.device)
-            out = head.final_states(self.model, input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                                    use_cache=False)
-            logp, count = head.token_logprobs(out, batch.labels)
-            probs += (logp / count.clamp(min=1)).exp().tolist()
-        self.model.train(was_training)
-        return sum(probs) / len(probs)
+        return answer_probability(self.model, self.forget, self.encode, self.pad_id, self.device)
 
     # -- checkpoints (checkpoints.py) ----------------------------------------------------------
     def save_checkpoint(self, step: int) -> None:
@@ -368,3 +357,18 @@ class Trainer:
     def effective_batch_size(self) -> int:
         return self.config.batch_size * self.config.grad_accum * self.accelerator.num_processes
 
+
+@torch.no_grad()
+def answer_probability(model, items: list[ForgetItem], encode: Callable, pad: int, device) -> float:
+    """Mean over items of exp(mean answer-token log-probability), each encoded by ``encode``
+    (the trainer's formatting): the early-stopping statistic."""
+    was_training = model.training
+    model.eval()
+    probs = []
+    for i in range(0, len(items), 16):
+        batch = collate([encode(x) for x in items[i:i + 16]], pad).to(device)
+        out = head.final_states(model, input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
+        logp, count = head.token_logprobs(out, batch.labels)
+        probs += (logp / count.clamp(min=1)).exp().tolist()
+    model.train(was_training)
+    return sum(probs) / len(probs)
