@@ -117,13 +117,15 @@ def test_callback_and_forget_probability_stop_early(tiny):
     assert len(result.log) == 1 and "forget probability" in result.manifest["training"]["stopped_early"]
 
 
-def test_holdout_sets_the_stop_to_the_original_model_probability_of_answers_it_never_saw(tiny):
+def test_holdout_sets_the_stop_to_the_original_model_probability_of_answers_it_never_saw(tiny, tmp_path):
     """TOFU's stop for users: the mean over holdout items of exp(mean answer-token log-prob),
     taken from the original model in the training format (computed here by hand), and the
     recipe's stop_steps as the cap while that stop is in force."""
     from llm_edit.unlearning.items import encode
 
     model, tok = tiny()
+    recipe = tmp_path / "fixed.yaml"  # a recipe as the question recipe: fixed steps, a longer cap with a stop
+    recipe.write_text("steps: 1\nstop_steps: 3\neval_every: 1\n")
     holdout = [parse_item({"question": "Who painted the Mona Lisa?", "answer": "Leonardo da Vinci."}),
                parse_item({"question": "Where is Rome?", "answer": "In Italy, on the Tiber."})]
     expected = []
@@ -133,21 +135,27 @@ def test_holdout_sets_the_stop_to_the_original_model_probability_of_answers_it_n
             logp = torch.log_softmax(model(torch.tensor([ids])).logits[0].float(), -1)
             answer = [logp[t - 1, ids[t]].item() for t in range(start, len(ids))]
             expected.append(torch.tensor(answer).mean().exp().item())
-    result = forget(model, tok, FACTS[1:2], method="npo", holdout=holdout, steps=1, stop_steps=4, eval_every=1,
-                    progress=False)
+    result = forget(model, tok, FACTS[1:2], method="npo", recipe=recipe, holdout=holdout, progress=False)
     info = result.manifest["holdout"]
     assert info["items"] == 2 and info["stop_forget_prob"] == pytest.approx(sum(expected) / 2, abs=1e-6)  # kept to 6 decimals
     assert result.manifest["hyperparameters"]["stop_forget_prob"] == info["stop_forget_prob"]
-    assert result.manifest["hyperparameters"]["steps"] == 4  # stop_steps, not steps, caps a run with a stop
+    assert result.manifest["hyperparameters"]["steps"] == 3  # stop_steps, not steps, caps a run with a stop
     result.unload()
-    # the cap is run out when the stop is never reached (no item is ever at probability 0)
-    capped = forget(model, tok, FACTS[1:2], method="npo", steps=1, stop_steps=3, stop_forget_prob=0.0,
+    # the cap is run out when the stop is never reached (no item is ever at probability 0); steps
+    # the user sets are kept, and without a stop stop_steps does nothing
+    capped = forget(model, tok, FACTS[1:2], method="npo", sets=["steps=1"], stop_steps=3, stop_forget_prob=0.0,
                     eval_every=1, progress=False)
+    assert len(capped.log) == 1
+    capped.unload()
+    capped = forget(model, tok, FACTS[1:2], method="npo", recipe=recipe, stop_forget_prob=0.0, progress=False)
     assert len(capped.log) == 3 and capped.manifest["training"]["stopped_early"] is None
     capped.unload()
+    fixed = forget(model, tok, FACTS[1:2], method="npo", recipe=recipe, progress=False)
+    assert len(fixed.log) == 1
+    fixed.unload()
     # holding out the forget item itself: the first step that lowers its probability stops the run
-    itself = forget(model, tok, FACTS[1:2], method="npo", holdout=[parse_item(FACTS[1])], steps=1, stop_steps=5,
-                    eval_every=1, lr=1e-2, progress=False)
+    itself = forget(model, tok, FACTS[1:2], method="npo", recipe=recipe, holdout=[parse_item(FACTS[1])], lr=1e-2,
+                    progress=False)
     assert len(itself.log) == 1 and "forget probability" in itself.manifest["training"]["stopped_early"]
     itself.unload()
     with pytest.raises(ConfigError, match="holdout sets stop_forget_prob"):

@@ -18,7 +18,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--facts", required=True, help="JSONL/JSON of items to forget: facts, question/answer pairs or text")
     p.add_argument("--retain", help="items to keep (default: text sampled from the model itself)")
     p.add_argument("--holdout", help="items of the same kind the model never saw: training stops once the forget "
-                   "answers are no more probable than these (TOFU's stop; at most the recipe's stop_steps)")
+                   "answers are no more probable than these (llm-edit tofu's stop; at most the recipe's stop_steps)")
     p.add_argument("--method", choices=sorted(UNLEARNERS) + sorted(ERASERS),
                    help="a training-based unlearner, or an erasure by rank-one edits (" + ", ".join(ERASERS) + "); "
                    "default: memit-erase for facts, npo for questions and text (README, 'Forgetting that holds')")

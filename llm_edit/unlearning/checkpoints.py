@@ -16,7 +16,11 @@ if TYPE_CHECKING:
 
 
 def config_hash(config) -> str:
-    return hashlib.sha256(json.dumps(dataclasses.asdict(config), sort_keys=True).encode()).hexdigest()[:16]
+    """The hyper-parameters that differ from their defaults (as ``finetune_key``): a key added to
+    the config later, at a default that keeps today's behaviour, leaves checkpoints resumable."""
+    changed = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)
+               if getattr(config, f.name) != f.default}
+    return hashlib.sha256(json.dumps(changed, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def trainable_state(trainer: "Trainer") -> dict[str, torch.Tensor]:

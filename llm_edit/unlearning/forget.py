@@ -216,16 +216,17 @@ def forget(model, tokenizer, forget: Iterable | str | Path, retain: Iterable | s
     retain_items, retain_source, protective = _retain_set(model, tokenizer, spec, config, retain, forget_items)
     fmt = Formatting(config.use_chat_template, config.system_prompt)
     holdout_info = None
+    user_keys = set(hparams) | {x.split("=", 1)[0].strip() for x in sets}
     if holdout_items:
-        if "stop_forget_prob" in set(hparams) | {x.split("=", 1)[0].strip() for x in sets}:
+        if "stop_forget_prob" in user_keys:
             raise ConfigError("holdout: the holdout sets stop_forget_prob; do not set it as well")
         level = holdout_stop(model, tokenizer, holdout_items, fmt, config.max_length)
         config = dataclasses.replace(config, stop_forget_prob=round(level, 6))
         holdout_info = {"items": len(holdout_items), "sha256": items_sha256(holdout_items),
                         "source": str(holdout) if isinstance(holdout, (str, Path)) else "given",
                         "stop_forget_prob": config.stop_forget_prob}
-    if config.stop_forget_prob is not None and config.stop_steps is not None:
-        config = dataclasses.replace(config, steps=config.stop_steps)
+    if config.stop_forget_prob is not None and config.stop_steps is not None and "steps" not in user_keys:
+        config = dataclasses.replace(config, steps=config.stop_steps)  # steps the user gives are kept
     trained = expand_items(model, tokenizer, forget_items, config.expand,
                            chat=fmt.use_chat_template and bool(getattr(tokenizer, "chat_template", None)))
     t0 = time.perf_counter()
@@ -271,8 +272,8 @@ def forget(model, tokenizer, forget: Iterable | str | Path, retain: Iterable | s
 def holdout_stop(model, tokenizer, holdout_items, fmt, max_length: int) -> float:
     """The original model's mean answer probability on items it never saw, formatted as training
     formats the forget items: the level a model that never learned the forget answers would give
-    them. TOFU's protocol stops there (Maini et al. 2024 use its holdout authors for the
-    membership figures; the stop is ours, ``evaluating.tofu_protocol``)."""
+    them. ``llm-edit tofu`` stops at TOFU's holdout authors' level (a choice of this project's
+    protocol, ``evaluating.tofu_protocol``, not of the TOFU paper)."""
     from ..core.text import pad_id
     from .items import encode
     from .trainer import answer_probability
