@@ -37,7 +37,7 @@ def run(args) -> int:
     import torch
     from accelerate import Accelerator
 
-    from ..core.config import ConfigError, load_config
+    from ..core.config import ConfigError, load_config, parse_set
     from ..core.files import FactFileError
     from ..core.models import ALIASES, load_model
     from ..editing.methods import ERASERS
@@ -73,7 +73,7 @@ def run(args) -> int:
     config, _ = load_config(spec.config, args.method, recipe=args.recipe,
                             model_recipe=items_recipe(args.method, alias.recipe if alias else None, forget_items),
                             sets=args.sets)
-    if holdout_items and any(x.split("=", 1)[0].strip() == "stop_forget_prob" for x in args.sets):
+    if holdout_items and "stop_forget_prob" in parse_set(args.sets):
         raise ConfigError("--holdout sets stop_forget_prob; do not --set it as well")
     if not erasing and not retain_items and all_questions(forget_items):
         # measured on TOFU: without the neighbouring authors as --retain, forgetting two authors took the

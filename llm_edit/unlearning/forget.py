@@ -16,7 +16,7 @@ from typing import Any, Iterable
 
 import torch
 
-from ..core.config import ConfigError, load_config
+from ..core.config import ConfigError, load_config, parse_set
 from ..core.files import run_info
 from ..core.models import fingerprint, model_recipe_name
 from ..core.patch import WeightDelta
@@ -216,7 +216,7 @@ def forget(model, tokenizer, forget: Iterable | str | Path, retain: Iterable | s
     retain_items, retain_source, protective = _retain_set(model, tokenizer, spec, config, retain, forget_items)
     fmt = Formatting(config.use_chat_template, config.system_prompt)
     holdout_info = None
-    user_keys = set(hparams) | {x.split("=", 1)[0].strip() for x in sets}
+    user_keys = set(hparams) | set(parse_set(list(sets)))
     if holdout_items:
         if "stop_forget_prob" in user_keys:
             raise ConfigError("holdout: the holdout sets stop_forget_prob; do not set it as well")
@@ -276,10 +276,10 @@ def holdout_stop(model, tokenizer, holdout_items, fmt, max_length: int) -> float
     protocol, ``evaluating.tofu_protocol``, not of the TOFU paper)."""
     from ..core.text import pad_id
     from .items import encode
-    from .trainer import answer_probability
+    from .trainer import mean_answer_probability
 
     device = next(model.parameters()).device
-    return answer_probability(model, holdout_items, lambda x: encode(tokenizer, x, fmt, max_length),
+    return mean_answer_probability(model, holdout_items, lambda x: encode(tokenizer, x, fmt, max_length),
                               pad_id(tokenizer), device)
 
 

@@ -25,7 +25,7 @@ FSDP or DeepSpeed from accelerate's own config):
   the perturbation would need the gradient reduced across processes first.
 * **Early stopping** when the mean forget-answer probability falls to ``stop_forget_prob``, or
   when a user callback returns True, so users do not over-unlearn. ``forget(holdout=...)`` sets
-  that level to the original model's ``answer_probability`` of answers it never saw.
+  that level to the original model's ``mean_answer_probability`` of answers it never saw.
 """
 from __future__ import annotations
 
@@ -247,7 +247,7 @@ class Trainer:
 
     # -- evaluation for early stopping ------------------------------------------------------
     def forget_probability(self) -> float:
-        return answer_probability(self.model, self.forget, self.encode, self.pad_id, self.device)
+        return mean_answer_probability(self.model, self.forget, self.encode, self.pad_id, self.device)
 
     # -- checkpoints (checkpoints.py) ----------------------------------------------------------
     def save_checkpoint(self, step: int) -> None:
@@ -359,9 +359,11 @@ class Trainer:
 
 
 @torch.no_grad()
-def answer_probability(model, items: list[ForgetItem], encode: Callable, pad: int, device) -> float:
+def mean_answer_probability(model, items: list[ForgetItem], encode: Callable, pad: int, device) -> float:
     """Mean over items of exp(mean answer-token log-probability), each encoded by ``encode``
-    (the trainer's formatting): the early-stopping statistic."""
+    (the trainer's formatting): the early-stopping statistic. ``evaluating.metrics.answer_probability``
+    is the per-item figure of the evaluations; this one goes through ``core.head`` (the LM head in
+    chunks, for large vocabularies) as training does."""
     was_training = model.training
     model.eval()
     probs = []
