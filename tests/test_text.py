@@ -60,3 +60,35 @@ def test_make_batch_labels_point_at_target_tokens():
     assert batch.input_ids.tolist() == [[5, 6, 7, 8], [5, 0, 0, 0]]
     assert batch.attention_mask.tolist() == [[1, 1, 1, 1], [1, 0, 0, 0]]
     assert batch.labels.tolist() == [[-100, -100, 8, 9], [4, -100, -100, -100]]
+
+
+@pytest.mark.parametrize("add_bos", [True, False])
+def test_perplexity_frames_each_window_as_the_tokenizer_frames_text(add_bos):
+    """With a BOS the window follows it and every token is scored; without one the window is
+    scored from its second token. Checked against one hand-built forward pass per window."""
+    import math
+
+    import torch
+
+    from llm_edit.core.models import build_tiny
+    from llm_edit.core.text import leading_special_ids
+    from llm_edit.evaluating.metrics import perplexity
+
+    model, _ = build_tiny("gpt2")
+    tok = build_tiny_tokenizer(add_bos=add_bos)
+    assert leading_special_ids(tok) == ([tok.bos_token_id] if add_bos else [])
+    text = "the cat sat on the mat and the dog sat on the log " * 3
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    window = 7
+    nll, count = 0.0, 0
+    for i in range(0, len(ids), window):
+        chunk = ids[i:i + window]
+        if len(chunk) < 2:
+            continue
+        seq = ([tok.bos_token_id] if add_bos else []) + chunk
+        with torch.no_grad():
+            logp = torch.log_softmax(model(input_ids=torch.tensor([seq])).logits[0].float(), -1)
+        scored = range(1, len(seq))  # every token after the first fed one: with a BOS, all of the window's
+        nll -= sum(float(logp[j - 1, seq[j]]) for j in scored)
+        count += len(scored)
+    assert perplexity(model, tok, text, window=window, batch_size=2) == pytest.approx(math.exp(nll / count), rel=1e-4)

@@ -79,6 +79,14 @@ def target_ids(tok, target: str, *, after: str = "") -> list[int]:
 
 
 
+def leading_special_ids(tok) -> list[int]:
+    """The ids the tokenizer puts before any text by default (Gemma's and Llama 2's BOS; nothing
+    for SmolLM2 or GPT-2): text scored without them is text the model never sees in use."""
+    framed = list(tok("a")["input_ids"])
+    bare = list(tok("a", add_special_tokens=False)["input_ids"])
+    return framed[:len(framed) - len(bare)] if bare and framed[len(framed) - len(bare):] == bare else []
+
+
 def pad_id(tok) -> int:
     """The id batches are padded with: the tokenizer's pad token, else its EOS (many causal LMs,
     Llama and GPT-2 among them, ship without a pad token; padded positions are masked anyway)."""
