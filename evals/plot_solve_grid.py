@@ -67,9 +67,10 @@ def main() -> None:
                     args.min_efficacy, 1.02, color="tab:green", alpha=0.12, label="the ask")
     span = max(p["perplexity"] for p in found) - min(p["perplexity"] for p in found) or 1.0
     placed: list[dict] = []
-    for p in found:
-        # labels of points close together are stacked downwards instead of printed over each other
-        near = sum(abs(q["perplexity"] - p["perplexity"]) < 0.04 * span and abs(q["efficacy"] - p["efficacy"]) < 0.02
+    for p in sorted(found, key=lambda q: -q["efficacy"]):
+        # labels of points close together are stacked downwards instead of printed over each other,
+        # the higher point's first, so that each label stays on its own point's side
+        near = sum(abs(q["perplexity"] - p["perplexity"]) < 0.3 * span and abs(q["efficacy"] - p["efficacy"]) < 0.02
                    for q in placed)
         placed.append(p)
         ringed = p["label"] == args.recipe
