@@ -78,7 +78,6 @@ def target_ids(tok, target: str, *, after: str = "") -> list[int]:
     return list(ids)
 
 
-
 def leading_special_ids(tok) -> list[int]:
     """The ids the tokenizer puts before any text by default (Gemma's and Llama 2's BOS; nothing
     for SmolLM2 or GPT-2): text scored without them is text the model never sees in use."""
