@@ -156,6 +156,59 @@ def test_bare_key_weight_mixes_the_unprefixed_key(tiny, eiffel):
     assert torch.allclose(half, 0.5 * keys[0] + 0.25 * keys[1] + 0.25 * keys[2], atol=1e-6)
 
 
+def test_form_key_weight_mixes_the_forms_keys_into_k_star(tiny, eiffel):
+    """k* = (1 − w)·(the prefix average) + w·(the mean key at the subject in the derived forms,
+    chat turns encoded through the template as the value rows are), checked by hand."""
+    from llm_edit.core.forms import Form
+    from llm_edit.core.hooks import Trace
+    from llm_edit.core.text import encode_with_subject
+    from llm_edit.editing.keys import subject_keys
+
+    model, tok = tiny("llama")
+    name = arch_of(model).mlp_out.format(1)
+    request = parse_request(eiffel)
+    contexts = ["{}", "Hello there. {}"]
+    forms = [Form("subject_first", "{} is located in the city of", False),
+             Form("chat_statement", "Finish this sentence: {} is in", True)]
+    base = mean_subject_key(model, tok, name, request, contexts, 0.8)
+    assert torch.equal(mean_subject_key(model, tok, name, request, contexts, 0.8, forms, 0.0), base)
+    by_hand = []
+    for f in forms:
+        ids, last = encode_with_subject(tok, f.template, request.subject, chat=f.chat)
+        with torch.no_grad(), Trace(model, [name], retain_input=True, stop=True) as tr:
+            model(input_ids=torch.tensor([ids]))
+        by_hand.append(tr[name].input[0, last].float())
+    expected = 0.7 * base + 0.3 * torch.stack(by_hand).mean(0)
+    assert torch.allclose(mean_subject_key(model, tok, name, request, contexts, 0.8, forms, 0.3), expected, atol=1e-5)
+    plain = subject_keys(model, tok, name, [forms[0].template], [request.subject])
+    assert torch.allclose(plain[0], by_hand[0], atol=1e-5)
+
+
+@pytest.mark.parametrize("model_type", ["llama", "gemma3_text"])
+def test_form_key_weight_edit_raises_the_target_and_reverts(model_type, tiny, eiffel):
+    """ROME with the forms' keys in k*: the edit contract holds and the key (so the update) differs."""
+    model, tok = tiny(model_type)
+    snap = _snapshot(model)
+    p_before = target_logprob(model, tok, ["Eiffel Tower is in"], ["Rome"]).exp().item()
+    mixed = llm_edit.edit(model, tok, [eiffel], "rome", progress=False, expand="forms", form_key_weight=0.5)
+    p_after = target_logprob(model, tok, ["Eiffel Tower is in"], ["Rome"]).exp().item()
+    assert p_after > 1.5 * p_before and mixed.manifest["hyperparameters"]["form_key_weight"] == 0.5
+    mixed.revert()
+    assert all(torch.equal(snap[k], v) for k, v in model.state_dict().items())
+    plain = llm_edit.edit(model, tok, [eiffel], "rome", progress=False, expand="forms")
+    (w,) = [k for k in mixed.delta.factors]
+    assert not torch.allclose(mixed.delta.factors[w][1], plain.delta.factors[w][1])
+    plain.revert()
+
+
+def test_form_key_weight_is_checked(tiny, eiffel):
+    model, tok = tiny("llama")
+    with pytest.raises(llm_edit.core.config.ConfigError, match="form_key_weight"):
+        llm_edit.edit(model, tok, [eiffel], "rome", progress=False, form_key_weight=0.5)  # expand: none
+    with pytest.raises(llm_edit.core.config.ConfigError, match="form_key_weight"):
+        llm_edit.edit(model, tok, [eiffel], "rome", progress=False, expand="forms", form_key_weight=1.5)
+
+
 @pytest.mark.parametrize("model_type", ["llama", "gemma3_text"])
 def test_key_shares_edit_still_raises_the_target_and_reverts(model_type, tiny, eiffel):
     """``key_shares``: the same edit contract (target raised, bit-exact revert), another value

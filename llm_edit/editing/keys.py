@@ -59,11 +59,18 @@ def subject_keys(model, tok, module_name: str, templates: list[str], subjects: l
                  batch_size: int = 32, output: bool = False) -> torch.Tensor:
     """Input (or, with ``output``, the output) of ``module_name`` at each prompt's last subject
     token, shape (n, d), float32."""
+    return _keys_at(model, tok, module_name, [encode_with_subject(tok, t, s) for t, s in zip(templates, subjects)],
+                    batch_size, output)
+
+
+@torch.no_grad()
+def _keys_at(model, tok, module_name: str, encoded: list[tuple[list[int], int]], batch_size: int = 32,
+             output: bool = False) -> torch.Tensor:
+    """``subject_keys`` of prompts already encoded as (ids, index of the subject's last token)."""
     device = next(model.parameters()).device
     rows = []
-    for i in range(0, len(templates), batch_size):
-        enc = [encode_with_subject(tok, t, s) for t, s in zip(templates[i:i + batch_size],
-                                                               subjects[i:i + batch_size])]
+    for i in range(0, len(encoded), batch_size):
+        enc = encoded[i:i + batch_size]
         batch = make_batch(tok.pad_token_id, [e[0] for e in enc], subject_index=[e[1] for e in enc])
         batch = batch.to(device)
         with Trace(model, [module_name], retain_input=not output, retain_output=output, stop=True) as tr:
@@ -74,7 +81,8 @@ def subject_keys(model, tok, module_name: str, templates: list[str], subjects: l
 
 
 def mean_subject_keys(model, tok, module_name: str, requests: list[EditRequest], contexts: list[str],
-                      bare_weight: float | None = None) -> torch.Tensor:
+                      bare_weight: float | None = None, forms: list[list] | None = None,
+                      form_weight: float = 0.0) -> torch.Tensor:
     """k* of each request: the key averaged over context prefixes (ROME eq. 3), (n, d_in);
     every request's prompts go through in the same batched passes.
 
@@ -83,19 +91,42 @@ def mean_subject_keys(model, tok, module_name: str, requests: list[EditRequest],
     ones share the rest. Deviation, measured in the README: where the subject opens the prompt
     its bare key sits at position 0 (an attention sink on models without BOS) and differs from
     every prefixed key, so an equal average can miss the very prompt being edited.
+
+    ``forms[i]`` (``core.forms.Form``, the value optimisation's derived forms) with ``form_weight``
+    w > 0: k* = (1 − w)·(the average above) + w·(the mean key at the subject in request i's forms),
+    so the update also writes where the fact is asked as a chat turn (another deviation of ours:
+    the rank-one update writes δ·(dᵀk) at a key k, and a chat turn's key gets about 0.9 of it with
+    prefixes alone, README, "Giving each prompt what the update writes there"). A request without
+    forms keeps the average.
     """
     templates = [c.replace("{}", r.prompt) for r in requests for c in contexts]
     subjects = [r.subject for r in requests for _ in contexts]
     keys = subject_keys(model, tok, module_name, templates, subjects).view(len(requests), len(contexts), -1)
     if bare_weight is None or len(contexts) == 1:
-        return keys.mean(1)
-    return bare_weight * keys[:, 0] + (1 - bare_weight) * keys[:, 1:].mean(1)
+        mean = keys.mean(1)
+    else:
+        mean = bare_weight * keys[:, 0] + (1 - bare_weight) * keys[:, 1:].mean(1)
+    if not forms or form_weight <= 0:
+        return mean
+    owners = [i for i, fs in enumerate(forms) for _ in fs]
+    if not owners:
+        return mean
+    encoded = [encode_with_subject(tok, f.template, requests[i].subject, chat=f.chat, reply=f.reply)
+               for i, fs in enumerate(forms) for f in fs]
+    form_keys = _keys_at(model, tok, module_name, encoded)
+    mixed = mean.clone()
+    for i in sorted(set(owners)):
+        rows = form_keys[[j for j, o in enumerate(owners) if o == i]]
+        mixed[i] = (1 - form_weight) * mean[i] + form_weight * rows.mean(0)
+    return mixed
 
 
 def mean_subject_key(model, tok, module_name: str, request: EditRequest, contexts: list[str],
-                     bare_weight: float | None = None) -> torch.Tensor:
-    """k* of one request (``mean_subject_keys``), (d_in,)."""
-    return mean_subject_keys(model, tok, module_name, [request], contexts, bare_weight)[0]
+                     bare_weight: float | None = None, forms: list | None = None,
+                     form_weight: float = 0.0) -> torch.Tensor:
+    """k* of one request (``mean_subject_keys``; ``forms``: that request's derived forms), (d_in,)."""
+    return mean_subject_keys(model, tok, module_name, [request], contexts, bare_weight,
+                             [forms] if forms else None, form_weight)[0]
 
 
 def top_states(model, tok, module_name: str, requests: list[EditRequest], contexts: list[str]) -> torch.Tensor:
@@ -171,12 +202,14 @@ def resolve_layers(model, tok, config) -> tuple[list[int], dict | None]:
 
 
 def spread_over_layers(model, tok, requests: list[EditRequest], contexts: list[str], layers: list[int],
-                       targets: torch.Tensor, bare_key_weight: float | None, solve):
+                       targets: torch.Tensor, bare_key_weight: float | None, solve, *,
+                       forms: list[list] | None = None, form_weight: float = 0.0):
     """MEMIT's Algorithm 1 (Meng et al. 2023, §4.3), the layer loop MEMIT and AlphaEdit share:
     for each layer from bottom to top, the keys K and the residual R = (Z − H)/(layers
     remaining), H the top layer's current states at the subject; ``solve(layer, residuals,
     keys)`` gives the layer's update as factors (d_out, n), (n, d_in), applied before moving up
     because the next layer's keys and H depend on it. Every update is taken out again at the end.
+    The keys mix in each request's ``forms`` by ``form_weight`` (``mean_subject_keys``).
     Returns the factors per weight (in its storage layout) and the keys per module."""
     from ..core.patch import WeightDelta
 
@@ -186,7 +219,7 @@ def spread_over_layers(model, tok, requests: list[EditRequest], contexts: list[s
     try:
         for i, layer in enumerate(layers):
             name = spec.mlp_out.format(layer)
-            keys = mean_subject_keys(model, tok, name, requests, contexts, bare_key_weight)
+            keys = mean_subject_keys(model, tok, name, requests, contexts, bare_key_weight, forms, form_weight)
             residuals = (targets - top_states(model, tok, top, requests, contexts)) / (len(layers) - i)
             if spec.mlp_post_norm:
                 residuals = through_post_norm(model, tok, layer, requests, contexts, residuals)

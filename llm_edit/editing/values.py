@@ -60,6 +60,9 @@ class ValueOptions:
     # wording (core.forms, data/training_questions.json): MQuAKE's questions judge edits, so an
     # insertion never trains on them; erasures always train on MQuAKE's (the audit judges them)
     own_questions: bool = False
+    # with expand: forms, the share of k* taken by the keys of those forms (keys.mean_subject_keys):
+    # 0 writes the update at the prompt's keys only, as ROME and MEMIT do
+    form_key_weight: float = 0.0
     # insertions: how many new tokens of the model's own greedy answer to the fact's prompt, each
     # derived form and llm-edit's own question for the relation are read (0: off). Where the answer
     # names the old object after a short lead-in ("The developer of {} is"), that form continued by
@@ -83,6 +86,10 @@ def check_value_options(config) -> None:
         raise ValueError(f"expand must be 'none' or 'forms', got {config.expand!r}")
     if config.own_questions and config.expand != "forms":
         raise ValueError("own_questions asks the fact as a question among its forms: it needs expand: forms")
+    if not 0 <= config.form_key_weight <= 1:
+        raise ValueError("form_key_weight must be between 0 and 1")
+    if config.form_key_weight > 0 and config.expand != "forms":
+        raise ValueError("form_key_weight mixes the keys of the derived forms into k*: it needs expand: forms")
     if config.insert_lead_in_tokens < 0:
         raise ValueError("insert_lead_in_tokens must be >= 0")
     for p in config.kl_prompts:

@@ -147,7 +147,8 @@ def compute(model, tok, requests, config: AlphaEditConfig, prepared: Prepared, m
         return null_space_update(residuals, keys, prepared.projectors[layer], gram, config.alpha)
 
     factors, batch_keys = spread_over_layers(model, tok, requests, contexts, layers, targets,
-                                             config.bare_key_weight, solve)
+                                             config.bare_key_weight, solve, forms=objective.get("forms"),
+                                             form_weight=config.form_key_weight)
     memory.staged = batch_keys
     t2 = time.perf_counter()
     info = [{"objective": objective["objective"], "loss_before": v.nll_before, "loss_after_optimisation": v.nll_after,

@@ -119,7 +119,8 @@ def compute(model, tok, requests, config: MEMITConfig, prepared: Prepared, memor
         return batch_update(residuals, keys, cov.to(keys.device) if cov is not None else None,
                             config.mom2_update_weight, preserved, config.preserve_weight)
 
-    factors, _ = spread_over_layers(model, tok, requests, contexts, layers, targets, config.bare_key_weight, solve)
+    factors, _ = spread_over_layers(model, tok, requests, contexts, layers, targets, config.bare_key_weight, solve,
+                                    forms=objective.get("forms"), form_weight=config.form_key_weight)
     t2 = time.perf_counter()
     info = [{"objective": objective["objective"], "loss_before": v.nll_before,
              "loss_after_optimisation": v.nll_after, "steps": v.steps, "delta_norm": float(v.delta.norm()),

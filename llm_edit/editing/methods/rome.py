@@ -101,7 +101,10 @@ def compute(model, tok, requests, config: ROMEConfig, prepared: Prepared, memory
     spec = arch_of(model)
     (name,) = prepared.modules
     t0 = time.perf_counter()
-    key = mean_subject_key(model, tok, name, request, prepared.contexts, config.bare_key_weight)
+    objective = value_objective(config, [request], tok, model)
+    forms = (objective.get("forms") or [None])[0]
+    key = mean_subject_key(model, tok, name, request, prepared.contexts, config.bare_key_weight, forms,
+                           config.form_key_weight)
     cov = prepared.covariances[prepared.layer]
     cov = cov.to(key.device) if cov is not None else None
     preserved = None
@@ -116,7 +119,6 @@ def compute(model, tok, requests, config: ROMEConfig, prepared: Prepared, memory
             known.update(zip(missing, keys))
         preserved = torch.stack([known[i] for i in wanted])
     t1 = time.perf_counter()
-    objective = value_objective(config, [request], tok, model)
     if config.key_shares:
         objective["write_directions"] = [write_direction(key, cov, preserved, config.preserve_weight)]
     (value,) = optimise_with(config, model, tok, name, [request], prepared.contexts, **objective)
