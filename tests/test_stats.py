@@ -21,17 +21,20 @@ def test_second_moment_equals_mean_outer_product_of_keys(tmp_path, tiny):
     path = _corpus(tmp_path)
     cov, manifest = second_moment(model, tok, name, corpus=f"file:{path}", n_tokens=10_000, seq_len=16,
                                   use_cache=False)
-    # by hand: pack the text into 16-token rows exactly as the corpus reader does, and trace
+    # by hand: pack the text into 16-token rows exactly as the corpus reader does, each row after
+    # the BOS this tokenizer puts before text, and trace
+    lead = [tok.bos_token_id]
+    assert tok("a")["input_ids"][:1] == lead
     ids = []
     for para in path.read_text().split("\n\n"):
         ids += tok(para.strip() + "\n\n", add_special_tokens=False)["input_ids"]
     keys = []
-    for i in range(0, len(ids), 16):
+    for i in range(0, len(ids), 15):
         with torch.no_grad(), Trace(model, [name], retain_input=True) as tr:
-            model(input_ids=torch.tensor([ids[i:i + 16]]))
+            model(input_ids=torch.tensor([lead + ids[i:i + 15]]))
         keys.append(tr[name].input[0].double())
     keys = torch.cat(keys)
-    assert manifest["n_tokens"] == len(ids)
+    assert manifest["n_tokens"] == len(keys) > len(ids)
     assert torch.allclose(cov.double(), keys.T @ keys / len(keys), atol=1e-5)
 
 
@@ -92,3 +95,16 @@ def test_the_shipped_corpus_needs_no_sampling_and_is_keyed_by_its_content(tiny, 
                                   seq_len=32, use_cache=False)
     assert c.shape == (128, 128) and manifest["n_tokens"] == 500
     assert manifest["corpus_id"] == f"shipped-{S.sha256_file(S.SHIPPED_CORPUS)[:16]}"
+
+
+def test_packed_corpora_are_cached_apart_by_how_the_tokenizer_starts_text(tmp_path):
+    """Rows packed after a BOS (since 2026-12-07) and rows without one get different cache names;
+    a tokenizer without leading tokens keeps the name it always had."""
+    from llm_edit.core.models import build_tiny_tokenizer
+    from llm_edit.editing.stats import corpus_id
+
+    path = _corpus(tmp_path)
+    with_bos, without = build_tiny_tokenizer(add_bos=True), build_tiny_tokenizer(add_bos=False)
+    assert corpus_id(f"file:{path}", with_bos) != corpus_id(f"file:{path}", without) == corpus_id(f"file:{path}")
+    assert corpus_id("hf:wikitext:wikitext-103-raw-v1", with_bos).endswith(f"-lead{with_bos.bos_token_id}")
+    assert corpus_id("shipped", with_bos) == corpus_id("shipped")

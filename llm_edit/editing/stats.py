@@ -34,6 +34,7 @@ from ..core.arch import arch_of
 from ..core.files import DATA_DIR, run_info, sha256_file
 from ..core.hooks import Trace
 from ..core.models import cache_home, fingerprint
+from ..core.text import leading_special_ids
 
 _SAMPLE_STARTS = ["The", "In", "A", "It", "This", "When", "He", "She", "We", "After", "There",
                   "One", "Many", "According", "During", "His"]
@@ -58,14 +59,21 @@ def key_fingerprint(model, module_name: str) -> str:
 SHIPPED_CORPUS = DATA_DIR / "stats_corpus.jsonl"
 
 
-def corpus_id(corpus: str) -> str:
+def corpus_id(corpus: str, tok=None) -> str:
+    """The corpus's part of the statistics cache's file name. A packed corpus (``file:``, ``hf:``)
+    read by a tokenizer that puts special tokens before text is named with them: its rows start
+    with them since 2026-12-07, and statistics cached from rows without them are not reused."""
     if corpus == "shipped":
         return f"shipped-{sha256_file(SHIPPED_CORPUS)[:16]}"
+    lead = leading_special_ids(tok) if tok is not None else []
+    framed = "-lead" + "_".join(map(str, lead)) if lead else ""
     if corpus.startswith("file:"):
         path = Path(corpus[5:])
         if not path.is_file():
             raise FileNotFoundError(f"stats_corpus {corpus!r}: no such file")
-        return f"file-{sha256_file(path)[:16]}"
+        return f"file-{sha256_file(path)[:16]}{framed}"
+    if corpus.startswith("hf:"):
+        return corpus.replace("/", "_").replace(":", "-") + framed
     return corpus.replace("/", "_").replace(":", "-")
 
 
@@ -109,14 +117,19 @@ def _sequences(model, tok, corpus: str, n_tokens: int, seq_len: int, seed: int) 
     else:
         raise ValueError(f"unknown stats_corpus {corpus!r}: use shipped, model-samples, file:PATH, hf:NAME[:CONFIG] "
                          "or identity")
+    # pack documents into full-length sequences, as ROME's loader does; each row starts with what
+    # the tokenizer puts before any text (Gemma's BOS), since every prompt the model is edited on
+    # does and keys read right after a missing BOS are not keys the model sees in use
+    lead = leading_special_ids(tok)
+    width = max(1, seq_len - len(lead))
     buffer: list[int] = []
-    for text in texts:  # pack documents into full-length sequences, as ROME's loader does
+    for text in texts:
         buffer += tok(text + "\n\n", add_special_tokens=False)["input_ids"]
-        while len(buffer) >= seq_len:
-            yield buffer[:seq_len]
-            buffer = buffer[seq_len:]
+        while len(buffer) >= width:
+            yield lead + buffer[:width]
+            buffer = buffer[width:]
     if buffer:
-        yield buffer
+        yield lead + buffer
 
 
 def model_samples(model, tok, n_tokens: int, seq_len: int, seed: int, batch: int = 64,
@@ -185,7 +198,7 @@ def second_moment(model, tok, module_name: str, *, corpus: str = "model-samples"
     from tqdm.auto import tqdm
 
     fp = key_fingerprint(model, module_name)
-    cid = corpus_id(corpus)
+    cid = corpus_id(corpus, tok)
     path = cache_home() / "stats" / fp[:16] / f"{module_name}__{cid}__n{n_tokens}_L{seq_len}_s{seed}.safetensors"
     if use_cache and path.is_file():
         from safetensors import SafetensorError, safe_open
