@@ -5,7 +5,7 @@ import llm_edit
 from llm_edit.core.arch import arch_of
 from llm_edit.core.config import ConfigError
 from llm_edit.editing.requests import parse_request
-from llm_edit.editing.keys import context_templates, mean_subject_key
+from llm_edit.editing.keys import context_templates, mean_subject_key, mean_subject_keys
 from llm_edit.evaluating.metrics import target_logprob
 from llm_edit.editing.contract import Memory
 from llm_edit.editing.methods import METHODS, rome
@@ -169,12 +169,13 @@ def test_form_key_weight_mixes_the_forms_keys_into_k_star(tiny, eiffel):
     request = parse_request(eiffel)
     contexts = ["{}", "Hello there. {}"]
     forms = [Form("subject_first", "{} is located in the city of", False),
-             Form("chat_statement", "Finish this sentence: {} is in", True)]
+             Form("chat_statement", "Finish this sentence: {} is in", True),
+             Form("chat_reply", "Finish this sentence: {} is in", True, "{} is in")]
     base = mean_subject_key(model, tok, name, request, contexts, 0.8)
     assert torch.equal(mean_subject_key(model, tok, name, request, contexts, 0.8, forms, 0.0), base)
     by_hand = []
     for f in forms:
-        ids, last = encode_with_subject(tok, f.template, request.subject, chat=f.chat)
+        ids, last = encode_with_subject(tok, f.template, request.subject, chat=f.chat, reply=f.reply)
         with torch.no_grad(), Trace(model, [name], retain_input=True, stop=True) as tr:
             model(input_ids=torch.tensor([ids]))
         by_hand.append(tr[name].input[0, last].float())
@@ -182,6 +183,14 @@ def test_form_key_weight_mixes_the_forms_keys_into_k_star(tiny, eiffel):
     assert torch.allclose(mean_subject_key(model, tok, name, request, contexts, 0.8, forms, 0.3), expected, atol=1e-5)
     plain = subject_keys(model, tok, name, [forms[0].template], [request.subject])
     assert torch.allclose(plain[0], by_hand[0], atol=1e-5)
+    assert not torch.allclose(by_hand[1], by_hand[2])  # the subject in the user's turn, then in the reply
+    # two requests in one call: each k* mixes its own forms only
+    other = parse_request({"prompt": "{} was written by", "subject": "Hamlet", "target_new": "Goethe"})
+    other_forms = [Form("subject_first", "{} is a play by", False)]
+    both = mean_subject_keys(model, tok, name, [request, other], contexts, 0.8, [forms, other_forms], 0.3)
+    assert torch.allclose(both[0], expected, atol=1e-5)
+    assert torch.allclose(both[1], mean_subject_key(model, tok, name, other, contexts, 0.8, other_forms, 0.3),
+                          atol=1e-5)
 
 
 @pytest.mark.parametrize("model_type", ["llama", "gemma3_text"])
@@ -196,12 +205,29 @@ def test_form_key_weight_edit_raises_the_target_and_reverts(model_type, tiny, ei
     mixed.revert()
     assert all(torch.equal(snap[k], v) for k, v in model.state_dict().items())
     plain = llm_edit.edit(model, tok, [eiffel], "rome", progress=False, expand="forms")
-    (w,) = [k for k in mixed.delta.factors]
+    (w,) = mixed.delta.factors
     assert not torch.allclose(mixed.delta.factors[w][1], plain.delta.factors[w][1])
     plain.revert()
 
 
+@pytest.mark.parametrize("method", ["memit", "alphaedit"])
+def test_form_key_weight_reaches_the_batch_editors_keys(method, tiny, eiffel):
+    """MEMIT and AlphaEdit pass the forms to their layer loop: the keys, so every layer's update,
+    differ from the same edit without them, and the revert is bit-exact."""
+    model, tok = tiny("llama")
+    snap = _snapshot(model)
+    kw = dict(progress=False, expand="forms", layers=[1, 2])
+    plain = llm_edit.edit(model, tok, [eiffel], method, **kw)
+    plain.revert()
+    mixed = llm_edit.edit(model, tok, [eiffel], method, form_key_weight=0.5, **kw)
+    mixed.revert()
+    assert all(torch.equal(snap[k], v) for k, v in model.state_dict().items())
+    for w in plain.delta.factors:
+        assert not torch.allclose(plain.delta.dense(w), mixed.delta.dense(w))
+
+
 def test_form_key_weight_is_checked(tiny, eiffel):
+    """Out of [0, 1], or without the forms it mixes in: a ConfigError naming the key."""
     model, tok = tiny("llama")
     with pytest.raises(llm_edit.core.config.ConfigError, match="form_key_weight"):
         llm_edit.edit(model, tok, [eiffel], "rome", progress=False, form_key_weight=0.5)  # expand: none

@@ -13,6 +13,7 @@ import weakref
 import torch
 
 from ..core.arch import arch_of
+from ..core.forms import Form
 from ..core.hooks import Trace
 from ..core.text import encode_with_subject, make_batch
 from .requests import EditRequest
@@ -81,7 +82,7 @@ def _keys_at(model, tok, module_name: str, encoded: list[tuple[list[int], int]],
 
 
 def mean_subject_keys(model, tok, module_name: str, requests: list[EditRequest], contexts: list[str],
-                      bare_weight: float | None = None, forms: list[list] | None = None,
+                      bare_weight: float | None = None, forms: list[list[Form]] | None = None,
                       form_weight: float = 0.0) -> torch.Tensor:
     """k* of each request: the key averaged over context prefixes (ROME eq. 3), (n, d_in);
     every request's prompts go through in the same batched passes.
@@ -122,7 +123,7 @@ def mean_subject_keys(model, tok, module_name: str, requests: list[EditRequest],
 
 
 def mean_subject_key(model, tok, module_name: str, request: EditRequest, contexts: list[str],
-                     bare_weight: float | None = None, forms: list | None = None,
+                     bare_weight: float | None = None, forms: list[Form] | None = None,
                      form_weight: float = 0.0) -> torch.Tensor:
     """k* of one request (``mean_subject_keys``; ``forms``: that request's derived forms), (d_in,)."""
     return mean_subject_keys(model, tok, module_name, [request], contexts, bare_weight,
@@ -203,13 +204,14 @@ def resolve_layers(model, tok, config) -> tuple[list[int], dict | None]:
 
 def spread_over_layers(model, tok, requests: list[EditRequest], contexts: list[str], layers: list[int],
                        targets: torch.Tensor, bare_key_weight: float | None, solve, *,
-                       forms: list[list] | None = None, form_weight: float = 0.0):
+                       forms: list[list[Form]] | None = None, form_weight: float = 0.0):
     """MEMIT's Algorithm 1 (Meng et al. 2023, §4.3), the layer loop MEMIT and AlphaEdit share:
     for each layer from bottom to top, the keys K and the residual R = (Z − H)/(layers
     remaining), H the top layer's current states at the subject; ``solve(layer, residuals,
     keys)`` gives the layer's update as factors (d_out, n), (n, d_in), applied before moving up
     because the next layer's keys and H depend on it. Every update is taken out again at the end.
-    The keys mix in each request's ``forms`` by ``form_weight`` (``mean_subject_keys``).
+    The keys mix in each request's ``forms`` by ``form_weight`` (``mean_subject_keys``), and those
+    mixed keys are what is returned per module (AlphaEdit keeps later batches off them).
     Returns the factors per weight (in its storage layout) and the keys per module."""
     from ..core.patch import WeightDelta
 
