@@ -156,16 +156,43 @@ def test_holds_table_shows_the_untrained_figure_beside_the_overall_one():
     assert table.kept(dict(clean, leaks=["louvre"]), "neighbours") == "0.500 leaks!"
 
 
-def test_the_forgetting_sets_that_choose_share_no_subject_with_those_that_report():
-    """evals/data: values are chosen on the development and tuning sets and reported on the
-    held-out one, so no subject the held-out set judges may appear in a set that chooses."""
-    data = Path(__file__).resolve().parents[1] / "evals" / "data"
+@pytest.mark.parametrize("model_dir", ["", "gemma"])
+def test_the_forgetting_sets_that_choose_share_no_subject_with_those_that_report(model_dir):
+    """evals/data (and evals/data/gemma): values are chosen on the development and tuning sets and
+    reported on the held-out one, so no subject the held-out set judges may appear in a set that
+    chooses."""
+    data = Path(__file__).resolve().parents[1] / "evals" / "data" / model_dir
 
     def subjects(*names):
         return {x.extra["subject"].lower() for name in names for x in read_items(data / f"{name}.jsonl")}
 
     reporting = subjects("forget_heldout", "neighbours_heldout", "unrelated_heldout")
-    for chooser in (("forget_dev", "neighbours_dev", "unrelated_dev"),
-                    ("forget_tune", "neighbours_tune", "unrelated_tune")):
-        assert not subjects(*chooser) & reporting, chooser
-    assert not subjects("forget_tune") & subjects("forget_dev", "neighbours_dev", "unrelated_dev")
+    dev = ("forget_dev", "neighbours_dev", "unrelated_dev")
+    if model_dir == "gemma":
+        # Gemma's held-out neighbours were drawn without excluding the development set's judges: 37 of
+        # the 171 (29 development neighbours, 8 development unrelated facts) judge both. The README gives
+        # the held-out figure on the other 134 too; this pins the overlap so that it cannot grow.
+        assert not subjects("forget_heldout", "unrelated_heldout") & subjects(*dev)
+        assert len(subjects("neighbours_heldout") & subjects(*dev)) == 37
+    else:
+        assert not subjects(*dev) & reporting
+    assert not subjects("forget_tune", "neighbours_tune", "unrelated_tune") & reporting
+    assert not subjects("forget_tune") & subjects(*dev)
+
+
+def test_the_rewrite_sets_that_tune_share_no_subject_with_the_one_that_reports():
+    """evals/data: ROME's recipe values are chosen on CounterFact-train records and reported on
+    CounterFact-val ones (evals/tune_split.py); the larger tuning set is the first 40 and the
+    next 100 known records, joined."""
+    data = Path(__file__).resolve().parents[1] / "evals" / "data"
+
+    def lines(name):
+        return (data / f"{name}.jsonl").read_text().splitlines()
+
+    def subjects(name):
+        return {json.loads(line)["subject"].lower() for line in lines(name)}
+
+    assert lines("counterfact_train_known140") == lines("counterfact_train_known40") + lines(
+        "counterfact_train_known_next100")
+    assert not subjects("counterfact_train_known40") & subjects("counterfact_train_known_next100")
+    assert not subjects("counterfact_train_known140") & subjects("counterfact_val_known100")
