@@ -171,7 +171,7 @@ def test_the_forgetting_sets_that_choose_share_no_subject_with_those_that_report
     if model_dir == "gemma":
         # Gemma's held-out neighbours were drawn without excluding the development set's judges: 37 of
         # the 171 (29 development neighbours, 8 development unrelated facts) judge both. The README gives
-        # the held-out figure on the other 134 too; this pins the overlap so that it cannot grow.
+        # the held-out figure on the other 134 too; this pins the overlap at those 37.
         assert not subjects("forget_heldout", "unrelated_heldout") & subjects(*dev)
         assert len(subjects("neighbours_heldout") & subjects(*dev)) == 37
     else:
