@@ -70,6 +70,33 @@ def test_forms_follow_the_relation_and_the_chat_template(tiny):
     assert "question" not in bare  # no relation: no question template
 
 
+def test_an_answer_on_the_next_line_is_judged_by_what_it_says(tiny, monkeypatch):
+    """"Answer:" followed by "\nRome" says Rome: every form is judged on its answer's first line
+    with text (a chat answer up to its first blank line after text), not on an empty first line.
+    The greedy decoding is scripted; the forms, stops and judging are the real ones."""
+    from llm_edit.core import scoring
+
+    model, tok = tiny("llama")
+    script = tok("\nRome\n\nParis", add_special_tokens=False)["input_ids"]
+
+    def scripted(model, prompts, pad, max_new_tokens, ended):
+        rows = []
+        for _ in prompts:
+            row = []
+            for t in script:
+                row.append(t)
+                if ended(row):
+                    break
+            rows.append(row)
+        return rows
+
+    monkeypatch.setattr(scoring, "_greedy_batch", scripted)
+    request = EditRequest("{} is located in", "Eiffel Tower", "Rome", "Paris", relation_id="P17")
+    answers = E.generation_answers(model, tok, [request])
+    assert {a.form for a in answers} >= {"prompt", "question", "in_context"}
+    assert all(a.holds for a in answers), [(a.form, a.answer) for a in answers]
+
+
 def test_the_judges_wordings_are_in_no_training_form():
     """The editors' derived training forms (core.forms without MQuAKE's questions, with or
     without llm-edit's own) must contain none of the generation forms' wordings, MQuAKE's

@@ -136,3 +136,39 @@ def test_forgotten_means_the_object_appears_nowhere_in_the_answer():
     assert summary["forget"] == {"items": 2, "known_before": 1, "forgotten": 0, "mean_p_before": pytest.approx(0.275),
                                  "mean_p_after": pytest.approx(0.055)}
     assert summary["neighbour"]["kept"] == 0
+
+
+def test_an_answer_that_opens_on_a_new_line_is_read_from_there(tiny, monkeypatch):
+    """With ``stop_after_text`` a stop string counts only once the answer has text: "Answer:" then
+    "\\nHindi\\n..." is "Hindi" on its first line with text, not an empty answer; without it the
+    old behaviour (and transformers' own stop strings) holds. The decoding is scripted so the
+    answers are known; ``ended`` and ``cut`` are the real ones."""
+    from llm_edit.core import scoring
+
+    model, tok = tiny("llama")
+    scripts = ["\nHindi\nQuestion: more", "\n\n\n\n\n\n\n\n\n\n Rome, Italy\nmore", "Paris\nmore", "\n\n"]
+    token_scripts = [tok(s, add_special_tokens=False)["input_ids"] for s in scripts]
+    consumed = []
+
+    def scripted(model, prompts, pad, max_new_tokens, ended):
+        rows = []
+        for p in prompts:
+            script, row = token_scripts[p[0]], []
+            for t in script:
+                row.append(t)
+                if ended(row):
+                    break
+            consumed.append(len(row))
+            rows.append(row)
+        return rows
+
+    monkeypatch.setattr(scoring, "_greedy_batch", scripted)
+    prompts = [[i] for i in range(len(scripts))]
+    plain = generate(model, tok, prompts, max_new_tokens=64, stop_strings=["\n"], batch_size=1)
+    assert plain == ["", "", "Paris", ""]
+    consumed.clear()
+    read = generate(model, tok, prompts, max_new_tokens=64, stop_strings=["\n"], batch_size=1, stop_after_text=True)
+    assert [r.strip() for r in read] == ["Hindi", "Rome, Italy", "Paris", ""]
+    assert "more" not in "".join(read)
+    # generation stops at the stop string after the text, not at the end of the script
+    assert all(n < len(s) for n, s in zip(consumed[:3], token_scripts[:3]))

@@ -175,10 +175,13 @@ def cache_of(output):
 @torch.no_grad()
 def generate(model, tok, prompts: Sequence[Sequence[int]], *, max_new_tokens: int = 200,
              stop_strings: Sequence[str] = (), batch_size: int = 16, progress: bool = False,
-             desc: str = "generating") -> list[str]:
+             desc: str = "generating", stop_after_text: bool = False) -> list[str]:
     """Greedy continuations of token-id prompts, batched with left padding (sorted by length so
     rows of a batch have similar prompts). A row ends at EOS or at the first stop string, which
-    is cut from the returned text.
+    is cut from the returned text. With ``stop_after_text`` a stop string counts only after the
+    answer's leading whitespace: a model that opens its answer on a new line ("Answer:\nHindi")
+    is read from there, where a stop at "\n" would otherwise return "" and a judge would read
+    that as nothing said.
 
     The decoding loop is ours rather than ``model.generate``'s for two savings that leave the
     greedy tokens as they are: the prefix that every prompt of a batch shares (a chat template's
@@ -200,13 +203,18 @@ def generate(model, tok, prompts: Sequence[Sequence[int]], *, max_new_tokens: in
     def ended(row: list[int]) -> bool:
         if row[-1] in eos or len(row) >= max_new_tokens:
             return True
-        return bool(stop_strings) and any(s in tok.decode(row[-window:], skip_special_tokens=True)
-                                          for s in stop_strings)
+        if not stop_strings:
+            return False
+        if stop_after_text:  # the whole answer, since its leading whitespace may be longer than the window
+            text = tok.decode(row, skip_special_tokens=True).lstrip()
+            return any(s in text for s in stop_strings)
+        return any(s in tok.decode(row[-window:], skip_special_tokens=True) for s in stop_strings)
 
     def cut(row: list[int]) -> str:
         end = next((k for k, t in enumerate(row) if t in eos), len(row))
         text = tok.decode(row[:end], skip_special_tokens=True)
-        hits = [text.find(s) for s in stop_strings if s in text]
+        start = len(text) - len(text.lstrip()) if stop_after_text else 0
+        hits = [text.find(s, start) for s in stop_strings if s in text[start:]]
         return text[: min(hits)] if hits else text
 
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))

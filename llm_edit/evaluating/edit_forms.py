@@ -44,7 +44,9 @@ CONTEXT = "Honey bees make honey from the nectar of flowers. A week has seven da
 COMPLETE = "Complete the sentence: {} ..."
 QUESTION = "Question: {}\nAnswer:"
 # a plain continuation is judged on its first line (what follows is the model rambling on, and an
-# old object named there would count against the edit); a chat answer may span lines
+# old object named there would count against the edit); a chat answer may span lines. The first
+# line is the first with text: an answer that opens on a new line ("Answer:\nPrague") is read
+# from there (until 2026-12-07 the stop at "\n" cut it to nothing, judged as not holding)
 STOPS = {"chat": ("\n\n",), "plain": ("\n",)}
 
 
@@ -110,7 +112,7 @@ def generation_answers(model, tok, requests: list[EditRequest], *, max_new_token
         which = [j for j, row in enumerate(rows) if (row[1] == "chat") == (kind == "chat")]
         for j, text in zip(which, generate(model, tok, [prompts[j] for j in which], max_new_tokens=max_new_tokens,
                                            stop_strings=stops, batch_size=batch_size, progress=progress,
-                                           desc=f"answering ({kind})")):
+                                           desc=f"answering ({kind})", stop_after_text=True)):
             texts[j] = text
     return [FormAnswer(i, form, tok.decode(ids), text, expected, unwanted, subject)
             for (i, form, expected, unwanted, subject), ids, text in zip(rows, prompts, texts)]
