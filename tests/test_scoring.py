@@ -148,6 +148,8 @@ def test_an_answer_that_opens_on_a_new_line_is_read_from_there(tiny, monkeypatch
     model, tok = tiny("llama")
     scripts = ["\nHindi\nQuestion: more", "\n\n\n\n\n\n\n\n\n\n Rome, Italy\nmore", "Paris\nmore", "\n\n"]
     token_scripts = [tok(s, add_special_tokens=False)["input_ids"] for s in scripts]
+    # an answer that ends at once after its new line says nothing, with or without the option
+    token_scripts.append(tok("\n", add_special_tokens=False)["input_ids"] + [tok.eos_token_id] + token_scripts[0])
     consumed = []
 
     def scripted(model, prompts, pad, max_new_tokens, ended):
@@ -163,12 +165,12 @@ def test_an_answer_that_opens_on_a_new_line_is_read_from_there(tiny, monkeypatch
         return rows
 
     monkeypatch.setattr(scoring, "_greedy_batch", scripted)
-    prompts = [[i] for i in range(len(scripts))]
+    prompts = [[i] for i in range(len(token_scripts))]
     plain = generate(model, tok, prompts, max_new_tokens=64, stop_strings=["\n"], batch_size=1)
-    assert plain == ["", "", "Paris", ""]
+    assert plain == ["", "", "Paris", "", ""]
     consumed.clear()
     read = generate(model, tok, prompts, max_new_tokens=64, stop_strings=["\n"], batch_size=1, stop_after_text=True)
-    assert [r.strip() for r in read] == ["Hindi", "Rome, Italy", "Paris", ""]
+    assert [r.strip() for r in read] == ["Hindi", "Rome, Italy", "Paris", "", ""]
     assert "more" not in "".join(read)
     # generation stops at the stop string after the text, not at the end of the script
     assert all(n < len(s) for n, s in zip(consumed[:3], token_scripts[:3]))

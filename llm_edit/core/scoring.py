@@ -181,7 +181,8 @@ def generate(model, tok, prompts: Sequence[Sequence[int]], *, max_new_tokens: in
     is cut from the returned text. With ``stop_after_text`` a stop string counts only after the
     answer's leading whitespace: a model that opens its answer on a new line ("Answer:\nHindi")
     is read from there, where a stop at "\n" would otherwise return "" and a judge would read
-    that as nothing said.
+    that as nothing said. A stop string that itself begins with whitespace ("\nQuestion:")
+    then cannot end an answer at its very start.
 
     The decoding loop is ours rather than ``model.generate``'s for two savings that leave the
     greedy tokens as they are: the prefix that every prompt of a batch shares (a chat template's
@@ -205,7 +206,7 @@ def generate(model, tok, prompts: Sequence[Sequence[int]], *, max_new_tokens: in
             return True
         if not stop_strings:
             return False
-        if stop_after_text:  # the whole answer, since its leading whitespace may be longer than the window
+        if stop_after_text:  # the whole answer: whether any text came yet is not in the window alone
             text = tok.decode(row, skip_special_tokens=True).lstrip()
             return any(s in text for s in stop_strings)
         return any(s in tok.decode(row[-window:], skip_special_tokens=True) for s in stop_strings)
