@@ -93,3 +93,27 @@ def write_city_facts(path, subjects=("Eiffel Tower", "Louvre", "Colosseum", "Big
                                         "neighborhood": [{"prompt": "Notre Dame is in", "target": "Paris"}]}) + "\n"
                         for s in subjects))
     return path
+
+
+def script_greedy_decoding(monkeypatch, script_for):
+    """Replace the greedy decoding loop with scripted tokens: each prompt's row receives
+    ``script_for(prompt)`` one token at a time until ``generate``'s own ``ended`` holds, as the real
+    loop would. Returns the list of tokens each row consumed, in the order the rows ran."""
+    from llm_edit.core import scoring
+
+    consumed = []
+
+    def scripted(model, prompts, pad, max_new_tokens, ended):
+        rows = []
+        for p in prompts:
+            row = []
+            for t in script_for(p):
+                row.append(t)
+                if ended(row):
+                    break
+            consumed.append(len(row))
+            rows.append(row)
+        return rows
+
+    monkeypatch.setattr(scoring, "_greedy_batch", scripted)
+    return consumed

@@ -74,23 +74,11 @@ def test_an_answer_on_the_next_line_is_judged_by_what_it_says(tiny, monkeypatch)
     """"Answer:" followed by "\nRome" says Rome: every form is judged on its answer's first line
     with text (a chat answer up to its first blank line after text), not on an empty first line.
     The greedy decoding is scripted; the forms, stops and judging are the real ones."""
-    from llm_edit.core import scoring
+    from conftest import script_greedy_decoding
 
     model, tok = tiny("llama")
     script = tok("\nRome\n\nParis", add_special_tokens=False)["input_ids"]
-
-    def scripted(model, prompts, pad, max_new_tokens, ended):
-        rows = []
-        for _ in prompts:
-            row = []
-            for t in script:
-                row.append(t)
-                if ended(row):
-                    break
-            rows.append(row)
-        return rows
-
-    monkeypatch.setattr(scoring, "_greedy_batch", scripted)
+    script_greedy_decoding(monkeypatch, lambda prompt: script)
     request = EditRequest("{} is located in", "Eiffel Tower", "Rome", "Paris", relation_id="P17")
     answers = E.generation_answers(model, tok, [request])
     assert {a.form for a in answers} >= {"prompt", "question", "in_context"}

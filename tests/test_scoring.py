@@ -6,7 +6,7 @@ import torch
 from llm_edit.core.scoring import generate, score_pairs
 from llm_edit.core.text import pad_id
 
-from conftest import FAST_PATHS, STORAGE
+from conftest import FAST_PATHS, STORAGE, script_greedy_decoding
 
 
 def _pairs(tok):
@@ -143,28 +143,12 @@ def test_an_answer_that_opens_on_a_new_line_is_read_from_there(tiny, monkeypatch
     "\\nHindi\\n..." is "Hindi" on its first line with text, not an empty answer; without it the
     old behaviour (and transformers' own stop strings) holds. The decoding is scripted so the
     answers are known; ``ended`` and ``cut`` are the real ones."""
-    from llm_edit.core import scoring
-
     model, tok = tiny("llama")
     scripts = ["\nHindi\nQuestion: more", "\n\n\n\n\n\n\n\n\n\n Rome, Italy\nmore", "Paris\nmore", "\n\n"]
     token_scripts = [tok(s, add_special_tokens=False)["input_ids"] for s in scripts]
     # an answer that ends at once after its new line says nothing, with or without the option
     token_scripts.append(tok("\n", add_special_tokens=False)["input_ids"] + [tok.eos_token_id] + token_scripts[0])
-    consumed = []
-
-    def scripted(model, prompts, pad, max_new_tokens, ended):
-        rows = []
-        for p in prompts:
-            script, row = token_scripts[p[0]], []
-            for t in script:
-                row.append(t)
-                if ended(row):
-                    break
-            consumed.append(len(row))
-            rows.append(row)
-        return rows
-
-    monkeypatch.setattr(scoring, "_greedy_batch", scripted)
+    consumed = script_greedy_decoding(monkeypatch, lambda prompt: token_scripts[prompt[0]])
     prompts = [[i] for i in range(len(token_scripts))]
     plain = generate(model, tok, prompts, max_new_tokens=64, stop_strings=["\n"], batch_size=1)
     assert plain == ["", "", "Paris", "", ""]
