@@ -94,6 +94,22 @@ def test_leak_kl_chooses_another_value_and_records_where_it_leaks(tiny):
     assert not torch.allclose(plain, deltas([[(other, 0.8)]], 100.0), atol=1e-2)
 
 
+def test_leak_share_gives_every_leak_row_that_share_and_the_same_object_first(tiny):
+    """``leak_share``: each leak row receives that share of δ, whatever the update leaks, and a
+    request's leak facts are the preserved ones that share its old object before any other."""
+    model, tok = tiny("llama")
+    kept = [{"prompt": "{} was written by", "subject": "Macbeth", "target_true": "Shakespeare"},
+            {"prompt": "{} is in", "subject": "Louvre", "target_true": "Paris"},
+            {"prompt": "{} plays", "subject": "Celtics", "target_true": "basketball"}]
+    result = llm_edit.edit(model, tok, REQUESTS, "memit", layers=[1, 2], preserve=kept, leak_kl=1.0, leak_facts=1,
+                           leak_share=0.5, progress=False)
+    leaks = [info["leak_shares"] for info in result.manifest["per_request"]]
+    result.revert()
+    assert leaks == [[["Louvre", 0.5]], [["Macbeth", 0.5]], [["Celtics", 0.5]]]
+    with pytest.raises(ValueError, match="leak_share"):
+        llm_edit.edit(model, tok, REQUESTS, "memit", layers=[1, 2], leak_share=1.5, progress=False)
+
+
 def test_memit_preserve_keeps_the_given_facts_and_records_them(tiny):
     """``edit(preserve=...)``: the update leaves a preserved fact's key output where it was
     (at the first edited layer, whose keys no update below changes; bare_key_weight 1: the key

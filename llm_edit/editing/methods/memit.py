@@ -58,6 +58,11 @@ class MEMITConfig(ValueOptions):
     # (``leak_fractions``): each value is chosen to do no harm where it leaks; 0: off
     leak_kl: float = 0.0
     leak_facts: int = 3  # with leak_kl: the preserved facts per request it leaks to most whose prompts enter
+    # with leak_kl: 0 gives each leak row the share the update leaks to it; s > 0 gives every one s
+    # of δ, and a request's leak facts are the preserved ones that share its object first (an
+    # erasure's value must then suppress the object for its subject and not for another subject
+    # with that object: a δ aimed at the subject rather than at the object's word)
+    leak_share: float = 0.0
     # this many shipped known facts per request that share its old object or relation (the training
     # half, ``core.known``) are preserved: ``edit`` chooses them when given no ``preserve``; 0: off
     protect_neighbours: int = 0
@@ -69,6 +74,8 @@ class MEMITConfig(ValueOptions):
         if self.preserve_weight < 0 or self.leak_kl < 0 or self.leak_facts < 1 or self.protect_neighbours < 0:
             raise ValueError("preserve_weight >= 0, leak_kl >= 0, leak_facts >= 1 and protect_neighbours >= 0 are "
                              "required")
+        if not 0 <= self.leak_share <= 1:
+            raise ValueError("leak_share must be between 0 and 1 (0: the share the update leaks)")
         check_value_options(self)
 
 
@@ -149,5 +156,11 @@ def _leaks(model, tok, requests, preserve, prepared: Prepared, config: MEMITConf
                                          config.mom2_update_weight)
     shares = shares / len(prepared.layers)
     per = min(len(preserve), config.leak_facts)
+    if config.leak_share > 0:
+        def chosen(i):
+            order = sorted(range(len(preserve)),
+                           key=lambda j: (preserve[j].target_true != requests[i].target_true, -abs(float(shares[i, j]))))
+            return order[:per]
+        return [[(preserve[j], config.leak_share) for j in chosen(i)] for i in range(len(requests))]
     return [[(preserve[j], float(shares[i, j])) for j in shares[i].abs().topk(per).indices.tolist()]
             for i in range(len(requests))]
