@@ -189,7 +189,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="llama")
     ap.add_argument("--facts", default=str(ROOT.parent / "shared/data/counterfact/counterfact-edit-1k.json"))
-    ap.add_argument("--limit", type=int, default=1000, help="the first N records")
+    ap.add_argument("--limit", type=int, default=1000, help="the first N records (after --skip)")
+    ap.add_argument("--skip", type=int, default=0,
+                    help="leave out the first N records (a later slice no choice has seen)")
     ap.add_argument("--batch-size", type=int, default=100)
     ap.add_argument("--methods", default="alphaedit,memit,rome")
     ap.add_argument("--set", dest="sets", action="append", default=[], help="KEY=VALUE for every method")
@@ -214,7 +216,9 @@ def main() -> None:
     if args.generation_sample < 0:
         ap.error(f"--generation-sample {args.generation_sample}: must be 0 (off) or a number of records")
 
-    requests = read_requests(args.facts, limit=args.limit)
+    if args.skip < 0:
+        ap.error(f"--skip {args.skip}: must be >= 0")
+    requests = read_requests(args.facts, limit=args.skip + args.limit)[args.skip:]
     facts_sha = hashlib.sha256("".join(json.dumps(r.to_dict(), sort_keys=True) for r in requests).encode()).hexdigest()
     out = Path(args.out)
     sessions = Path(args.sessions) if args.sessions else out.with_suffix(".sessions")
@@ -226,8 +230,8 @@ def main() -> None:
     title = f"{args.model}: {len(requests)} CounterFact edits in batches of {args.batch_size}"
 
     def write(runs_now) -> None:
-        report = {"model": args.model, "facts": args.facts, "facts_sha256": facts_sha, "limit": args.limit,
-                  "batch_size": args.batch_size, "runs": runs_now, "seconds": round(time.perf_counter() - t0, 1),
+        report = {"model": args.model, "facts": args.facts, "facts_sha256": facts_sha, "skip": args.skip,
+                  "limit": args.limit, "batch_size": args.batch_size, "runs": runs_now, "seconds": round(time.perf_counter() - t0, 1),
                   "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
                   "command": " ".join(sys.argv), **run_info()}
         write_json(out.with_suffix(".json"), report)

@@ -84,3 +84,23 @@ def test_a_run_with_a_generation_sample_judges_it_after_the_last_batch(tmp_path)
     assert "by generation after 4 edits, on 3 records" in done.stdout
     bad = run("--facts", str(facts), "--generation-sample", "-1", "--out", str(out), home=tmp_path / "home")
     assert bad.returncode == 2 and "--generation-sample -1" in bad.stderr
+
+
+def test_skip_edits_the_records_after_the_first_n(tmp_path):
+    """``--skip N --limit M``: records N to N+M-1 are edited (a slice no choice has seen), and the
+    report records the skip and the hash of exactly those records."""
+    import hashlib
+
+    from llm_edit.editing.requests import read_requests
+
+    facts = write_city_facts(tmp_path / "facts.jsonl")
+    out = tmp_path / "later"
+    done = run("--facts", str(facts), "--skip", "2", "--limit", "2", "--batch-size", "2", "--methods", "alphaedit",
+               "--out", str(out), home=tmp_path / "home")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(out.with_suffix(".json").read_text())
+    later = read_requests(facts)[2:4]
+    assert len(later) == 2 and report["skip"] == 2 and report["limit"] == 2
+    assert report["facts_sha256"] == hashlib.sha256(
+        "".join(json.dumps(r.to_dict(), sort_keys=True) for r in later).encode()).hexdigest()
+    assert [p["edits"] for p in report["runs"][0]["curve"]] == [0, 2]
