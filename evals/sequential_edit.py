@@ -6,6 +6,7 @@ far, and perplexity on a fixed generic text as a collapse detector).
     python evals/sequential_edit.py --limit 40 --batch-size 10 --out evals/results/sequential_40
     python evals/sequential_edit.py --limit 1000 --batch-size 100 --resume # go on after an interruption
     python evals/sequential_edit.py --limit 1000 --batch-size 100 --resume --rerun alphaedit  # new recipe
+    python evals/sequential_edit.py --facts F --skip 500 --limit 500 --methods alphaedit  # records 500-999
 
 Each method starts from the original weights (the previous method's edits are reverted, bit for
 bit, and checked). MEMIT and AlphaEdit take each batch as one batch edit; ROME edits the facts
@@ -219,6 +220,8 @@ def main() -> None:
     if args.skip < 0:
         ap.error(f"--skip {args.skip}: must be >= 0")
     requests = read_requests(args.facts, limit=args.skip + args.limit)[args.skip:]
+    if not requests:
+        ap.error(f"--skip {args.skip}: {args.facts} has no records after the first {args.skip}")
     facts_sha = hashlib.sha256("".join(json.dumps(r.to_dict(), sort_keys=True) for r in requests).encode()).hexdigest()
     out = Path(args.out)
     sessions = Path(args.sessions) if args.sessions else out.with_suffix(".sessions")

@@ -106,8 +106,23 @@ def test_leak_share_gives_every_leak_row_that_share_and_the_same_object_first(ti
     leaks = [info["leak_shares"] for info in result.manifest["per_request"]]
     result.revert()
     assert leaks == [[["Louvre", 0.5]], [["Macbeth", 0.5]], [["Celtics", 0.5]]]
+    # past the same-object facts, the ones the update leaks to most; a fact without an object shares none
+    batch = [{"prompt": "{} is in", "subject": "Tower Bridge", "target_new": "Rome"}, REQUESTS[0]]
+
+    def leak_names(**kw):
+        result = llm_edit.edit(model, tok, batch, "memit", layers=[1, 2], preserve=kept, leak_kl=1.0, leak_facts=3,
+                               progress=False, **kw)
+        result.revert()
+        return [[name for name, _ in info["leak_shares"]] for info in result.manifest["per_request"]]
+
+    most = leak_names()  # the computed shares' order (taken on the model before the batch, as with leak_share)
+    no_object, paris = leak_names(leak_share=1.0)
+    assert no_object == most[0]
+    assert paris[0] == "Louvre" and paris[1:] == [name for name in most[1] if name != "Louvre"]
     with pytest.raises(ValueError, match="leak_share"):
         llm_edit.edit(model, tok, REQUESTS, "memit", layers=[1, 2], leak_share=1.5, progress=False)
+    with pytest.raises(ValueError, match="needs leak_kl"):
+        llm_edit.edit(model, tok, REQUESTS, "memit", layers=[1, 2], leak_share=0.5, progress=False)
 
 
 def test_memit_preserve_keeps_the_given_facts_and_records_them(tiny):

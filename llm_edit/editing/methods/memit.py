@@ -22,7 +22,9 @@ Deviations: z_i, h_i and the keys are all averaged over the same context-prefixe
 (``memory.preserve``: an erasure's protected neighbours) add their keys, weighted
 ``preserve_weight``, to the old keys of eq. 14 (``rank_one.batch_update``); with ``leak_kl`` their
 prompts also enter the value loss, each receiving the share of δ the update will leak to it
-(``rank_one.leak_fractions``), so that δ is chosen to do no harm there (an addition of ours).
+(``rank_one.leak_fractions``), so that δ is chosen to do no harm there (an addition of ours);
+with ``leak_share`` each such prompt receives that fixed share instead, and a request's own-object
+facts come first: δ must then act on its subject, not on every subject with that object.
 """
 from __future__ import annotations
 
@@ -76,6 +78,8 @@ class MEMITConfig(ValueOptions):
                              "required")
         if not 0 <= self.leak_share <= 1:
             raise ValueError("leak_share must be between 0 and 1 (0: the share the update leaks)")
+        if self.leak_share > 0 and self.leak_kl == 0:
+            raise ValueError("leak_share sets the share of δ in leak_kl's rows: it needs leak_kl > 0")
         check_value_options(self)
 
 
@@ -157,10 +161,13 @@ def _leaks(model, tok, requests, preserve, prepared: Prepared, config: MEMITConf
     shares = shares / len(prepared.layers)
     per = min(len(preserve), config.leak_facts)
     if config.leak_share > 0:
+        size = shares.abs().tolist()
+
         def chosen(i):
-            order = sorted(range(len(preserve)),
-                           key=lambda j: (preserve[j].target_true != requests[i].target_true, -abs(float(shares[i, j]))))
-            return order[:per]
+            obj = requests[i].target_true
+            # a fact with no object given shares none (None == None is not a shared object)
+            return sorted(range(len(preserve)), key=lambda j: (not (obj and preserve[j].target_true == obj),
+                                                               -size[i][j]))[:per]
         return [[(preserve[j], config.leak_share) for j in chosen(i)] for i in range(len(requests))]
     return [[(preserve[j], float(shares[i, j])) for j in shares[i].abs().topk(per).indices.tolist()]
             for i in range(len(requests))]
