@@ -234,7 +234,8 @@ def main() -> None:
 
     def write(runs_now) -> None:
         report = {"model": args.model, "facts": args.facts, "facts_sha256": facts_sha, "skip": args.skip,
-                  "limit": args.limit, "batch_size": args.batch_size, "runs": runs_now, "seconds": round(time.perf_counter() - t0, 1),
+                  "limit": args.limit, "batch_size": args.batch_size, "runs": runs_now,
+                  "seconds": round(time.perf_counter() - t0, 1),
                   "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
                   "command": " ".join(sys.argv), **run_info()}
         write_json(out.with_suffix(".json"), report)

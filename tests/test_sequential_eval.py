@@ -104,5 +104,6 @@ def test_skip_edits_the_records_after_the_first_n(tmp_path):
     assert report["facts_sha256"] == hashlib.sha256(
         "".join(json.dumps(r.to_dict(), sort_keys=True) for r in later).encode()).hexdigest()
     assert [p["edits"] for p in report["runs"][0]["curve"]] == [0, 2]
-    done = run("--facts", str(facts), "--skip", "4", "--methods", "alphaedit", "--out", str(out), home=tmp_path / "home")
+    done = run("--facts", str(facts), "--skip", "4", "--methods", "alphaedit", "--out", str(out),
+               home=tmp_path / "home")
     assert done.returncode == 2 and "no records after the first 4" in done.stderr
