@@ -218,3 +218,13 @@ def test_counterfact_suite_from_the_command_line(tmp_path):
     assert report["answers"] and {"form", "answer", "holds"} <= set(report["answers"][0])
     assert 1 < report["aggregates"]["perplexity"] < float("inf")  # the collapse detector on generic text
     assert len(report["rows"]) == 3
+
+
+def test_the_protocol_takes_each_models_own_tofu_recipe_where_there_is_one():
+    from llm_edit.evaluating.tofu_protocol import _recipe_name
+
+    assert _recipe_name("npo", "llama") == "tofu-smollm2-135m"
+    assert _recipe_name("npo", "gemma") == "tofu-gemma3-270m"
+    # no TOFU recipe of that method for that model: the model's own recipe
+    assert _recipe_name("rmu", "gemma") == "gemma3-270m"
+    assert _recipe_name("npo", "some/hub-model") is None
