@@ -97,6 +97,7 @@ def kept_untrained(before: list[dict], after: list[dict], items, trained: set[st
 def trained_subjects(manifest: dict) -> set[str]:
     """Subjects (and derived prompts) the forget run trained on or protected, lower-cased."""
     trained = {x["prompt"].lower() for x in manifest.get("derived_forms", [])}
+    trained |= {s.lower() for s in manifest.get("known_key_subjects", [])}  # memit's known_key_weight
     return trained | {x["extra"].get("subject", "").lower() for x in manifest.get("protective_retain", [])}
 
 

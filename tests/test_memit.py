@@ -42,6 +42,20 @@ def test_batch_update_preserved_keys():
     assert torch.allclose(tight @ keys.T, residuals.T, atol=1e-2)  # 8 dimensions: room for both
 
 
+def test_batch_update_also_preserved_groups_add_their_weighted_keys():
+    """Each (keys, weight) group of ``also_preserved`` adds weight·KᵀK, as ``preserved`` does:
+    both routes give the same factors (closed form), and an empty group changes nothing."""
+    torch.manual_seed(0)
+    keys, residuals, kept, more = torch.randn(3, 8), torch.randn(3, 5), torch.randn(2, 8), torch.randn(4, 8)
+    both = torch.cat([kept * 3.0 ** 0.5, more * 0.5 ** 0.5])  # weights 3 and 0.5, as one group of weight 1
+    left, right = batch_update(residuals, keys, torch.eye(8), 0.1, kept, 3.0, ((more, 0.5),))
+    once = batch_update(residuals, keys, torch.eye(8), 0.1, both, 1.0)
+    assert torch.allclose(left @ right, once[0] @ once[1], atol=1e-5)
+    plain = batch_update(residuals, keys, torch.eye(8), 0.1, kept, 3.0)
+    assert all(torch.equal(a, b) for a, b in zip(plain, batch_update(residuals, keys, torch.eye(8), 0.1, kept, 3.0,
+                                                                      ((more[:0], 0.5),))))
+
+
 def test_leak_fractions_are_what_the_batch_update_writes_at_other_keys():
     """Hand-computed: one unit key, C = I, λ = 1: the update is r kᵀ/2, so a key o receives
     (k·o)/2 against k's own 1/2, a share k·o. In a batch, the update written at another key is
@@ -204,3 +218,38 @@ def test_memit_config_checks_the_shared_value_options(tiny):
         llm_edit.edit(model, tok, REQUESTS, "memit", bare_key_weight=1.5, progress=False)
     with pytest.raises(llm_edit.core.config.ConfigError, match="increasing"):
         llm_edit.edit(model, tok, REQUESTS, "memit", layers=[2, 1], progress=False)
+
+
+def test_known_key_weight_holds_known_entities_keys_but_not_the_batch_subjects(tiny, monkeypatch):
+    """``known_key_weight``: the training half's known facts' keys join the old keys, so the update
+    leaves a known entity's key output (almost) where it was, while a request whose subject is
+    itself a known fact is still written; the manifest names the entities held."""
+    import llm_edit.editing.methods.memit as memit
+    from llm_edit.editing.keys import subject_keys
+
+    pool = [{"prompt": "Louvre is in", "subject": "Louvre", "attribute": "Paris"},
+            {"prompt": "Eiffel Tower is in", "subject": "Eiffel Tower", "attribute": "Paris"}]  # REQUESTS[0]'s
+    monkeypatch.setattr(memit, "known_facts", lambda half: pool if half == "train" else [])
+    model, tok = tiny("llama")
+    name = arch_of(model).mlp_out.format(1)
+    module = model.get_submodule(name)
+    louvre, eiffel = subject_keys(model, tok, name, ["{} is in", "{} is in"], ["Louvre", "Eiffel Tower"])
+
+    def moved(**kw):
+        result = llm_edit.edit(model, tok, REQUESTS, "memit", layers=[1, 2], bare_key_weight=1.0, progress=False,
+                               **kw)
+        delta = module.weight.detach().clone()
+        result.revert()
+        delta -= module.weight.detach()
+        return float((delta @ louvre).norm()), float((delta @ eiffel).norm()), result
+
+    free_louvre, free_eiffel, _ = moved()
+    held_louvre, held_eiffel, result = moved(known_key_weight=1e4)
+    assert held_louvre < 0.1 * free_louvre
+    assert held_eiffel > 0.5 * free_eiffel  # the edited subject is left out of the held keys
+    assert result.manifest["known_key_subjects"] == ["Louvre", "Eiffel Tower"]
+    plain = llm_edit.edit(model, tok, REQUESTS[:1], "memit", layers=[1, 2], progress=False)
+    plain.revert()
+    assert "known_key_subjects" not in plain.manifest
+    with pytest.raises(ValueError, match="known_key_weight"):
+        llm_edit.edit(model, tok, REQUESTS, "memit", layers=[1, 2], known_key_weight=-1.0, progress=False)

@@ -45,13 +45,18 @@ class Close(NamedTuple):
     shares: str  # "object and relation", "object" or "relation"
 
 
+def known_facts(pool: str | None, source=KNOWN_FACTS) -> list[dict]:
+    """The known facts of one half (``known_pool``; None: all), in file order."""
+    return [obj for _, obj in records(source) if pool is None or known_pool(obj["subject"]) == pool]
+
+
 def closest_known(anchors: Iterable[Anchor], per_anchor: int, pool: str | None, source=KNOWN_FACTS) -> list[Close]:
     """For each anchor in turn, up to ``per_anchor`` known facts from ``pool`` (``known_pool``;
     None: all) that share its object and relation, then its object, then its relation (the
     Wikidata id when the anchor has one, else the words after the subject). Never an anchor's
     subject, and no subject twice."""
     anchors = list(anchors)
-    known = [obj for _, obj in records(source) if pool is None or known_pool(obj["subject"]) == pool]
+    known = known_facts(pool, source)
     taken = {a.subject.lower() for a in anchors}
     out: list[Close] = []
     for i, a in enumerate(anchors):

@@ -29,6 +29,9 @@ class Prepared:
     located: dict | None = None  # the causal-tracing record when the layers were chosen by it
     covariances: dict[int, torch.Tensor | None] = field(default_factory=dict)  # C per layer (ROME, MEMIT)
     projectors: dict[int, torch.Tensor] = field(default_factory=dict)  # null-space projector per layer (AlphaEdit)
+    # MEMIT's known_key_weight: the training half's known facts, their subjects, and their keys per layer
+    known_subjects: list[str] = field(default_factory=list)
+    known_keys: dict[int, torch.Tensor] = field(default_factory=dict)
     config: dict = field(default_factory=dict)  # the settings it was made for: reuse needs the same
 
     @property

@@ -61,8 +61,8 @@ def write_direction(key: torch.Tensor, cov: torch.Tensor | None, preserved: torc
 
 
 def batch_update(residuals: torch.Tensor, keys: torch.Tensor, cov: torch.Tensor | None, weight: float,
-                 preserved: torch.Tensor | None = None, preserve_weight: float = 0.0
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
+                 preserved: torch.Tensor | None = None, preserve_weight: float = 0.0,
+                 also_preserved: tuple[tuple[torch.Tensor, float], ...] = ()) -> tuple[torch.Tensor, torch.Tensor]:
     """MEMIT's batch update of one layer (Meng et al. 2023, "Mass-Editing Memory in a
     Transformer", eq. 14), as factors ``left @ right`` of rank n.
 
@@ -76,24 +76,27 @@ def batch_update(residuals: torch.Tensor, keys: torch.Tensor, cov: torch.Tensor 
     ΔW = R Kᵀ (λC + μ K_p K_pᵀ + K Kᵀ)⁻¹. C is an average over text, so a few facts close to the
     edited ones (another landmark of the same city) weigh almost nothing in it; μ makes them count
     like μ copies each. This is MEMIT's own objective with those keys named (an addition: the
-    paper preserves only through C).
+    paper preserves only through C). ``also_preserved``: more (keys, weight) groups, each adding
+    weight·K_gᵀK_g the same way (MEMIT's ``known_key_weight``).
 
     ``residuals`` (n, d_out), ``keys`` (n, d_in), ``cov`` (d_in, d_in) or None for the identity.
     Solved in float64; returns ``left`` (d_out, n) and ``right`` (n, d_in) in float32.
     """
-    right = _batch_right(keys, cov, weight, preserved, preserve_weight)
+    right = _batch_right(keys, cov, weight, preserved, preserve_weight, also_preserved)
     return residuals.double().T.float(), right.float()
 
 
 def _batch_right(keys: torch.Tensor, cov: torch.Tensor | None, weight: float,
-                 preserved: torch.Tensor | None = None, preserve_weight: float = 0.0) -> torch.Tensor:
+                 preserved: torch.Tensor | None = None, preserve_weight: float = 0.0,
+                 also_preserved: tuple[tuple[torch.Tensor, float], ...] = ()) -> torch.Tensor:
     """K (λC + μK_pᵀK_p + KᵀK)⁻¹, (n, d_in), float64: ``batch_update``'s right factor."""
     k = keys.double()
     c = torch.eye(k.shape[1], dtype=torch.float64, device=k.device) if cov is None else cov.double()
     system = weight * c + k.T @ k
-    if preserved is not None and len(preserved) and preserve_weight > 0:
-        p = preserved.double().to(k.device)
-        system = system + preserve_weight * (p.T @ p)
+    for group, group_weight in ((preserved, preserve_weight), *also_preserved):
+        if group is not None and len(group) and group_weight > 0:
+            p = group.double().to(k.device)
+            system = system + group_weight * (p.T @ p)
     right = torch.linalg.solve(system, k.T).T  # (n, d_in): rows of K (λC + μK_pᵀK_p + KᵀK)⁻¹, symmetric
     if not torch.isfinite(right).all():
         raise FloatingPointError("MEMIT update: the key system is singular or not finite")
