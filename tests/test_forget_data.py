@@ -122,6 +122,8 @@ def test_forget_holds_counts_untrained_neighbours_apart():
     manifest = {"protective_retain": [{"extra": {"subject": "Louvre"}}], "derived_forms": []}
     assert holds.kept(before, after) == (1, 2)
     assert holds.kept_untrained(before, after, items, holds.trained_subjects(manifest)) == (1, 1)
+    held = {"known_key_subjects": ["LOUVRE"], "derived_forms": []}  # memit's known_key_weight holds their keys
+    assert holds.kept_untrained(before, after, items, holds.trained_subjects(held)) == (1, 1)
 
 
 def test_forget_holds_refuses_subject_facts_that_are_not_about_a_forgotten_subject_or_repeat_its_object():

@@ -29,7 +29,8 @@ facts come first: δ must then act on its subject, not on every subject with tha
 (``core.known``, about 600 entities) to the old keys, each weighted w: C is an average over
 generic text, where a named entity's last token is rare, so an update written at one entity's key
 leaks to others more than to text (another addition of ours; the keys are measured once, on the
-bare prompts of the model as prepared, and a batch's own subjects are left out of them).
+bare prompts of the model as prepared, so above the first edited layer they are the unedited model's,
+and a batch's own subjects are left out of them; ``leak_kl``'s shares do not count them).
 """
 from __future__ import annotations
 
