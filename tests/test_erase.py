@@ -309,3 +309,85 @@ def test_rome_keeps_each_requests_own_neighbours_and_all_of_a_given_list(tiny, m
     given = [{"prompt": "{} is located in the city of", "subject": "Louvre"}]
     llm_edit.edit(model, tok, requests, "rome", layer=1, preserve=given, progress=False).revert()
     assert [len(p) for p in seen] == [1, 1] and torch.equal(seen[0], seen[1])
+
+
+def test_still_said_names_the_facts_whose_training_forms_still_name_the_object(tiny, monkeypatch):
+    """Given answers decide: a fact whose answer to its prompt or a derived form names the object
+    (outside the subject's name) is still said; the object inside the subject is not; the file's
+    paraphrases are never asked (they judge), only the prompt and the derived forms."""
+    from llm_edit.core import scoring
+    from llm_edit.core.forms import fact_forms
+    from llm_edit.editing.methods.erase import ROUND_CHECK_TOKENS, still_said
+    from llm_edit.editing.methods.memit import MEMITEraseConfig
+    from llm_edit.editing.requests import EditRequest
+
+    _, tok = tiny("llama")
+    requests = [EditRequest("{} is located in the city of", "Louvre", "", target_true="Paris", relation_id="P131",
+                            paraphrase_prompts=("The Louvre stands in",)),
+                EditRequest("{} is made by", "Toyota RAV4", "", target_true="Toyota"),
+                EditRequest("{} was written in", "Die Nibelungen", "", target_true="German")]
+    chat = bool(tok.chat_template)
+    n_forms = [1 + len(fact_forms(r.prompt, r.relation_id, chat=chat)) for r in requests]
+    assert n_forms[0] > 1  # the relation's question forms are asked too
+    prompts_seen = []
+
+    def fake_generate(model, tok_, prompts, max_new_tokens):
+        assert max_new_tokens == ROUND_CHECK_TOKENS
+        prompts_seen.extend(tok.decode(p) for p in prompts)
+        answers = [" nowhere in particular."] * len(prompts)
+        answers[n_forms[0] - 1] = " a building, in Paris."  # the Louvre's last form
+        answers[n_forms[0]] = " the Toyota RAV4 company."  # only the subject's own name
+        answers[n_forms[0] + n_forms[1]] = " Germanic verse"  # a form of the object counts
+        return answers
+
+    monkeypatch.setattr(scoring, "generate", fake_generate)
+    config = MEMITEraseConfig(expand="forms")
+    assert still_said(None, tok, requests, config) == [0, 2]
+    assert len(prompts_seen) == sum(n_forms)
+    assert not any("stands in" in p for p in prompts_seen)
+    config = MEMITEraseConfig(expand="none")  # without forms only each prompt is asked
+    prompts_seen.clear()
+    monkeypatch.setattr(scoring, "generate", lambda m, t, prompts, max_new_tokens: [" Paris"] * len(prompts))
+    assert still_said(None, tok, requests, config) == [0]
+
+
+def test_erase_rounds_erase_again_only_what_is_still_said_and_unload_all_rounds(tiny, monkeypatch):
+    """erase_rounds 3: round 2 erases again the facts ``still_said`` names (one batch more, recorded in
+    the manifest), round 3 asks only those and stops when none is still said; unloading undoes
+    every round bit for bit. A failure in a later round leaves the model as it was."""
+    from llm_edit.editing.methods import erase
+
+    model, tok = tiny("llama")
+    snap = {k: v.clone() for k, v in model.state_dict().items()}
+    facts = [FACT, dict(FACT, subject="Louvre", target="Paris")]
+    asked = []
+
+    def fake_still_said(model_, tok_, requests, config):
+        asked.append([r.subject for r in requests])
+        return [1] if len(asked) == 1 else []
+
+    monkeypatch.setattr(erase, "still_said", fake_still_said)
+    result = llm_edit.forget(model, tok, facts, method="memit-erase", layers=[1, 2], batch_size=1, erase_rounds=3,
+                             progress=False)
+    assert asked == [["Eiffel Tower", "Louvre"], ["Louvre"]]
+    (again,) = result.manifest["erase_rounds"]
+    assert again["round"] == 2 and again["requests"] == [1] and len(again["per_request"]) == 1
+    assert len(result.delta.manifest["per_request"]) == 2
+    result.unload()
+    assert all(torch.equal(snap[k], v) for k, v in model.state_dict().items())
+
+    one_round = llm_edit.forget(model, tok, facts, method="memit-erase", layers=[1, 2], batch_size=1,
+                                progress=False)
+    assert "erase_rounds" not in one_round.manifest and len(asked) == 2  # 1 round: nothing asked
+    one_round.unload()
+
+    def failing(*args):
+        raise RuntimeError("interrupted")
+
+    monkeypatch.setattr(erase, "still_said", failing)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        llm_edit.forget(model, tok, facts, method="memit-erase", layers=[1, 2], batch_size=1, erase_rounds=2,
+                        progress=False)
+    assert all(torch.equal(snap[k], v) for k, v in model.state_dict().items())
+    with pytest.raises(Exception, match="erase_rounds"):
+        llm_edit.forget(model, tok, facts, method="memit-erase", erase_rounds=0, progress=False)

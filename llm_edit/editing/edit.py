@@ -117,6 +117,8 @@ def edit(model, tokenizer, requests: Iterable[EditRequest | Mapping[str, Any]], 
 
     applied, batch_keys, per_request = _apply_batches(model, tokenizer, requests, method, spec, config, prepared,
                                                      grams, progress)
+    later_rounds = _erase_rounds(model, tokenizer, requests, method, spec, config, prepared, grams, progress,
+                                 applied, batch_keys)
     manifest = {
         "method": method,
         "hyperparameters": dataclasses.asdict(config),
@@ -133,6 +135,7 @@ def edit(model, tokenizer, requests: Iterable[EditRequest | Mapping[str, Any]], 
         "context_templates": prepared.contexts,
         "prepare_seconds": round(prepare_seconds, 2),
         "per_request": per_request,
+        **({"erase_rounds": later_rounds} if later_rounds else {}),
         **run_info(),
     }
     return EditResult(model, WeightDelta.stack(applied, manifest), requests, per_request, applied,
@@ -194,6 +197,34 @@ def _apply_batches(model, tokenizer, requests: list[EditRequest], method: str, s
             delta.revert(model)
         raise
     return applied, batch_keys, per_request
+
+
+def _erase_rounds(model, tokenizer, requests: list[EditRequest], method: str, spec, config, prepared: Prepared,
+                  grams: Memory, progress: bool, applied: list[WeightDelta], batch_keys: list[dict]) -> list[dict]:
+    """An erasure's rounds after the first (``erase_rounds``): the requests whose object the model
+    still names in a training form (``erase.still_said``) are erased again, in batches as before,
+    on the model as now edited; each round asks only those the round before erased. Their patches
+    join ``applied`` (and ``batch_keys``); a failure reverts every round, the first included, so the
+    model is left as it was. Returns, per later round, the requests erased again and their info."""
+    from .methods.erase import still_said
+
+    rounds: list[dict] = []
+    pending = list(range(len(requests)))
+    try:
+        for round_number in range(2, getattr(config, "erase_rounds", 1) + 1):
+            pending = [pending[i] for i in still_said(model, tokenizer, [requests[j] for j in pending], config)]
+            if not pending:
+                break
+            more, keys, info = _apply_batches(model, tokenizer, [requests[j] for j in pending], method, spec, config,
+                                              prepared, grams, progress)
+            applied += more
+            batch_keys += keys
+            rounds.append({"round": round_number, "requests": pending, "per_request": info})
+    except BaseException:
+        for delta in reversed(applied):
+            delta.revert(model)
+        raise
+    return rounds
 
 
 def add_gram(gram: torch.Tensor | None, keys: torch.Tensor) -> torch.Tensor:

@@ -28,6 +28,10 @@ class EraseOptions:
     # German language"), that form continued by the lead-in is one more prompt the object must
     # become unlikely after (``lead_in_forms``)
     erase_lead_in_tokens: int = 0
+    # rounds of erasure: after a round, the facts whose greedy answer (``ROUND_CHECK_TOKENS`` new
+    # tokens) to their prompt or to a derived form still names the object are erased again, on the
+    # model as now edited (``still_said``); 1: one round, as every erasure before it was an option
+    erase_rounds: int = 1
 
     def validate_erase(self) -> None:
         if self.erase_objective not in ("suppress", "neutral"):
@@ -44,6 +48,8 @@ class EraseOptions:
             raise ValueError("protect_neighbours must be >= 0")
         if self.erase_lead_in_tokens < 0:
             raise ValueError("erase_lead_in_tokens must be >= 0")
+        if self.erase_rounds < 1:
+            raise ValueError("erase_rounds must be >= 1")
 
 
 def value_objective(config, requests: list, tok=None, model=None) -> dict:
@@ -134,6 +140,35 @@ def lead_in_forms(model, tok, requests: list, forms: list[list], max_new_tokens:
             continue
         out[i].append(Form(name, form.template, True, reply + lead))
     return out
+
+
+# New tokens read when checking whether an erased fact is still said: the audit reads at least 16,
+# the lead-ins 24 (a small model often names the object a few words in).
+ROUND_CHECK_TOKENS = 24
+
+
+def still_said(model, tok, requests: list, config) -> list[int]:
+    """Indices of the ``requests`` whose object the model (as it is now) still names, outside the
+    subject's name, in its greedy answer (``ROUND_CHECK_TOKENS``) to the fact's prompt or to one of
+    its derived forms (``core.forms``, as ``value_objective`` derives them with ``expand: forms``).
+
+    Why: a round's values stop once the object is unlikely at the value layer's δ, but MEMIT writes
+    only part of δ and a batch's updates move each other's keys, so some facts are still said
+    after the round; those get another round instead of every fact a harder one. Only training
+    forms are asked: never the file's paraphrases or the audit's probes, which judge."""
+    from ...core.forms import Form
+    from ...core.scoring import generate
+    from ...core.text import encode_with_subject, mentions
+
+    chat = bool(getattr(tok, "chat_template", None))
+    asked = [(i, form) for i, r in enumerate(requests)
+             for form in [Form("prompt", r.prompt, False),
+                          *(fact_forms(r.prompt, r.relation_id, chat=chat) if config.expand == "forms" else [])]]
+    prompts = [encode_with_subject(tok, form.template, requests[i].subject, chat=form.chat, reply=form.reply)[0]
+               for i, form in asked]
+    answers = generate(model, tok, prompts, max_new_tokens=ROUND_CHECK_TOKENS)
+    return sorted({i for (i, _), answer in zip(asked, answers)
+                   if mentions(blank_out(answer, requests[i].subject), requests[i].target_true)})
 
 
 def _short_clause(lead: str, subject: str, max_words: int) -> bool:
