@@ -311,13 +311,13 @@ def test_rome_keeps_each_requests_own_neighbours_and_all_of_a_given_list(tiny, m
     assert [len(p) for p in seen] == [1, 1] and torch.equal(seen[0], seen[1])
 
 
-def test_still_said_names_the_facts_whose_training_forms_still_name_the_object(tiny, monkeypatch):
+def test_unheld_names_the_erasures_whose_training_forms_still_name_the_object(tiny, monkeypatch):
     """Given answers decide: a fact whose answer to its prompt or a derived form names the object
     (outside the subject's name) is still said; the object inside the subject is not; the file's
     paraphrases are never asked (they judge), only the prompt and the derived forms."""
     from llm_edit.core import scoring
     from llm_edit.core.forms import fact_forms
-    from llm_edit.editing.methods.erase import ROUND_CHECK_TOKENS, still_said
+    from llm_edit.editing.methods.erase import ROUND_CHECK_TOKENS, unheld
     from llm_edit.editing.methods.memit import MEMITEraseConfig
     from llm_edit.editing.requests import EditRequest
 
@@ -342,17 +342,17 @@ def test_still_said_names_the_facts_whose_training_forms_still_name_the_object(t
 
     monkeypatch.setattr(scoring, "generate", fake_generate)
     config = MEMITEraseConfig(expand="forms")
-    assert still_said(None, tok, requests, config) == [0, 2]
+    assert unheld(None, tok, requests, config) == [0, 2]
     assert len(prompts_seen) == sum(n_forms)
     assert not any("stands in" in p for p in prompts_seen)
     config = MEMITEraseConfig(expand="none")  # without forms only each prompt is asked
     prompts_seen.clear()
     monkeypatch.setattr(scoring, "generate", lambda m, t, prompts, max_new_tokens: [" Paris"] * len(prompts))
-    assert still_said(None, tok, requests, config) == [0]
+    assert unheld(None, tok, requests, config) == [0]
 
 
-def test_erase_rounds_erase_again_only_what_is_still_said_and_unload_all_rounds(tiny, monkeypatch):
-    """erase_rounds 3: round 2 erases again the facts ``still_said`` names (one batch more, recorded in
+def test_erase_rounds_erase_again_only_what_is_unheld_and_unload_all_rounds(tiny, monkeypatch):
+    """erase_rounds 3: round 2 erases again the facts ``unheld`` names (one batch more, recorded in
     the manifest), round 3 asks only those and stops when none is still said; unloading undoes
     every round bit for bit. A failure in a later round leaves the model as it was."""
     from llm_edit.editing.methods import erase
@@ -362,15 +362,15 @@ def test_erase_rounds_erase_again_only_what_is_still_said_and_unload_all_rounds(
     facts = [FACT, dict(FACT, subject="Louvre", target="Paris")]
     asked = []
 
-    def fake_still_said(model_, tok_, requests, config):
+    def fake_unheld(model_, tok_, requests, config):
         asked.append([r.subject for r in requests])
         return [1] if len(asked) == 1 else []
 
-    monkeypatch.setattr(erase, "still_said", fake_still_said)
+    monkeypatch.setattr(erase, "unheld", fake_unheld)
     result = llm_edit.forget(model, tok, facts, method="memit-erase", layers=[1, 2], batch_size=1, erase_rounds=3,
                              progress=False)
     assert asked == [["Eiffel Tower", "Louvre"], ["Louvre"]]
-    (again,) = result.manifest["erase_rounds"]
+    (again,) = result.manifest["later_rounds"]
     assert again["round"] == 2 and again["requests"] == [1] and len(again["per_request"]) == 1
     assert len(result.delta.manifest["per_request"]) == 2
     result.unload()
@@ -378,16 +378,79 @@ def test_erase_rounds_erase_again_only_what_is_still_said_and_unload_all_rounds(
 
     one_round = llm_edit.forget(model, tok, facts, method="memit-erase", layers=[1, 2], batch_size=1,
                                 progress=False)
-    assert "erase_rounds" not in one_round.manifest and len(asked) == 2  # 1 round: nothing asked
+    assert "later_rounds" not in one_round.manifest and len(asked) == 2  # 1 round: nothing asked
     one_round.unload()
 
     def failing(*args):
         raise RuntimeError("interrupted")
 
-    monkeypatch.setattr(erase, "still_said", failing)
+    monkeypatch.setattr(erase, "unheld", failing)
     with pytest.raises(RuntimeError, match="interrupted"):
         llm_edit.forget(model, tok, facts, method="memit-erase", layers=[1, 2], batch_size=1, erase_rounds=2,
                         progress=False)
     assert all(torch.equal(snap[k], v) for k, v in model.state_dict().items())
     with pytest.raises(Exception, match="erase_rounds"):
         llm_edit.forget(model, tok, facts, method="memit-erase", erase_rounds=0, progress=False)
+    with pytest.raises(Exception, match="insert_rounds is for insertions"):
+        llm_edit.forget(model, tok, facts, method="memit-erase", insert_rounds=2, progress=False)
+
+
+def test_unheld_names_the_insertions_that_do_not_yet_say_the_new_object(tiny, monkeypatch):
+    """An insertion holds in a form when the answer names the new object and not the old one
+    (outside the subject's name); with own_questions llm-edit's own question is asked, never
+    MQuAKE's (which judges insertions)."""
+    from llm_edit.core import scoring
+    from llm_edit.core.forms import fact_forms
+    from llm_edit.editing.methods.erase import unheld
+    from llm_edit.editing.methods.rome import ROMEConfig
+    from llm_edit.editing.requests import EditRequest
+
+    _, tok = tiny("llama")
+    requests = [EditRequest("{} is located in the city of", "Louvre", "Rome", target_true="Paris", relation_id="P131"),
+                EditRequest("{} is located in the city of", "Colosseum", "Paris", target_true="Rome",
+                            relation_id="P131"),
+                EditRequest("{} is located in the city of", "Rome Termini", "Milan", target_true="Rome",
+                            relation_id="P131")]
+    config = ROMEConfig(expand="forms", own_questions=True)
+    chat = bool(tok.chat_template)
+    forms = fact_forms(requests[0].prompt, "P131", chat=chat, questions="own")
+    assert any(f.name == "question" for f in forms)
+    n = 1 + len(forms)
+    seen = []
+
+    def fake_generate(model, tok_, prompts, max_new_tokens):
+        seen.extend(tok.decode(p) for p in prompts)
+        answers = [" Rome, Italy."] * n + [" Paris."] * n + [" Milan."] * n
+        answers[n + 1] = " Paris, not Rome."  # the Colosseum's first form still names the old object
+        answers[2 * n + 2] = " the Rome Termini station, Milan"  # the old object only in the subject's name
+        return answers
+
+    monkeypatch.setattr(scoring, "generate", fake_generate)
+    assert unheld(None, tok, requests, config) == [1]
+    assert len(seen) == 3 * n
+    from llm_edit.core.forms import question_template
+    mquake = question_template("P131").format("Louvre")
+    assert not any(mquake in p for p in seen)
+    monkeypatch.setattr(scoring, "generate", lambda m, t, prompts, max_new_tokens: [" Naples."] * len(prompts))
+    assert unheld(None, tok, requests, config) == [0, 1, 2]  # the new object said nowhere
+
+
+def test_insert_rounds_edit_again_what_does_not_hold_and_revert_all_rounds(tiny, monkeypatch):
+    """insert_rounds 2 with ROME: the request ``unheld`` names gets a second edit (one more patch,
+    recorded in the manifest); revert undoes both bit for bit."""
+    from llm_edit.editing.methods import erase
+
+    model, tok = tiny("llama")
+    snap = {k: v.clone() for k, v in model.state_dict().items()}
+    facts = [{"prompt": "{} is in", "subject": "Eiffel Tower", "target_new": "Rome"},
+             {"prompt": "{} is in", "subject": "Louvre", "target_new": "Rome"}]
+    monkeypatch.setattr(erase, "unheld", lambda model_, tok_, requests, config: [0])
+    one = llm_edit.edit(model, tok, facts, method="rome", layer=1, progress=False)
+    assert len(one.batches) == 2 and "later_rounds" not in one.manifest
+    one.revert()
+    result = llm_edit.edit(model, tok, facts, method="rome", layer=1, insert_rounds=2, progress=False)
+    assert len(result.batches) == 3
+    (again,) = result.manifest["later_rounds"]
+    assert again["round"] == 2 and again["requests"] == [0]
+    result.revert()
+    assert all(torch.equal(snap[k], v) for k, v in model.state_dict().items())

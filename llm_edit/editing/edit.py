@@ -117,7 +117,7 @@ def edit(model, tokenizer, requests: Iterable[EditRequest | Mapping[str, Any]], 
 
     applied, batch_keys, per_request = _apply_batches(model, tokenizer, requests, method, spec, config, prepared,
                                                      grams, progress)
-    later_rounds = _erase_rounds(model, tokenizer, requests, method, spec, config, prepared, grams, progress,
+    later_rounds = _later_rounds(model, tokenizer, requests, method, spec, config, prepared, grams, progress,
                                  applied, batch_keys)
     manifest = {
         "method": method,
@@ -135,7 +135,7 @@ def edit(model, tokenizer, requests: Iterable[EditRequest | Mapping[str, Any]], 
         "context_templates": prepared.contexts,
         "prepare_seconds": round(prepare_seconds, 2),
         "per_request": per_request,
-        **({"erase_rounds": later_rounds} if later_rounds else {}),
+        **({"later_rounds": later_rounds} if later_rounds else {}),
         **run_info(),
     }
     return EditResult(model, WeightDelta.stack(applied, manifest), requests, per_request, applied,
@@ -199,20 +199,22 @@ def _apply_batches(model, tokenizer, requests: list[EditRequest], method: str, s
     return applied, batch_keys, per_request
 
 
-def _erase_rounds(model, tokenizer, requests: list[EditRequest], method: str, spec, config, prepared: Prepared,
+def _later_rounds(model, tokenizer, requests: list[EditRequest], method: str, spec, config, prepared: Prepared,
                   grams: Memory, progress: bool, applied: list[WeightDelta], batch_keys: list[dict]) -> list[dict]:
-    """An erasure's rounds after the first (``erase_rounds``): the requests whose object the model
-    still names in a training form (``erase.still_said``) are erased again, in batches as before,
-    on the model as now edited; each round asks only those the round before erased. Their patches
-    join ``applied`` (and ``batch_keys``); a failure reverts every round, the first included, so the
-    model is left as it was. Returns, per later round, the requests erased again and their info."""
-    from .methods.erase import still_said
+    """The rounds after the first (``erase_rounds`` of an erasure, ``insert_rounds`` of an insertion):
+    the requests whose change does not yet hold in a training form (``erase.unheld``) are edited
+    again, in batches as before, on the model as now edited; each round asks only those the round
+    before edited. Their patches join ``applied`` (and ``batch_keys``); a failure reverts every round,
+    the first included, so the model is left as it was. Returns, per later round, the requests
+    edited again (indices) and their info."""
+    from .methods import erase
 
     rounds: list[dict] = []
     pending = list(range(len(requests)))
+    n_rounds = getattr(config, "erase_rounds" if spec.erases else "insert_rounds", 1)
     try:
-        for round_number in range(2, getattr(config, "erase_rounds", 1) + 1):
-            pending = [pending[i] for i in still_said(model, tokenizer, [requests[j] for j in pending], config)]
+        for round_number in range(2, n_rounds + 1):
+            pending = [pending[i] for i in erase.unheld(model, tokenizer, [requests[j] for j in pending], config)]
             if not pending:
                 break
             more, keys, info = _apply_batches(model, tokenizer, [requests[j] for j in pending], method, spec, config,

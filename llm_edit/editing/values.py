@@ -69,6 +69,11 @@ class ValueOptions:
     # the lead-in is one more prompt after which the new object must be said (``lead_in_forms``);
     # erasures have their own, ``erase_lead_in_tokens``
     insert_lead_in_tokens: int = 0
+    # insertions: rounds of editing; after a round, the facts whose greedy answer to their prompt or
+    # a derived training form does not yet say the new object (or still says the old one) are
+    # edited again, on the model as now edited (``erase.unheld``); 1: one round. Erasures have
+    # their own, ``erase_rounds``
+    insert_rounds: int = 1
     stats_corpus: str = "model-samples"  # see editing/stats.py
     stats_tokens: int = 50_000
     stats_seq_len: int = 128
@@ -92,6 +97,8 @@ def check_value_options(config) -> None:
         raise ValueError("form_key_weight mixes the keys of the derived forms into k*: it needs expand: forms")
     if config.insert_lead_in_tokens < 0:
         raise ValueError("insert_lead_in_tokens must be >= 0")
+    if config.insert_rounds < 1:
+        raise ValueError("insert_rounds must be >= 1")
     for p in config.kl_prompts:
         if p.count("{}") != 1:
             raise ValueError(f"kl_prompts: {p!r} must contain '{{}}' exactly once")

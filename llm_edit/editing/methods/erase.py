@@ -30,7 +30,7 @@ class EraseOptions:
     erase_lead_in_tokens: int = 0
     # rounds of erasure: after a round, the facts whose greedy answer (``ROUND_CHECK_TOKENS`` new
     # tokens) to their prompt or to a derived form still names the object are erased again, on the
-    # model as now edited (``still_said``); 1: one round, as every erasure before it was an option
+    # model as now edited (``unheld``); 1: one round, as every erasure before it was an option
     erase_rounds: int = 1
 
     def validate_erase(self) -> None:
@@ -44,6 +44,8 @@ class EraseOptions:
             raise ValueError("own_questions is for insertions: an erasure's forms already ask MQuAKE's questions")
         if getattr(self, "insert_lead_in_tokens", 0):
             raise ValueError("insert_lead_in_tokens is for insertions: an erasure's lead-ins are erase_lead_in_tokens")
+        if getattr(self, "insert_rounds", 1) != 1:
+            raise ValueError("insert_rounds is for insertions: an erasure's rounds are erase_rounds")
         if self.protect_neighbours < 0:
             raise ValueError("protect_neighbours must be >= 0")
         if self.erase_lead_in_tokens < 0:
@@ -142,33 +144,45 @@ def lead_in_forms(model, tok, requests: list, forms: list[list], max_new_tokens:
     return out
 
 
-# New tokens read when checking whether an erased fact is still said: the audit reads at least 16,
-# the lead-ins 24 (a small model often names the object a few words in).
+# New tokens read when checking whether a round's edits hold: the audit reads at least 16, the
+# lead-ins 24 (a small model often names the object a few words in).
 ROUND_CHECK_TOKENS = 24
 
 
-def still_said(model, tok, requests: list, config) -> list[int]:
-    """Indices of the ``requests`` whose object the model (as it is now) still names, outside the
-    subject's name, in its greedy answer (``ROUND_CHECK_TOKENS``) to the fact's prompt or to one of
-    its derived forms (``core.forms``, as ``value_objective`` derives them with ``expand: forms``).
+def unheld(model, tok, requests: list, config) -> list[int]:
+    """Indices of the ``requests`` whose change does not yet hold in the model as it is now: asked
+    its prompt and its derived training forms (``core.forms``, as ``value_objective`` derives them
+    with ``expand: forms``; an insertion's own question with ``own_questions``), the greedy answer
+    (``ROUND_CHECK_TOKENS``) still names the object, outside the subject's name (an erasure), or
+    does not name the new object or still names the old one (an insertion), in at least one form.
 
-    Why: a round's values stop once the object is unlikely at the value layer's δ, but MEMIT writes
-    only part of δ and a batch's updates move each other's keys, so some facts are still said
-    after the round; those get another round instead of every fact a harder one. Only training
-    forms are asked: never the file's paraphrases or the audit's probes, which judge."""
+    Why: a round's values stop once the objective is met at the edited layer's δ, but the update
+    writes only part of δ (MEMIT spreads it, and a batch's updates move each other's keys; a chat
+    turn's key is not the prompt's), so some facts do not hold afterwards while others hold with
+    room to spare; those get another round instead of every fact a harder one. Only training forms
+    are asked: never the file's paraphrases, MQuAKE's questions for insertions, or the audit's
+    probes, which judge."""
     from ...core.forms import Form
     from ...core.scoring import generate
     from ...core.text import encode_with_subject, mentions
 
+    erase = isinstance(config, EraseOptions)
     chat = bool(getattr(tok, "chat_template", None))
+    questions = "mquake" if erase else "own" if config.own_questions else "none"
     asked = [(i, form) for i, r in enumerate(requests)
              for form in [Form("prompt", r.prompt, False),
-                          *(fact_forms(r.prompt, r.relation_id, chat=chat) if config.expand == "forms" else [])]]
+                          *(fact_forms(r.prompt, r.relation_id, chat=chat, questions=questions)
+                            if config.expand == "forms" else [])]]
     prompts = [encode_with_subject(tok, form.template, requests[i].subject, chat=form.chat, reply=form.reply)[0]
                for i, form in asked]
     answers = generate(model, tok, prompts, max_new_tokens=ROUND_CHECK_TOKENS)
-    return sorted({i for (i, _), answer in zip(asked, answers)
-                   if mentions(blank_out(answer, requests[i].subject), requests[i].target_true)})
+
+    def holds(request, answer: str) -> bool:
+        answer = blank_out(answer, request.subject)
+        old = bool(request.target_true) and mentions(answer, request.target_true)
+        return not old if erase else mentions(answer, request.target_new) and not old
+
+    return sorted({i for (i, _), answer in zip(asked, answers) if not holds(requests[i], answer)})
 
 
 def _short_clause(lead: str, subject: str, max_words: int) -> bool:
