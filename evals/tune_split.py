@@ -73,6 +73,9 @@ class FactSet:
         after.update(generation_scores(answers, self.answers))
         result.revert()
         per_edit = [r["seconds"] for r in result.per_request if "seconds" in r]
+        for later in result.manifest.get("later_rounds", []):  # a fact edited again: its rounds' time together
+            for i, info in zip(later["requests"], later["per_request"]):
+                per_edit[i] += info.get("seconds", 0.0)
         return {"sets": sets, "after": after, "score": round(score(after), 4), "edit_seconds": round(seconds, 1),
                 "median_edit_seconds": round(statistics.median(per_edit), 2) if per_edit else None,
                 "reverts_bit_exact": fingerprint(model) == base,

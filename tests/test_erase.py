@@ -345,6 +345,8 @@ def test_unheld_names_the_erasures_whose_training_forms_still_name_the_object(ti
     assert unheld(None, tok, requests, config) == [0, 2]
     assert len(prompts_seen) == sum(n_forms)
     assert not any("stands in" in p for p in prompts_seen)
+    from llm_edit.core.forms import question_template
+    assert any(question_template("P131").format("Louvre") in p for p in prompts_seen)  # an erasure's forms ask MQuAKE's
     config = MEMITEraseConfig(expand="none")  # without forms only each prompt is asked
     prompts_seen.clear()
     monkeypatch.setattr(scoring, "generate", lambda m, t, prompts, max_new_tokens: [" Paris"] * len(prompts))
@@ -352,9 +354,10 @@ def test_unheld_names_the_erasures_whose_training_forms_still_name_the_object(ti
 
 
 def test_erase_rounds_erase_again_only_what_is_unheld_and_unload_all_rounds(tiny, monkeypatch):
-    """erase_rounds 3: round 2 erases again the facts ``unheld`` names (one batch more, recorded in
-    the manifest), round 3 asks only those and stops when none is still said; unloading undoes
-    every round bit for bit. A failure in a later round leaves the model as it was."""
+    """erase_rounds 4: round 2 erases again the facts ``unheld`` names (one batch more, recorded in
+    the manifest), round 3 asks only those and erases again the one still said, and the check
+    before round 4 finds none and stops; unloading undoes every round bit for bit. A failure after
+    a later round's patch leaves the model as it was."""
     from llm_edit.editing.methods import erase
 
     model, tok = tiny("llama")
@@ -364,30 +367,37 @@ def test_erase_rounds_erase_again_only_what_is_unheld_and_unload_all_rounds(tiny
 
     def fake_unheld(model_, tok_, requests, config):
         asked.append([r.subject for r in requests])
-        return [1] if len(asked) == 1 else []
+        return [[1], [0], []][len(asked) - 1]  # indices into the requests asked
 
     monkeypatch.setattr(erase, "unheld", fake_unheld)
-    result = llm_edit.forget(model, tok, facts, method="memit-erase", layers=[1, 2], batch_size=1, erase_rounds=3,
+    result = llm_edit.forget(model, tok, facts, method="memit-erase", layers=[1, 2], batch_size=1, erase_rounds=4,
                              progress=False)
-    assert asked == [["Eiffel Tower", "Louvre"], ["Louvre"]]
-    (again,) = result.manifest["later_rounds"]
+    assert asked == [["Eiffel Tower", "Louvre"], ["Louvre"], ["Louvre"]]
+    again, third = result.manifest["later_rounds"]
     assert again["round"] == 2 and again["requests"] == [1] and len(again["per_request"]) == 1
+    assert third["round"] == 3 and third["requests"] == [1]
     assert len(result.delta.manifest["per_request"]) == 2
     result.unload()
     assert all(torch.equal(snap[k], v) for k, v in model.state_dict().items())
 
     one_round = llm_edit.forget(model, tok, facts, method="memit-erase", layers=[1, 2], batch_size=1,
                                 progress=False)
-    assert "later_rounds" not in one_round.manifest and len(asked) == 2  # 1 round: nothing asked
+    assert "later_rounds" not in one_round.manifest and len(asked) == 3  # 1 round: nothing asked
     one_round.unload()
 
-    def failing(*args):
-        raise RuntimeError("interrupted")
+    calls = []
+
+    def failing(*args):  # the first check names a fact; the second, after round 2's patch, fails
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("interrupted")
+        return [0]
 
     monkeypatch.setattr(erase, "unheld", failing)
     with pytest.raises(RuntimeError, match="interrupted"):
-        llm_edit.forget(model, tok, facts, method="memit-erase", layers=[1, 2], batch_size=1, erase_rounds=2,
+        llm_edit.forget(model, tok, facts, method="memit-erase", layers=[1, 2], batch_size=1, erase_rounds=3,
                         progress=False)
+    assert len(calls) == 2
     assert all(torch.equal(snap[k], v) for k, v in model.state_dict().items())
     with pytest.raises(Exception, match="erase_rounds"):
         llm_edit.forget(model, tok, facts, method="memit-erase", erase_rounds=0, progress=False)
@@ -433,6 +443,12 @@ def test_unheld_names_the_insertions_that_do_not_yet_say_the_new_object(tiny, mo
     assert not any(mquake in p for p in seen)
     monkeypatch.setattr(scoring, "generate", lambda m, t, prompts, max_new_tokens: [" Naples."] * len(prompts))
     assert unheld(None, tok, requests, config) == [0, 1, 2]  # the new object said nowhere
+    york = [EditRequest("{} is located in the city of", "Flatiron Building", "New York", target_true="York",
+                        relation_id="P131")]
+    monkeypatch.setattr(scoring, "generate", lambda m, t, prompts, max_new_tokens: [" New York City."] * len(prompts))
+    assert unheld(None, tok, york, config) == []  # "York" inside the new "New York" is not the old object
+    monkeypatch.setattr(scoring, "generate", lambda m, t, prompts, max_new_tokens: [" New York, not York."] * len(prompts))
+    assert unheld(None, tok, york, config) == [0]
 
 
 def test_insert_rounds_edit_again_what_does_not_hold_and_revert_all_rounds(tiny, monkeypatch):
@@ -454,3 +470,30 @@ def test_insert_rounds_edit_again_what_does_not_hold_and_revert_all_rounds(tiny,
     assert again["round"] == 2 and again["requests"] == [0]
     result.revert()
     assert all(torch.equal(snap[k], v) for k, v in model.state_dict().items())
+
+
+def test_a_session_records_a_later_round_as_edits_again_not_as_new_facts(tiny, tmp_path, monkeypatch):
+    """With insert_rounds 2 a session saves the later round's patch, counted as edited again (no new
+    facts) and hashed over the requests it edits; reopening re-applies every round bit for bit."""
+    import json
+
+    from llm_edit.editing.edit import facts_sha256
+    from llm_edit.editing.methods import erase
+    from llm_edit.editing.requests import parse_request
+    from llm_edit.editing.session import EditSession
+
+    model, tok = tiny("llama")
+    facts = [{"prompt": "{} is in", "subject": "Eiffel Tower", "target_new": "Rome"},
+             {"prompt": "{} is in", "subject": "Louvre", "target_new": "Rome"}]
+    monkeypatch.setattr(erase, "unheld", lambda model_, tok_, requests, config: [1])
+    session = EditSession.create(tmp_path / "s", model, "rome", sets=["layer=1", "insert_rounds=2"])
+    session.edit(tok, facts, progress=False)
+    after = {k: v.clone() for k, v in model.state_dict().items()}
+    batches = json.loads((tmp_path / "s" / "session.json").read_text())["batches"]
+    assert [b["facts"] for b in batches] == [1, 1, 0] and batches[2]["edited_again"] == 1
+    assert batches[2]["facts_sha256"] == facts_sha256([parse_request(facts[1], "x")])
+    assert batches[0]["facts_sha256"] == facts_sha256([parse_request(facts[0], "x")])
+    assert session.facts == 2
+    fresh, _ = tiny("llama")
+    EditSession.open(tmp_path / "s", fresh, tok)
+    assert all(torch.equal(after[k], v) for k, v in fresh.state_dict().items())

@@ -129,8 +129,12 @@ class EditSession:
             for delta, batch_keys in zip(result.batches, keys):
                 number = len(self.info["batches"]) + len(entries) + 1
                 n = len(delta.manifest["requests"])
-                entry = {"patch": f"batches/{number:04d}.safetensors", "facts": n,
-                         "facts_sha256": facts_sha256(requests[start:start + n])}
+                # the first round's batches cover the requests in order; a later round's (insert_rounds,
+                # erase_rounds) edit some of them again and add no facts to the session
+                first_round = start < len(requests)
+                entry = {"patch": f"batches/{number:04d}.safetensors", "facts": n if first_round else 0,
+                         "facts_sha256": facts_sha256([parse_request(r, "<batch>") for r in delta.manifest["requests"]]),
+                         **({} if first_round else {"edited_again": n})}
                 delta.save(self.path / entry["patch"])
                 if batch_keys:
                     entry["keys"] = f"batches/{number:04d}.keys.safetensors"

@@ -72,7 +72,8 @@ class ValueOptions:
     # insertions: rounds of editing; after a round, the facts whose greedy answer to their prompt or
     # a derived training form does not yet say the new object (or still says the old one) are
     # edited again, on the model as now edited (``erase.unheld``); 1: one round. Erasures have
-    # their own, ``erase_rounds``
+    # their own, ``erase_rounds``. AlphaEdit's memory then holds the first round's keys of the
+    # facts edited again, so its later rounds write less at them (they count as edits to keep)
     insert_rounds: int = 1
     stats_corpus: str = "model-samples"  # see editing/stats.py
     stats_tokens: int = 50_000

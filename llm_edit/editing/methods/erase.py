@@ -179,8 +179,11 @@ def unheld(model, tok, requests: list, config) -> list[int]:
 
     def holds(request, answer: str) -> bool:
         answer = blank_out(answer, request.subject)
-        old = bool(request.target_true) and mentions(answer, request.target_true)
-        return not old if erase else mentions(answer, request.target_new) and not old
+        if erase:
+            return not mentions(answer, request.target_true)
+        # the old object is looked for outside the new one ("York" inside "New York" is not York)
+        old = bool(request.target_true) and mentions(blank_out(answer, request.target_new), request.target_true)
+        return mentions(answer, request.target_new) and not old
 
     return sorted({i for (i, _), answer in zip(asked, answers) if not holds(requests[i], answer)})
 
