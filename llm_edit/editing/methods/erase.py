@@ -113,16 +113,10 @@ def lead_in_forms(model, tok, requests: list, forms: list[list], max_new_tokens:
     says it a few words in. These lead-ins come from the training forms (``core.forms``) and the
     model's own words, never from the audit's probes."""
     from ...core.forms import Form
-    from ...core.scoring import generate
-    from ...core.text import encode_with_subject, first_mention
+    from ...core.text import first_mention
 
-    asked = [(i, form) for i, r in enumerate(requests)
-             for form in [Form("prompt", r.prompt, False), *forms[i]]]
-    prompts = [encode_with_subject(tok, form.template, requests[i].subject, chat=form.chat, reply=form.reply)[0]
-               for i, form in asked]
-    answers = generate(model, tok, prompts, max_new_tokens=max_new_tokens)
     out: list[list] = [[] for _ in requests]
-    for (i, form), answer in zip(asked, answers):
+    for i, form, answer in _greedy_answers(model, tok, requests, forms, max_new_tokens):
         subject = requests[i].subject
         at = first_mention(blank_out(answer, subject), requests[i].target_true)
         lead = answer[:at].rstrip() if at else ""
@@ -162,20 +156,10 @@ def unheld(model, tok, requests: list, config) -> list[int]:
     room to spare; those get another round instead of every fact a harder one. Only training forms
     are asked: never the file's paraphrases, MQuAKE's questions for insertions, or the audit's
     probes, which judge."""
-    from ...core.forms import Form
-    from ...core.scoring import generate
-    from ...core.text import encode_with_subject, mentions
+    from ...core.text import mentions
 
     erase = isinstance(config, EraseOptions)
-    chat = bool(getattr(tok, "chat_template", None))
-    questions = "mquake" if erase else "own" if config.own_questions else "none"
-    asked = [(i, form) for i, r in enumerate(requests)
-             for form in [Form("prompt", r.prompt, False),
-                          *(fact_forms(r.prompt, r.relation_id, chat=chat, questions=questions)
-                            if config.expand == "forms" else [])]]
-    prompts = [encode_with_subject(tok, form.template, requests[i].subject, chat=form.chat, reply=form.reply)[0]
-               for i, form in asked]
-    answers = generate(model, tok, prompts, max_new_tokens=ROUND_CHECK_TOKENS)
+    forms = value_objective(config, requests, tok).get("forms") or [[] for _ in requests]  # without lead-ins
 
     def holds(request, answer: str) -> bool:
         answer = blank_out(answer, request.subject)
@@ -185,7 +169,23 @@ def unheld(model, tok, requests: list, config) -> list[int]:
         old = bool(request.target_true) and mentions(blank_out(answer, request.target_new), request.target_true)
         return mentions(answer, request.target_new) and not old
 
-    return sorted({i for (i, _), answer in zip(asked, answers) if not holds(requests[i], answer)})
+    return sorted({i for i, _, answer in _greedy_answers(model, tok, requests, forms, ROUND_CHECK_TOKENS)
+                   if not holds(requests[i], answer)})
+
+
+def _greedy_answers(model, tok, requests: list, forms: list[list], max_new_tokens: int):
+    """(request index, form, greedy answer) for each request's prompt and each of its ``forms``,
+    generated in one batched call."""
+    from ...core.forms import Form
+    from ...core.scoring import generate
+    from ...core.text import encode_with_subject
+
+    asked = [(i, form) for i, r in enumerate(requests)
+             for form in [Form("prompt", r.prompt, False), *forms[i]]]
+    prompts = [encode_with_subject(tok, form.template, requests[i].subject, chat=form.chat, reply=form.reply)[0]
+               for i, form in asked]
+    answers = generate(model, tok, prompts, max_new_tokens=max_new_tokens)
+    return [(i, form, answer) for (i, form), answer in zip(asked, answers)]
 
 
 def _short_clause(lead: str, subject: str, max_words: int) -> bool:
